@@ -1,0 +1,61 @@
+"""The four simple estimators: softmax, gumbel_softmax, st, st_gumbel."""
+
+from __future__ import annotations
+
+import torch
+
+from .._sampling import gumbel_softmax as _gumbel_softmax
+from .._sampling import perturbed_logits, softmax_st, tempered_softmax
+from .._validation import Tau, check_generator, check_logits, check_tau, compute_dtype, tau_like
+from ._registry import register
+
+
+@register("softmax", one_hot=False)
+def softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
+    r"""Tempered softmax, softmax(theta / tau): deterministic, not a sample (``generator`` unused).
+
+    Backward: the exact gradient of softmax(theta / tau).
+
+    Example:
+        >>> sample(torch.zeros(3), method="softmax")
+        tensor([0.3333, 0.3333, 0.3333])
+
+    Reference: the common "no noise" baseline (Hinton et al., 2015).
+    """
+    check_generator(generator, logits.device if isinstance(logits, torch.Tensor) else "cpu")
+    return tempered_softmax(logits, tau, dim)
+
+
+@register("gumbel_softmax", one_hot=False)
+def gumbel_softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
+    r"""Relaxed sample y = softmax((theta + g) / tau), backward its exact gradient.
+
+    Reference: Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017.
+    """
+    return _gumbel_softmax(logits, tau, False, dim, generator=generator)
+
+
+@register("st_gumbel", one_hot=True)
+def st_gumbel_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
+    r"""Straight-through Gumbel-Softmax: forward one_hot(argmax(theta + g)), backward grad of softmax((theta + g)/tau).
+
+    Reference: Jang, Gu, Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+    """
+    return _gumbel_softmax(logits, tau, True, dim, generator=generator)
+
+
+@register("st", one_hot=True)
+def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
+    r"""Straight-through without Gumbel noise in the backward.
+
+    Forward: one_hot(z), z ~ Categorical(softmax(theta)) (drawn by Gumbel-Max).
+    Backward: the gradient of softmax(theta / tau).
+
+    Reference: Bengio, Leonard, Courville, 2013; Chung, Ahn, Bengio, ICLR 2017 (slope-annealed ST).
+    """
+    dim = check_logits(logits, dim)
+    tau = check_tau(tau, logits)
+    check_generator(generator, logits.device)
+    index = perturbed_logits(logits.detach(), generator).argmax(dim, keepdim=True)
+    x = logits.to(compute_dtype(logits.dtype))
+    return softmax_st(x / tau_like(tau, x), dim, index).to(logits.dtype)
