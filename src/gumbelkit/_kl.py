@@ -38,8 +38,8 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
         raise ValueError(
             f"expected q_logits and p_logits to broadcast, got {shape_str(q_logits.shape)} and {shape_str(p_logits.shape)}"
         ) from None
-    ref = q_logits.expand(shape)
-    dim = normalize_dim(ref, dim, "q_logits")
+    q_logits, p_logits = q_logits.expand(shape), p_logits.expand(shape)
+    dim = normalize_dim(q_logits, dim, "q_logits")
     log_q = torch.log_softmax(q_logits, dim)
     log_p = torch.log_softmax(p_logits, dim)
     q = log_q.exp()

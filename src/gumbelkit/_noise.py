@@ -20,6 +20,8 @@ def _noise_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _resolve_device(generator, device):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"expected generator to be a torch.Generator, got {type(generator).__name__}")
     if device is None:
         return torch.device(generator.device) if generator is not None else torch.device("cpu")
     return torch.device(device)
