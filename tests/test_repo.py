@@ -1,0 +1,30 @@
+"""Repository hygiene: CI runs the README's test command; the public API is exported."""
+
+import re
+from pathlib import Path
+
+import gumbelkit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"^(python -m pip install .*)$", text, flags=re.M)
+
+
+def test_ci_runs_readme_test_command():
+    cmds = _readme_commands()
+    test_cmds = [c for c in cmds if "pytest" in c]
+    assert len(test_cmds) == 1
+    assert test_cmds[0] in (ROOT / ".ci" / "run").read_text()
+    for c in cmds:  # never an unpinned torch: that would pull GBs of CUDA wheels
+        assert '"torch==2.13.0"' in c
+
+
+def test_public_api_matches_design():
+    for name in ["gumbel_noise", "gumbel_max", "gumbel_topk", "gumbel_softmax", "tempered_softmax", "sample",
+                 "METHODS", "kl_categorical", "distributions", "schedules", "nn", "reinforce_surrogate"]:
+        assert name in gumbelkit.__all__ and hasattr(gumbelkit, name)
+    for name in ["Concrete", "ExpConcrete", "BinaryConcrete"]:
+        assert hasattr(gumbelkit.distributions, name)
