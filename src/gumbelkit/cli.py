@@ -20,7 +20,8 @@ COMMANDS = {
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The full parser; with ``only``, just that command's module is imported (faster start-up)."""
     parser = argparse.ArgumentParser(
         prog="gumbelkit", description="Gumbel-Softmax estimators: experiments and benchmarks."
     )
@@ -28,17 +29,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name, (modname, help_text) in COMMANDS.items():
-        mod = importlib.import_module(modname)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
-        modules[name] = mod
+        if only is None or name == only:
+            mod = importlib.import_module(modname)
+            mod.add_arguments(p)
+            modules[name] = mod
     return parser, modules
 
 
 def main(argv=None) -> int:
     from .experiments._common import UserError
 
-    parser, modules = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser, modules = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -1,0 +1,949 @@
+"""Categorical VAE benchmark: which gradient estimator should I use for discrete latent variables?
+
+The model and training follow Jang, Gu, Poole (ICLR 2017) and their public notebook (DESIGN §6):
+encoder D-512-256-(N*K), decoder (N*K)-256-512-D, ReLU, Bernoulli likelihood on binarised pixels,
+N independent K-way categorical latents with a uniform prior and the KL term computed
+analytically, Adam(lr 1e-3), batch 100, tau = max(0.5, exp(-3e-5 t)) updated every 1000 steps.
+Every one of these is a flag with that default.
+
+Training objective per datapoint x (what each method's gradient estimates):
+    -ELBO(x) = E_{q(z|x)}[-log p(x|z)] + KL(q(z|x) || Uniform),
+the expectation replaced by one sample z = gumbelkit.sample(logits, method, tau) (relaxed for
+``gumbel_softmax``, exactly one-hot for the straight-through family), or for ``reinforce`` by n
+one-hot samples and the score-function surrogate with a leave-one-out baseline.
+
+Evaluation on the test split always uses *discrete* latents:
+- ``test_neg_elbo``: one z ~ q(z|x) per test image, -log p(x|z) + analytic KL, averaged.
+- ``test_iw_bound``: -log (1/m) sum_j p(x, z_j) / q(z_j|x), z_j ~ q(z|x), m = --eval-samples
+  (an upper bound on -log p(x) that tightens as m grows; Burda et al., 2016).
+- when K^N <= 65,536: ``test_exact_neg_elbo`` and ``test_exact_nll`` = -log sum_z p(x|z) p(z),
+  summing over every code, so the comparison carries no sampling noise at all.
+The same numbers for the untrained model are reported as ``initial_*``.
+
+Reproducibility: one ``torch.Generator`` for the estimator noise and one for the data order (and
+dynamic binarisation), both seeded from the run seed; evaluation uses a freshly seeded generator
+each time, so evaluating never disturbs training. The global RNG is not used (model initialisation
+runs under ``torch.random.fork_rng``). Checkpoints hold the model, optimiser, both generator states,
+the sampler position and the logs, so ``--resume`` continues bit-identically.
+
+Structure for torch.distributed: :func:`build_model` (construction), :class:`EpochSampler` plus
+``shard_batch`` (data sharding), :func:`train_step` (one optimiser step, the model's ``forward``
+returns the per-example objective so a DDP wrapper sees the call), and ``DistContext.is_main``
+(only the main process writes files) are separate and small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import gumbelkit
+
+from ._common import (
+    UserError,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    environment_info,
+    markdown_table,
+    mean_std,
+    parse_list,
+    prepare_out_dir,
+    progress,
+    resolve_device,
+    save_figure,
+)
+from ._distributed import DistContext, init_distributed, partition, rank_seed, shard_batch
+from ._enumerate import all_one_hot
+from .data import Dataset, DataError, binarize, binarize_dataset, load_dataset, parse_data_spec
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "ALL_METHODS",
+    "DEFAULTS",
+    "DEFAULT_STEPS",
+    "MAX_ENUMERATE",
+    "CategoricalVAE",
+    "EpochSampler",
+    "build_model",
+    "train_step",
+    "evaluate",
+    "run_one",
+    "resolve_config",
+    "add_arguments",
+    "config_from_args",
+    "main",
+]
+
+#: The methods the issue asks for, in the order of the tables.
+DEFAULT_METHODS = ("st", "st_gumbel", "gumbel_softmax", "gumbel_rao", "reinmax", "reinforce")
+#: Everything ``--methods`` accepts: the library's methods (``softmax`` included) plus REINFORCE.
+ALL_METHODS = tuple(dict.fromkeys(DEFAULT_METHODS + tuple(gumbelkit.METHODS)))
+
+#: Default training length, chosen so that the default job (6 methods x 1 seed on mnist5k)
+#: finishes within ~10 minutes on a 2-core CPU (measured; see docs/vae.md).
+DEFAULT_STEPS = 3000
+
+#: Exact enumeration of the latent space when K^N is at most this.
+MAX_ENUMERATE = 65536
+
+DEFAULTS = {
+    "data": "mnist5k",
+    "latent": "30x10",
+    "steps": DEFAULT_STEPS,
+    "methods": list(DEFAULT_METHODS),
+    "seeds": 1,
+    "tau_schedule": "exp:tau0=1,rate=3e-5,floor=0.5,interval=1000",
+    "batch_size": 100,
+    "lr": 1e-3,
+    "eval_samples": 100,
+    "out": "runs/vae",
+    "resume": False,
+    "device": "auto",
+    "hidden": "512,256",
+    "binarize": "fixed",
+    "threshold": 0.5,
+    "reinforce_samples": 4,
+    "gumbel_rao_k": 10,
+    "log_every": 100,
+    "val_every": 500,
+    "checkpoint_every": 500,
+    # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled partner;
+    # measured 3-15x slower steps than one thread whenever another process was running.
+    "threads": 1,
+    "progress": None,
+    # torch.distributed (under torchrun): spread whole (method, seed) runs over the ranks instead
+    # of splitting each batch; collective timeout after which a dead peer becomes an error.
+    "sweep_parallel": False,
+    # Long enough for a sweep's ranks to wait for the slowest share; torchrun itself stops the
+    # job at once when a worker process dies.
+    "dist_timeout": 1800,
+}
+
+# Config keys that do not change what a run computes (everything else must match to resume).
+_NOT_FINGERPRINTED = ("out", "resume", "progress", "threads", "methods", "seeds", "device", "sweep_parallel", "dist_timeout")
+_CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- model
+
+
+class CategoricalVAE(torch.nn.Module):
+    """VAE with N independent K-way categorical latents and a Bernoulli decoder.
+
+    ``forward(x, method, tau, generator=...)`` returns the per-example training objective (an
+    estimate of -ELBO whose gradient is the chosen estimator), so that a DistributedDataParallel
+    wrapper sees the call that produces the gradients.
+    """
+
+    def __init__(self, input_dim: int, n_latent: int, n_classes: int, hidden=(512, 256)):
+        super().__init__()
+        self.input_dim, self.n_latent, self.n_classes = int(input_dim), int(n_latent), int(n_classes)
+        code = self.n_latent * self.n_classes
+        enc, width = [], self.input_dim
+        for h in hidden:
+            enc += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+            width = h
+        self.encoder = torch.nn.Sequential(*enc, torch.nn.Linear(width, code))
+        dec, width = [], code
+        for h in reversed(tuple(hidden)):
+            dec += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+            width = h
+        self.decoder = torch.nn.Sequential(*dec, torch.nn.Linear(width, self.input_dim))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of q(z|x), shape (B, N, K)."""
+        return self.encoder(x).view(x.shape[0], self.n_latent, self.n_classes)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits of p(x|z), shape (..., D), for codes z of shape (..., N, K)."""
+        lead = z.shape[:-2]
+        return self.decoder(z.reshape(-1, self.n_latent * self.n_classes)).view(*lead, self.input_dim)
+
+    def kl_to_uniform(self, logits: torch.Tensor) -> torch.Tensor:
+        """Analytic KL(q(z|x) || Uniform(K)^N), summed over the N latents: shape (B,)."""
+        # p_logits expanded to the full shape: kl_categorical normalises a negative dim against the
+        # broadcast shape, so a (K,)-shaped prior would be indexed with the wrong dim.
+        return gumbelkit.kl_categorical(logits, logits.new_zeros(()).expand_as(logits), dim=-1).sum(-1)
+
+    def forward(self, x, method: str, tau: float, *, generator=None, reinforce_samples: int = 4, gumbel_rao_k: int = 10):
+        logits = self.encode(x)
+        kl = self.kl_to_uniform(logits)
+        if method == "reinforce":
+            # n one-hot samples per datapoint; the decoder term gets its pathwise gradient, the
+            # encoder the score-function gradient with a leave-one-out baseline over the n samples.
+            n = reinforce_samples
+            index = gumbelkit.gumbel_max(logits.unsqueeze(0).expand(n, *logits.shape), dim=-1, generator=generator)
+            z = F.one_hot(index, self.n_classes).to(logits.dtype)
+            rec = _bernoulli_nll(self.decode(z), x.unsqueeze(0).expand(n, *x.shape))
+            log_q = gumbelkit.categorical_log_prob(logits.unsqueeze(0).expand(n, *logits.shape), index, dim=-1).sum(-1)
+            rec = gumbelkit.reinforce_surrogate(rec, log_q, baseline="loo", dim=0)
+        else:
+            options = {"k": gumbel_rao_k} if method == "gumbel_rao" else {}
+            z = gumbelkit.sample(logits, method, tau, dim=-1, generator=generator, **options)
+            rec = _bernoulli_nll(self.decode(z), x)
+        return rec + kl
+
+
+def _bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | logits) summed over pixels, via the stable BCE-with-logits (no log(sigmoid) underflow)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def build_model(input_dim: int, n_latent: int, n_classes: int, hidden, seed: int, device) -> CategoricalVAE:
+    """The model initialised from ``seed`` (PyTorch's default init) without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rank_seed(seed, 0, _STREAMS["init"]))
+        model = CategoricalVAE(input_dim, n_latent, n_classes, hidden)
+    return model.to(device)
+
+
+def train_step(model, optimizer, x, method: str, tau: float, generator, **options) -> float:
+    """One Adam step on the batch ``x``; returns the batch mean of the objective (a Python float)."""
+    model.train()
+    loss = model(x, method, tau, generator=generator, **options).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """Wrap ``model`` in DistributedDataParallel for ``ctx`` (gloo on CPU, NCCL on one GPU per rank)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    # Parameters start identical on every rank (same init seed); DDP's constructor also
+    # broadcasts them from rank 0.
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _all_reduce_window(window: list, device: torch.device) -> list:
+    """Sum the (loss sum, count) log window over ranks so the curve is the global-batch mean."""
+    t = torch.tensor([float(window[0]), float(window[1])], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return [float(t[0]), int(t[1])]
+
+
+def _param_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal digests mean bit-identical replicas."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _generator_digest(generator: torch.Generator) -> str:
+    """SHA-256 of 256 Gumbel draws from a copy of ``generator`` (the generator itself is not advanced)."""
+    import hashlib
+
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    g = gumbelkit.gumbel_noise((256,), generator=copy, device=generator.device)
+    return hashlib.sha256(g.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- data order
+
+
+class EpochSampler:
+    """Batches of indices: a fresh permutation of the training set each epoch (last partial batch dropped).
+
+    All randomness comes from ``generator``; the state (permutation, position, epoch) is saved in
+    checkpoints together with the generator's state.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        if not 1 <= batch_size <= n:
+            raise UserError(f"expected 1 <= --batch-size <= {n} (training images), got {batch_size}")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+        self.epoch = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.perm.numel():
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+            self.epoch += 1
+        out = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return out
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm.clone(), "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.pos, self.epoch = state["perm"].clone(), int(state["pos"]), int(state["epoch"])
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: CategoricalVAE,
+    x: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    iw_samples: int = 0,
+    exact: bool = False,
+    rows: int = 16384,
+) -> dict:
+    r"""Mean test numbers (nats per image) with discrete latents.
+
+    - ``neg_elbo``: -log p(x|z) + KL(q||p), one z ~ q(z|x) per image.
+    - ``iw_bound`` (``iw_samples`` = m > 0): -log (1/m) sum_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x).
+    - ``exact_neg_elbo`` and ``exact_nll`` (``exact``): sums over all K^N codes.
+
+    Args:
+        model: the VAE (its parameters' device is used).
+        x: binary images, (n, D), any device.
+        generator: noise for the samples (seed it freshly for reproducible numbers).
+        iw_samples: m for the importance-weighted bound (0: skip).
+        exact: also enumerate every code (needs K^N <= MAX_ENUMERATE).
+        rows: decoder rows per chunk (bounds memory).
+
+    Returns:
+        dict of floats.
+
+    Reference: Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    N, K = model.n_latent, model.n_classes
+    log_prior = -N * math.log(K)  # log p(z) of every code under the uniform prior
+    m = int(iw_samples)
+    per_chunk = max(1, rows // max(1, m))
+    sums = {"neg_elbo": 0.0}
+    if m:
+        sums["iw_bound"] = 0.0
+    if exact:
+        table = _ExactTable(model, device)
+        sums["exact_neg_elbo"] = 0.0
+        sums["exact_nll"] = 0.0
+        per_chunk = min(per_chunk, table.rows_per_chunk)
+    for start in range(0, x.shape[0], per_chunk):
+        xb = x[start : start + per_chunk].to(device)
+        logits = model.encode(xb)
+        kl = model.kl_to_uniform(logits)
+        index = gumbelkit.gumbel_max(logits, dim=-1, generator=generator)
+        rec = _bernoulli_nll(model.decode(F.one_hot(index, K).to(logits.dtype)), xb)
+        sums["neg_elbo"] += float((rec + kl).double().sum())
+        if m:
+            log_q = torch.log_softmax(logits, -1)
+            idx = gumbelkit.gumbel_max(logits.unsqueeze(0).expand(m, *logits.shape), dim=-1, generator=generator)
+            log_q_z = log_q.unsqueeze(0).expand(m, *log_q.shape).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+            log_px = -_bernoulli_nll(model.decode(F.one_hot(idx, K).to(logits.dtype)), xb.unsqueeze(0).expand(m, *xb.shape))
+            log_w = (log_px + log_prior - log_q_z).double()
+            # log-mean-exp over the m samples: logsumexp keeps the largest weight at exp(0).
+            sums["iw_bound"] += float(-(torch.logsumexp(log_w, 0) - math.log(m)).sum())
+        if exact:
+            e_elbo, e_nll = table.evaluate(xb, logits, kl, log_prior)
+            sums["exact_neg_elbo"] += e_elbo
+            sums["exact_nll"] += e_nll
+    n = x.shape[0]
+    return {k: v / n for k, v in sums.items()}
+
+
+class _ExactTable:
+    """Every code z (K^N of them) decoded once: log p(x|z) for a batch is then one matrix product."""
+
+    def __init__(self, model: CategoricalVAE, device):
+        N, K = model.n_latent, model.n_classes
+        if K**N > MAX_ENUMERATE:
+            raise ValueError(f"expected K^N <= {MAX_ENUMERATE} to enumerate, got {K}^{N}")
+        codes = all_one_hot(N, K, dtype=torch.float32, device=device)  # (C, N, K)
+        self.index = codes.argmax(-1)  # (C, N)
+        dec = torch.cat([model.decode(codes[i : i + 8192]) for i in range(0, codes.shape[0], 8192)])
+        # float64 for the enumeration sums: each log p(x|z) is a difference of terms of size ~D.
+        self.logits = dec.double()  # (C, D)
+        # log Bernoulli(x | sigmoid(l)) = x * l - softplus(l), so log p(x|z) = x @ l - sum softplus(l).
+        self.softplus_sum = F.softplus(self.logits).sum(-1)  # (C,)
+        self.rows_per_chunk = max(1, (1 << 22) // codes.shape[0])
+
+    def evaluate(self, xb, logits, kl, log_prior):
+        log_px = xb.double() @ self.logits.T - self.softplus_sum  # (b, C)
+        log_q = torch.log_softmax(logits.double(), -1)  # (b, N, K)
+        log_q_code = torch.zeros_like(log_px)
+        for n in range(self.index.shape[1]):
+            log_q_code += log_q[:, n, :].index_select(1, self.index[:, n])
+        q = log_q_code.exp()
+        neg_elbo = -(q * log_px).sum(-1) + kl.double()
+        nll = -torch.logsumexp(log_px + log_prior, -1)
+        return float(neg_elbo.sum()), float(nll.sum())
+
+
+# --------------------------------------------------------------------------- one run
+
+_STREAMS = {"init": 1, "noise": 2, "data": 3, "eval": 4, "val": 5}
+
+
+def _fingerprint(cfg: dict, ds: Dataset, method: str, seed: int, device: torch.device, world_size: int = 1) -> dict:
+    fp = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
+    fp.update(method=method, seed=seed, device_type=device.type, data_digest=ds.digest, world_size=world_size)
+    return fp
+
+
+def _describe_mismatch(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    diff = [k for k in keys if a.get(k) != b.get(k)]
+    return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in diff[:3])
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable/corrupt file: one clear line instead of a traceback
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it or run without --resume") from None
+
+
+def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path, log=None) -> dict:
+    """Train and evaluate one (method, seed); resume from its checkpoint when ``cfg['resume']``.
+
+    Returns the run's record for results.json. Files are written by the main process only.
+    """
+    device = ctx.device
+    tag = f"{method}-seed{seed}"
+    run_path, ckpt_path = out / "runs" / f"{tag}.json", out / "checkpoints" / f"{tag}.pt"
+    fp = _fingerprint(cfg, ds, method, seed, device, ctx.world_size)
+    n_latent, n_classes = cfg["latent_nk"]
+    enumerable = n_classes**n_latent <= MAX_ENUMERATE
+    options = {"reinforce_samples": cfg["reinforce_samples"], "gumbel_rao_k": cfg["gumbel_rao_k"]}
+    schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
+
+    if cfg["resume"] and run_path.exists():
+        try:
+            done = json.loads(run_path.read_text())
+        except (OSError, ValueError):
+            done = None
+        if done is not None and done.get("fingerprint") == fp:
+            if log:
+                log(f"{tag}: already complete, reusing {run_path}")
+            return done
+
+    model = build_model(ds.input_dim, n_latent, n_classes, cfg["hidden_sizes"], seed, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    # Under torchrun: DDP averages the gradients of the ranks' shares of each global batch, so
+    # every rank applies the same update and the parameters stay identical.
+    trainer = _ddp(model, ctx) if ctx.enabled else model
+    noise_gen = torch.Generator(device=device).manual_seed(rank_seed(seed, ctx.rank, _STREAMS["noise"]))
+    # Data order is global (every rank draws the same permutation and takes its own share).
+    data_gen = torch.Generator().manual_seed(rank_seed(seed, 0, _STREAMS["data"]))
+    sampler = EpochSampler(ds.train.shape[0], cfg["batch_size"], data_gen)
+
+    def eval_gen(stream):
+        return torch.Generator(device=device).manual_seed(rank_seed(seed, 0, _STREAMS[stream]))
+
+    state = {"step": 0, "train_curve": [], "val_curve": [], "window": [0.0, 0], "train_seconds": 0.0, "initial": None}
+    resumed_from = None
+    if cfg["resume"] and ckpt_path.exists():
+        ckpt = _load_checkpoint(ckpt_path)
+        if ckpt.get("format") != _CHECKPOINT_FORMAT or ckpt.get("fingerprint") != fp:
+            why = _describe_mismatch(ckpt.get("fingerprint") or {}, fp)
+            raise UserError(
+                f"checkpoint {ckpt_path} was written by a different configuration ({why}); "
+                "run without --resume or use another --out"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        noise_states = ckpt["rng"]["noise"]
+        # Each rank saved its own noise stream (a list indexed by rank); one process: one state.
+        noise_gen.set_state(noise_states[ctx.rank] if isinstance(noise_states, list) else noise_states)
+        data_gen.set_state(ckpt["rng"]["data"])
+        sampler.load_state_dict(ckpt["sampler"])
+        state = ckpt["state"]
+        resumed_from = state["step"]
+        if log:
+            log(f"{tag}: resuming from step {resumed_from}")
+
+    # Fingerprint of the noise this rank is about to use (for the DDP record; costs 256 draws of a copy).
+    noise_digest = _generator_digest(noise_gen) if ctx.enabled else None
+    eval_t0 = time.perf_counter()
+    if state["initial"] is None:
+        state["initial"] = evaluate(model, ds.test, generator=eval_gen("eval"), iw_samples=cfg["eval_samples"], exact=enumerable)
+    eval_seconds = time.perf_counter() - eval_t0
+
+    def save_checkpoint():
+        # Collective: every rank hands its noise-generator state to the main process, which alone writes.
+        noise_states = ctx.all_gather_object(noise_gen.get_state()) if ctx.enabled else noise_gen.get_state()
+        if not ctx.is_main:
+            return
+        atomic_torch_save(
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "fingerprint": fp,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {"noise": noise_states, "data": data_gen.get_state()},
+                "sampler": sampler.state_dict(),
+                "state": state,
+            },
+            ckpt_path,
+        )
+
+    steps = cfg["steps"]
+    bar = progress(steps, f"{method} seed {seed}", enabled=cfg["progress"])
+    bar.update(state["step"])
+    try:
+        while state["step"] < steps:
+            step = state["step"]
+            tau = schedule(step)
+            t0 = time.perf_counter()
+            index = shard_batch(sampler.next(), ctx.rank, ctx.world_size)
+            xb = ds.train[index]
+            if cfg["binarize"] == "dynamic":
+                xb = binarize(xb, "dynamic", generator=data_gen)
+            try:
+                loss = train_step(trainer, optimizer, xb.to(device), method, tau, noise_gen, **options)
+            except ValueError as exc:  # e.g. NaN logits after divergence: a clear message, not a traceback
+                raise UserError(f"{tag} failed at step {step + 1}: {exc} (try a smaller --lr)") from None
+            state["train_seconds"] += time.perf_counter() - t0
+            state["step"] = step = step + 1
+            state["window"][0] += loss
+            state["window"][1] += 1
+            bar.update(1)
+            if step % cfg["log_every"] == 0 or step == steps:
+                if ctx.enabled:  # the curve shows the global batch: average the ranks' windows
+                    state["window"] = _all_reduce_window(state["window"], device)
+                w_sum, w_n = state["window"]
+                state["train_curve"].append([step, w_sum / w_n])
+                state["window"] = [0.0, 0]
+                bar.set_postfix(loss=f"{w_sum / w_n:.2f}", tau=f"{tau:.3f}")
+            if step % cfg["val_every"] == 0 or step == steps:
+                t1 = time.perf_counter()
+                val = evaluate(model, ds.val, generator=eval_gen("val"))["neg_elbo"]
+                eval_seconds += time.perf_counter() - t1
+                state["val_curve"].append([step, val])
+            if step % cfg["checkpoint_every"] == 0 or step == steps:
+                save_checkpoint()
+    finally:
+        bar.close()
+
+    t1 = time.perf_counter()
+    final = evaluate(model, ds.test, generator=eval_gen("eval"), iw_samples=cfg["eval_samples"], exact=enumerable)
+    eval_seconds += time.perf_counter() - t1
+    record = {
+        "method": method,
+        "seed": seed,
+        "steps": steps,
+        "test_neg_elbo": final["neg_elbo"],
+        "initial_test_neg_elbo": state["initial"]["neg_elbo"],
+        "test_iw_bound": final.get("iw_bound"),
+        "initial_test_iw_bound": state["initial"].get("iw_bound"),
+        "eval_samples": cfg["eval_samples"],
+    }
+    if enumerable:
+        record.update(
+            test_exact_neg_elbo=final["exact_neg_elbo"],
+            test_exact_nll=final["exact_nll"],
+            initial_test_exact_neg_elbo=state["initial"]["exact_neg_elbo"],
+            initial_test_exact_nll=state["initial"]["exact_nll"],
+        )
+    record.update(
+        val_neg_elbo=state["val_curve"][-1][1],
+        tau_final=schedule(steps - 1),
+        train_objective="relaxed -ELBO (one sample)" if method in ("gumbel_softmax", "softmax") else "-ELBO estimate",
+        train_curve=state["train_curve"],
+        val_curve=state["val_curve"],
+        seconds=state["train_seconds"],
+        steps_per_second=steps / state["train_seconds"] if state["train_seconds"] > 0 else float("nan"),
+        eval_seconds=eval_seconds,
+        resumed_from_step=resumed_from,
+        world_size=ctx.world_size,
+        fingerprint=fp,
+    )
+    if ctx.enabled:
+        # Evidence that DDP kept the replicas in sync and that ranks drew different noise.
+        record["param_digest_per_rank"] = ctx.all_gather_object(_param_digest(model))
+        record["noise_digest_per_rank"] = ctx.all_gather_object(noise_digest)
+    if ctx.is_main:
+        atomic_write_json(run_path, record)
+    return record
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _pos_int(cfg, key, flag, minimum=1):
+    v = cfg[key]
+    if isinstance(v, bool) or isinstance(v, float):
+        raise UserError(f"expected {flag} to be an integer >= {minimum}, got {v!r}")
+    try:
+        iv = v if isinstance(v, int) else int(str(v).strip())
+    except ValueError:
+        raise UserError(f"expected {flag} to be an integer >= {minimum}, got {v!r}") from None
+    if iv < minimum:
+        raise UserError(f"expected {flag} >= {minimum}, got {v!r}")
+    return iv
+
+
+def _float(cfg, key, flag):
+    v = cfg[key]
+    try:
+        fv = float(v)
+    except (TypeError, ValueError):
+        raise UserError(f"expected {flag} to be a number, got {v!r}") from None
+    if not math.isfinite(fv):
+        raise UserError(f"expected a finite {flag}, got {v!r}")
+    return fv
+
+
+def parse_latent(text) -> tuple[int, int]:
+    """``"30x10"`` -> (30, 10): N latent variables with K >= 2 classes each."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+    if not match:
+        raise UserError(f"expected --latent NxK (e.g. 30x10), got {text!r}")
+    n, k = int(match.group(1)), int(match.group(2))
+    if n < 1 or k < 2:
+        raise UserError(f"expected --latent NxK with N >= 1 and K >= 2, got {text!r}")
+    if n * k > 1_000_000:
+        raise UserError(f"expected --latent with N*K <= 1000000, got {text!r}")
+    return n, k
+
+
+def resolve_config(config: dict) -> dict:
+    """Defaults filled in and every value validated; UserError (one line) for bad input."""
+    unknown = sorted(set(config) - set(DEFAULTS) - {"latent_nk", "hidden_sizes"})
+    if unknown:
+        raise UserError(f"unknown vae option {unknown[0]!r}")
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k == "progress"}}
+    parse_data_spec(cfg["data"])
+    cfg["latent_nk"] = list(parse_latent(cfg["latent"]))
+    cfg["latent"] = f"{cfg['latent_nk'][0]}x{cfg['latent_nk'][1]}"
+    methods = cfg["methods"]
+    if isinstance(methods, str):
+        methods = parse_list(methods, "--methods", allowed=ALL_METHODS)
+    else:
+        methods = list(methods)
+        bad = [m for m in methods if m not in ALL_METHODS]
+        if bad or not methods:
+            raise UserError(f"unknown --methods {bad[0] if bad else ''!r}; expected some of {', '.join(ALL_METHODS)}")
+    cfg["methods"] = list(dict.fromkeys(methods))
+    for key, flag, minimum in (
+        ("steps", "--steps", 1),
+        ("seeds", "--seeds", 1),
+        ("batch_size", "--batch-size", 1),
+        ("eval_samples", "--eval-samples", 0),
+        ("reinforce_samples", "--reinforce-samples", 2),
+        ("gumbel_rao_k", "--gumbel-rao-k", 1),
+        ("log_every", "--log-every", 1),
+        ("val_every", "--val-every", 1),
+        ("checkpoint_every", "--checkpoint-every", 1),
+        ("threads", "--threads", 0),
+        ("dist_timeout", "--dist-timeout", 1),
+    ):
+        cfg[key] = _pos_int(cfg, key, flag, minimum)
+    cfg["lr"] = _float(cfg, "lr", "--lr")
+    if not cfg["lr"] > 0:
+        raise UserError(f"expected --lr > 0, got {cfg['lr']}")
+    cfg["threshold"] = _float(cfg, "threshold", "--threshold")
+    if not 0.0 <= cfg["threshold"] < 1.0:
+        raise UserError(f"expected 0 <= --threshold < 1, got {cfg['threshold']}")
+    if cfg["binarize"] not in ("fixed", "dynamic"):
+        raise UserError(f"expected --binarize fixed or dynamic, got {cfg['binarize']!r}")
+    try:
+        cfg["tau_schedule"] = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"]).spec
+    except ValueError as exc:
+        raise UserError(f"--tau-schedule: {exc}") from None
+    try:
+        sizes = [int(h) for h in parse_list(cfg["hidden"], "--hidden")] if isinstance(cfg["hidden"], str) else [int(h) for h in cfg["hidden"]]
+    except ValueError:
+        raise UserError(f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {cfg['hidden']!r}") from None
+    if not sizes or any(h < 1 for h in sizes):
+        raise UserError(f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {cfg['hidden']!r}")
+    cfg["hidden_sizes"] = sizes
+    cfg["hidden"] = ",".join(map(str, sizes))
+    cfg["out"] = str(cfg["out"])
+    cfg["resume"] = bool(cfg["resume"])
+    cfg["sweep_parallel"] = bool(cfg["sweep_parallel"])
+    cfg["device"] = str(cfg["device"])
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``gumbelkit vae`` flags. Values are parsed as text and validated in :func:`resolve_config`,
+    so every bad value gets the same one-line error."""
+    d = DEFAULTS
+    a = parser.add_argument
+    a("--data", default=d["data"], help="mnist5k (default), digits, fashion-mnist or idx:FOLDER")
+    a("--latent", default=d["latent"], help="N x K categorical latents (default 30x10)")
+    a("--steps", default=d["steps"], help=f"training steps per run (default {d['steps']}: ~10 min for all methods on 2 CPU cores)")
+    a("--methods", default=",".join(d["methods"]), help=f"comma-separated, from {', '.join(ALL_METHODS)} (default: the first six)")
+    a("--seeds", default=d["seeds"], help="number of seeds, 0..R-1 (default 1)")
+    a("--tau-schedule", default=d["tau_schedule"], help="temperature schedule spec (default: Jang et al.'s max(0.5, exp(-3e-5 t)) every 1000 steps)")
+    a("--batch-size", default=d["batch_size"], help="images per step (default 100)")
+    a("--lr", default=d["lr"], help="Adam learning rate (default 1e-3)")
+    a("--eval-samples", default=d["eval_samples"], help="m of the importance-weighted test bound (default 100; 0 skips it)")
+    a("--out", default=d["out"], help="output folder (default runs/vae)")
+    a("--resume", action="store_true", help="continue from the checkpoints in --out (bit-identical to an uninterrupted run)")
+    a("--device", default=d["device"], help="cpu, cuda or auto (default auto: CUDA when available)")
+    a("--hidden", default=d["hidden"], help="encoder hidden sizes; the decoder mirrors them (default 512,256)")
+    a("--binarize", default=d["binarize"], help="fixed (threshold, default) or dynamic (Bernoulli draw at every use)")
+    a("--threshold", default=d["threshold"], help="fixed binarisation threshold on grey levels in [0,1] (default 0.5)")
+    a("--reinforce-samples", default=d["reinforce_samples"], help="samples per image for reinforce's leave-one-out baseline (default 4)")
+    a("--gumbel-rao-k", default=d["gumbel_rao_k"], help="conditional noise draws of gumbel_rao (default 10)")
+    a("--log-every", default=d["log_every"], help="steps per point of the training curve (default 100)")
+    a("--val-every", default=d["val_every"], help="steps between validation -ELBO evaluations (default 500)")
+    a("--checkpoint-every", default=d["checkpoint_every"], help="steps between checkpoints (default 500)")
+    a("--threads", default=d["threads"], help="torch CPU threads (default 1; 0 keeps PyTorch's default)")
+    a("--sweep-parallel", action="store_true", help="under torchrun: spread whole (method, seed) runs over the ranks instead of DDP")
+    a("--dist-timeout", default=d["dist_timeout"], help="seconds a rank waits in a collective before failing (default 1800)")
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    keys = set(DEFAULTS)
+    return resolve_config({k: v for k, v in vars(args).items() if k in keys})
+
+
+# --------------------------------------------------------------------------- job
+
+
+@contextmanager
+def _cpu_settings(threads: int, device: torch.device):
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    # Pixels that are 0 in every image (MNIST's border) give their first-layer weights exactly zero
+    # gradients, so Adam's moment estimates for them decay geometrically into the subnormal range
+    # (~15% of all Adam entries after ~900 steps on mnist5k), and CPU arithmetic on subnormals is
+    # slow: measured here, one Adam step over 1.2M entries, a third subnormal, 12 ms -> 4-6 ms with
+    # flushing. Flushed values are < 1.2e-38, far below anything that changes an update.
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+        torch.set_num_threads(old_threads)
+
+
+def command_line(cfg: dict) -> str:
+    """The explicit ``gumbelkit vae`` command that reproduces ``cfg``."""
+    parts = ["gumbelkit vae"]
+    for key in (
+        "data", "latent", "steps", "methods", "seeds", "tau_schedule", "batch_size", "lr", "eval_samples",
+        "hidden", "binarize", "threshold", "reinforce_samples", "gumbel_rao_k", "device", "out",
+    ):
+        value = ",".join(cfg[key]) if key == "methods" else cfg[key]
+        parts.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+def _fmt(values, digits=2):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    m, s = mean_std(vals)
+    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def summarize(cfg: dict, runs: list) -> tuple[list, list, list]:
+    """(headers, rows of strings, per-method summary dicts) of the results table: mean ± std over seeds."""
+    m = cfg["eval_samples"]
+    exact = any("test_exact_nll" in r for r in runs)
+    headers = ["method", "test −ELBO"] + ([f"IW bound (m={m})"] if m else [])
+    if exact:
+        headers += ["exact −ELBO", "exact NLL"]
+    headers += ["initial −ELBO", "val −ELBO", "train s", "steps/s"]
+    rows, summary = [], []
+    for method in cfg["methods"]:
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        row = [method, _fmt([r["test_neg_elbo"] for r in rs])]
+        if m:
+            row.append(_fmt([r["test_iw_bound"] for r in rs]))
+        if exact:
+            row += [_fmt([r.get("test_exact_neg_elbo") for r in rs]), _fmt([r.get("test_exact_nll") for r in rs])]
+        row += [
+            _fmt([r["initial_test_neg_elbo"] for r in rs]),
+            _fmt([r["val_neg_elbo"] for r in rs]),
+            _fmt([r["seconds"] for r in rs], 0),
+            _fmt([r["steps_per_second"] for r in rs], 1),
+        ]
+        rows.append(row)
+        entry = {"method": method, "seeds": len(rs)}
+        for key in ("test_neg_elbo", "test_iw_bound", "test_exact_neg_elbo", "test_exact_nll", "initial_test_neg_elbo", "seconds"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                entry[key], entry[key + "_std"] = mean_std(vals)
+        summary.append(entry)
+    return headers, rows, summary
+
+
+def _plots(cfg: dict, runs: list, out: Path) -> list:
+    from matplotlib.figure import Figure
+
+    files = []
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for method in cfg["methods"]:
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        for ax, key in ((ax1, "train_curve"), (ax2, "val_curve")):
+            steps = [p[0] for p in rs[0][key]]
+            mean = [sum(r[key][i][1] for r in rs) / len(rs) for i in range(len(steps))]
+            ax.plot(steps, mean, label=method, marker="o" if key == "val_curve" else None, ms=3)
+    ax1.set(title=f"training objective (mean of every {cfg['log_every']} steps)", xlabel="step", ylabel="nats / image")
+    ax2.set(title="validation −ELBO (discrete latents)", xlabel="step", ylabel="nats / image")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"categorical VAE, {cfg['data']}, latent {cfg['latent']}, {cfg['seeds']} seed(s)")
+    files.append(save_figure(fig, out / "train_curves.png"))
+
+    schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
+    steps = list(range(0, cfg["steps"], max(1, cfg["steps"] // 500))) + [cfg["steps"] - 1]
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    ax.plot(steps, [schedule(s) for s in steps])
+    ax.set(title=f"τ schedule: {cfg['tau_schedule']}", xlabel="step", ylabel="τ")
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3)
+    files.append(save_figure(fig, out / "tau_schedule.png"))
+    return files
+
+
+def main(config: dict) -> dict:
+    """Run every (method, seed), write results.json / results.md / plots into ``--out``, print the table.
+
+    Returns:
+        The results dict (also written to ``results.json``).
+    """
+    cfg = resolve_config(config)
+    device = resolve_device(cfg["device"])
+    # Under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); otherwise a
+    # single-process context. Each rank of a CUDA job takes cuda:LOCAL_RANK.
+    ctx = init_distributed(device, timeout_s=cfg["dist_timeout"])
+    try:
+        return _main(cfg, ctx)
+    finally:
+        ctx.shutdown()
+
+
+def _agree(ctx: DistContext, fn):
+    """Run ``fn`` on every rank; if it raises UserError on any rank, raise it on all of them
+    (otherwise the healthy ranks would wait in the next collective until the timeout)."""
+    error, value = None, None
+    try:
+        value = fn()
+    except UserError as exc:
+        error = str(exc)
+    if ctx.enabled:
+        try:
+            ctx.agree(error)
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from None
+    elif error:
+        raise UserError(error)
+    return value
+
+
+def _main(cfg: dict, ctx: DistContext) -> dict:
+    device = ctx.device
+    sweep = ctx.enabled and cfg["sweep_parallel"]
+    prefix = f"vae[rank {ctx.rank}]" if sweep else "vae"
+    log = (lambda msg: print(f"{prefix}: {msg}", file=sys.stderr, flush=True)) if (ctx.is_main or sweep) else None
+    t_job = time.perf_counter()
+    with _cpu_settings(cfg["threads"], device):
+        try:
+            ds = binarize_dataset(load_dataset(cfg["data"]), cfg["binarize"], threshold=cfg["threshold"])
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        if cfg["batch_size"] > ds.train.shape[0]:
+            raise UserError(f"expected --batch-size <= {ds.train.shape[0]} (training images), got {cfg['batch_size']}")
+        # In a sweep every rank writes its own runs' checkpoints; in DDP only the main process writes.
+        out = _agree(ctx, lambda: prepare_out_dir(cfg["out"]) if (ctx.is_main or sweep) else Path(cfg["out"]))
+        env = environment_info(device)
+        if log:
+            s = ds.summary()
+            log(
+                f"{s['name']}: {s['n_train']} train / {s['n_val']} val / {s['n_test']} test images of {s['input_dim']} pixels; "
+                f"{len(cfg['methods'])} method(s) x {cfg['seeds']} seed(s) x {cfg['steps']} steps; "
+                f"{env['threads']} thread(s) on {device}"
+            )
+        grid = [(method, seed) for method in cfg["methods"] for seed in range(cfg["seeds"])]
+        # --sweep-parallel: each rank trains its round-robin share of whole runs as a one-process
+        # job (same numbers as a serial run of that (method, seed)); rank 0 gathers the records.
+        mine = partition(grid, ctx.rank, ctx.world_size) if sweep else grid
+        run_ctx = DistContext(device=device) if sweep else ctx
+
+        def run_share():
+            done = []
+            for method, seed in mine:
+                rec = run_one(cfg, ds, method, seed, run_ctx, out, log=log)
+                done.append(rec)
+                if log:
+                    iw = f", IW{cfg['eval_samples']} {rec['test_iw_bound']:.2f}" if rec["test_iw_bound"] is not None else ""
+                    log(
+                        f"{method} seed {seed}: test -ELBO {rec['test_neg_elbo']:.2f}{iw} "
+                        f"(untrained {rec['initial_test_neg_elbo']:.2f}); {rec['seconds']:.0f} s, {rec['steps_per_second']:.1f} steps/s"
+                    )
+            return done
+
+        if sweep:
+            # One collective after the whole share (ranks may own different numbers of runs).
+            shares = ctx.all_gather_object(_agree(ctx, run_share))
+            order = {key: i for i, key in enumerate(grid)}
+            runs = sorted((r for share in shares for r in share), key=lambda r: order[(r["method"], r["seed"])])
+        else:
+            runs = run_share()
+    headers, rows, summary = summarize(cfg, runs)
+    table = markdown_table(headers, rows)
+    results = {
+        "config": {k: v for k, v in cfg.items() if k not in ("latent_nk", "hidden_sizes")},
+        "command": command_line(cfg),
+        "data": ds.summary() | {"binarization": ds.notes[-1]},
+        "environment": env,
+        "summary": summary,
+        "runs": runs,
+        "world_size": ctx.world_size,
+        "distributed": {"mode": ("sweep" if sweep else "ddp") if ctx.enabled else None, "backend": ctx.backend},
+        "wall_seconds": time.perf_counter() - t_job,
+    }
+    if ctx.is_main:
+        plots = _plots(cfg, runs, out)
+        results["plots"] = [p.name for p in plots]
+        md = _markdown(cfg, results, table)
+        atomic_write_text(out / "results.md", md)
+        atomic_write_json(out / "results.json", results)
+        print(table, end="")
+    return results
+
+
+def _markdown(cfg: dict, results: dict, table: str) -> str:
+    d, env = results["data"], results["environment"]
+    lines = [
+        f"# Categorical VAE: {cfg['data']}, latent {cfg['latent']}",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Data: {d['source']}; {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images "
+        f"({d['test_split']}); binarisation {d['binarization']}.",
+        f"Training: {cfg['steps']} steps of batch {cfg['batch_size']}, Adam lr {cfg['lr']}, τ {cfg['tau_schedule']}, "
+        f"reinforce with {cfg['reinforce_samples']} samples + leave-one-out baseline, gumbel_rao k={cfg['gumbel_rao_k']}.",
+        f"Machine: torch {env['torch']} on {env['device']}, {env['threads']} thread(s); job wall time {results['wall_seconds']:.0f} s.",
+        "",
+        "Test numbers in nats per image (lower is better), discrete latents, mean ± std over "
+        f"{cfg['seeds']} seed(s). −ELBO: one sample per image; IW bound: importance-weighted with m samples"
+        + ("; exact: summed over all K^N codes." if "exact NLL" in table else "."),
+        "",
+        table,
+    ]
+    return "\n".join(lines)
