@@ -171,8 +171,7 @@ class CategoricalVAE(torch.nn.Module):
 
     def kl_to_uniform(self, logits: torch.Tensor) -> torch.Tensor:
         """Analytic KL(q(z|x) || Uniform(K)^N), summed over the N latents: shape (B,)."""
-        # p_logits expanded to the full shape: kl_categorical normalises a negative dim against the
-        # broadcast shape, so a (K,)-shaped prior would be indexed with the wrong dim.
+        # Uniform prior: all-zero logits (an expanded view, no copy).
         return gumbelkit.kl_categorical(logits, logits.new_zeros(()).expand_as(logits), dim=-1).sum(-1)
 
     def forward(self, x, method: str, tau: float, *, generator=None, reinforce_samples: int = 4, gumbel_rao_k: int = 10):
@@ -737,7 +736,7 @@ def command_line(cfg: dict) -> str:
     parts = ["gumbelkit vae"]
     for key in (
         "data", "latent", "steps", "methods", "seeds", "tau_schedule", "batch_size", "lr", "eval_samples",
-        "hidden", "binarize", "threshold", "reinforce_samples", "gumbel_rao_k", "device", "out",
+        "hidden", "binarize", "threshold", "reinforce_samples", "gumbel_rao_k", "threads", "device", "out",
     ):
         value = ",".join(cfg[key]) if key == "methods" else cfg[key]
         parts.append(f"--{key.replace('_', '-')} {value}")
