@@ -96,9 +96,21 @@ def gumbel_noise(
     """
     device = _resolve_device(generator, device)
     ndt = _noise_dtype(dtype)
-    # Two in-place logs: -log U is in (0, 87.4], so the outer log is finite as well.
-    g = uniform_open(shape, generator=generator, device=device, dtype=ndt).log_().neg_().log_().neg_()
+    g = log_exponential_noise(shape, generator=generator, device=device, dtype=ndt).neg_()
     return g if ndt == dtype else g.to(dtype)
+
+
+def log_exponential_noise(shape, *, generator=None, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log E with E ~ Exp(1), i.e. *minus* a standard Gumbel: exactly ``-gumbel_noise(...)``.
+
+    Internal building block of the samplers: theta + g is computed as ``theta - log E`` straight
+    into this fresh buffer, which saves the final negation pass of :func:`gumbel_noise`. The
+    result is in float32 (float64 if asked), whatever ``dtype`` says otherwise.
+    """
+    device = _resolve_device(generator, device)
+    ndt = _noise_dtype(dtype)
+    # Two in-place logs: -log U is in (0, 87.4], so the outer log is finite as well.
+    return uniform_open(shape, generator=generator, device=device, dtype=ndt).log_().neg_().log_()
 
 
 def logistic_noise(

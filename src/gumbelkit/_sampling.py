@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._noise import gumbel_noise
+from ._noise import gumbel_noise, log_exponential_noise
 from ._validation import (
     Tau,
     check_generator,
@@ -43,9 +43,26 @@ class _LeanSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v: torch.Tensor):
         (y,) = ctx.saved_tensors
-        gy = v * y
-        gx = gy - y * gy.sum(ctx.dim, keepdim=True)
-        return gx, None, None
+        return _softmax_grad(y, v, ctx.dim), None, None
+
+
+def _softmax_grad(y: torch.Tensor, v: torch.Tensor, dim: int, *, overwrite_y: bool = False) -> torch.Tensor:
+    """y * (v - <y, v>) along dim: ATen's fused softmax backward (one pass instead of four).
+
+    With ``overwrite_y`` (for a private saved y that no one else reads) the result is written over
+    y -- the kernel finishes each row's <y, v> before writing it -- so the backward allocates no
+    B x K buffer. Only on CPU (the kernel checked), outside compilation, and when the graph is not
+    retained (a second backward would read the overwritten y).
+    """
+    v = v.to(y.dtype).contiguous()
+    if (
+        overwrite_y
+        and y.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch._C._autograd._get_current_graph_task_keep_graph()
+    ):
+        return torch.ops.aten._softmax_backward_data.out(v, y, dim, y.dtype, grad_input=y)
+    return torch._softmax_backward_data(v, y, dim, y.dtype)
 
 
 class _OneHotST(torch.autograd.Function):
@@ -88,15 +105,55 @@ def perturbed_logits(logits: torch.Tensor, generator=None) -> torch.Tensor:
     return logits.to(cdt) + g
 
 
+class _GumbelSoftmax(torch.autograd.Function):
+    """Noise, perturbation, softmax and (hard) one-hot in one node that saves only y.
+
+    Forward, in one fresh buffer: log E (E ~ Exp(1), drawn exactly like :func:`gumbel_noise`),
+    then z = theta - log E = theta + g in place, then z / tau in place (skipped for tau = 1), then
+    y = softmax(z); the hard output is a new exact one-hot. Compared with composing autograd ops
+    this drops the negation pass, two B x K temporaries and the autograd bookkeeping; the backward
+    is ATen's fused softmax backward divided by tau. Temperatures that require grad do not come here.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tau, hard: bool, dim: int, generator):
+        cdt = compute_dtype(logits.dtype)
+        z = log_exponential_noise(logits.shape, generator=generator, device=logits.device, dtype=cdt)
+        torch.sub(logits, z, out=z)  # theta + g, written over the noise buffer
+        index = z.argmax(dim, keepdim=True) if hard else None
+        unit_tau = not isinstance(tau, torch.Tensor) and tau == 1.0
+        if not unit_tau:
+            z.div_(tau)
+        y = torch.softmax(z, dim)
+        del z
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.tau, ctx.unit_tau, ctx.in_dtype, ctx.hard = dim, tau, unit_tau, logits.dtype, hard
+        if hard:
+            return torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device).scatter_(dim, index, 1.0)
+        return y if y.dtype == logits.dtype else y.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, v: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        # hard: y is private (the output is the one-hot), so the gradient may overwrite it
+        gx = _softmax_grad(y, v, ctx.dim, overwrite_y=ctx.hard)
+        if not ctx.unit_tau:
+            gx.div_(ctx.tau)  # dz/dtheta = 1/tau
+        return gx.to(ctx.in_dtype), None, None, None, None
+
+
 def relaxed_unchecked(logits: torch.Tensor, tau: Tau, hard: bool, dim: int, generator=None) -> torch.Tensor:
-    z = perturbed_logits(logits, generator)
-    index = z.detach().argmax(dim, keepdim=True) if hard else None
-    if hard and not _needs_grad(logits, tau):
-        return one_hot_like(logits, index, dim)
-    # Division by tau happens outside the custom function so a tensor tau receives its gradient
-    # from autograd (learnable temperatures) while the function still saves only y.
-    y = softmax_st(z / tau_like(tau, z), dim, index)
-    return y.to(logits.dtype)
+    if isinstance(tau, torch.Tensor) and tau.requires_grad and torch.is_grad_enabled():
+        # Learnable temperature: divide outside the custom function so that tau receives its
+        # gradient from autograd, while the function still saves only y.
+        z = perturbed_logits(logits, generator)
+        index = z.detach().argmax(dim, keepdim=True) if hard else None
+        return softmax_st(z / tau_like(tau, z), dim, index).to(logits.dtype)
+    if hard and not _needs_grad(logits):
+        z = perturbed_logits(logits.detach(), generator)
+        return one_hot_like(logits, z.argmax(dim, keepdim=True), dim)
+    t = tau_like(tau.detach(), logits.new_empty((), dtype=compute_dtype(logits.dtype))) if isinstance(tau, torch.Tensor) else tau
+    return _GumbelSoftmax.apply(logits, t, hard, dim, generator)
 
 
 # --------------------------------------------------------------------------- public functions

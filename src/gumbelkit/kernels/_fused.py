@@ -1,0 +1,418 @@
+"""Fused Gumbel-Softmax: Philox noise generated inside the softmax kernel (torch.compile / Inductor).
+
+The built-in spends most of its time in ``Tensor.exponential_()`` (a serial generator) and keeps
+several B x K temporaries. Here the noise is a pure function of (key, position) -- Philox4x32-10 on
+int32 words -- written in plain torch ops, so Inductor compiles noise + softmax (+ argmax and the
+one-hot for ``hard``) into one C++/OpenMP kernel on CPU, and the same code into Triton on CUDA.
+
+Memory: the forward saves only y = softmax((x + g) / tau) for the backward (soft mode: that is the
+output itself, so nothing extra is held); the backward regenerates nothing: it is ATen's one-pass
+softmax backward grad_x = y * (v - <y, v>) / tau, written over the private y in hard mode.
+
+Compilation is lazy and cached per variant (soft, hard, hard without grad) and row-length class
+(each K <= 64 gets its own kernel, longer rows share one with a symbolic K; the batch size is
+always symbolic); the first call of each is timed (see :func:`compile_times`). When compilation or
+the compiled kernel fails, the call -- and every later call -- takes the eager
+:func:`gumbelkit.gumbel_softmax` instead, with one warning, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+
+import torch
+
+from .._sampling import _softmax_grad
+from .._sampling import gumbel_softmax as _eager_gumbel_softmax
+from .._validation import (
+    Tau,
+    check_dtype,
+    check_generator,
+    check_tau,
+    check_values,
+    compute_dtype,
+    normalize_dim,
+)
+from ._philox import philox4x32, uniform_float32, uniform_float64
+
+__all__ = [
+    "gumbel_softmax",
+    "gumbel_noise_philox",
+    "draw_key",
+    "compile_times",
+    "is_available",
+    "FusedFallbackWarning",
+]
+
+
+class FusedFallbackWarning(RuntimeWarning):
+    """The fused kernel could not be compiled or run; the eager implementation is used instead."""
+
+
+# --------------------------------------------------------------------------- noise (pure torch ops)
+
+
+def _resolve_generator(generator, device):
+    """The generator a draw on ``device`` uses: the given one, else the device's default (or None)."""
+    if generator is not None:
+        return generator
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[idx]
+    return None
+
+
+def draw_key(generator: torch.Generator | None, device) -> torch.Tensor:
+    """Four int32 words (k0, k1, c2, c3) drawn from ``generator`` (or the device's default RNG).
+
+    128 random bits per call: a 64-bit Philox key and the upper 64 bits of the counter. Same
+    generator state -> same words -> same noise; every call advances the generator.
+    """
+    dev = torch.device(generator.device) if generator is not None else torch.device(device)
+    words = torch.empty(2, dtype=torch.int64, device=dev).random_(-(2**63), None, generator=generator)
+    return words.view(torch.int32).to(device)
+
+
+def gumbel_noise_philox(n: int, key: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""n i.i.d. Gumbel(0, 1) values, a pure function of (``key``, position): g_i = -log(-log u_i).
+
+    Element i takes word (i // m) of Philox4x32-10 at counter (i mod m, 0, key[2], key[3]) with key
+    (key[0], key[1]), where m = ceil(n / 4): the four words of one Philox call go to four distant
+    positions, so one call serves four elements and the output is a plain concatenation (which
+    Inductor fuses). float64 uses two words per element (42 random bits).
+
+    Args:
+        n: number of values.
+        key: int32 tensor of 4 words, e.g. from :func:`draw_key`.
+        dtype: float32 (23-bit uniforms, like ``torch.rand``) or float64.
+
+    Returns:
+        1-d tensor of n finite Gumbel values on ``key.device``.
+    """
+    lanes = 2 if dtype == torch.float64 else 4
+    m = max(1, -(-n // lanes))
+    dev = key.device
+    if m <= 2**31 - 1:
+        c0 = torch.arange(m, dtype=torch.int32, device=dev)
+        c1 = 0
+    else:  # more than 2^31 Philox calls: the element index needs the second counter word
+        i = torch.arange(m, dtype=torch.int64, device=dev)
+        c0 = (i & 0xFFFFFFFF).to(torch.int32)
+        c1 = (i >> 32).to(torch.int32)
+    w = philox4x32(c0, c1, key[2], key[3], key[0], key[1])
+    if lanes == 4:
+        us = [uniform_float32(wj) for wj in w]
+    else:
+        us = [uniform_float64(w[0], w[1]), uniform_float64(w[2], w[3])]
+    # -log(-log u): u is in the open interval, so both logs are finite.
+    g = torch.cat([-torch.log(-torch.log(u)) for u in us])
+    return g[:n]  # unconditional slice: no shape-dependent branch for the compiler to guard on
+
+
+# --------------------------------------------------------------------------- the fused functions
+
+
+def _forward(x2d: torch.Tensor, key: torch.Tensor, inv_tau: torch.Tensor, hard: bool, need_soft: bool):
+    """(out, y, zmax) for logits x2d (B, K): out = y or one_hot(argmax), y the softmax, zmax row max of x+g."""
+    cdt = compute_dtype(x2d.dtype)
+    B, K = x2d.shape
+    g = gumbel_noise_philox(B * K, key, cdt).view(B, K)
+    s = x2d.to(cdt) + g
+    # Row maxima of the perturbed logits: finite exactly when the row is valid (g is finite), so
+    # the NaN / +inf / all-masked checks come for free instead of costing a separate pass.
+    zmax = s.amax(-1)
+    if hard:
+        idx = s.argmax(-1, keepdim=True)
+        cols = torch.arange(K, device=x2d.device).view(1, K)
+        out = (cols == idx).to(x2d.dtype)  # exactly one-hot, ties to the lowest index
+    if not need_soft:
+        return out, None, zmax
+    y = torch.softmax(s * inv_tau, -1)
+    if not hard:
+        out = y if y.dtype == x2d.dtype else y.to(x2d.dtype)
+    return out, y, zmax
+
+
+# --------------------------------------------------------------------------- compilation, fallback
+
+_lock = threading.Lock()
+_compiled: dict = {}
+_compile_times: dict = {}
+_state = {"failed": None}
+_warned = [False]
+
+
+# Inductor inlines a pointwise node into every reader unless it is "large"; with ten chained Philox
+# rounds the default threshold re-traces the chain exponentially often (measured: 70 s to compile
+# the noise alone). Realizing nodes above 20 ops compiles in ~20 s and runs as fast (the realized
+# words stay inside one fused loop).
+_INDUCTOR_OPTIONS = {"realize_opcount_threshold": 20}
+
+
+def _compile(fn):
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=_INDUCTOR_OPTIONS)
+
+
+def _get_compiled(name: str, fn):
+    with _lock:
+        c = _compiled.get(name)
+        if c is None:
+            c = _compile(fn)
+            _compiled[name] = c
+        return c
+
+
+def _disable(exc: BaseException) -> None:
+    _state["failed"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if not _warned[0]:
+        _warned[0] = True
+        warnings.warn(
+            "gumbelkit.kernels: the fused kernel is unavailable "
+            f"({_state['failed']}); using the eager gumbelkit.gumbel_softmax from now on",
+            FusedFallbackWarning,
+            stacklevel=4,
+        )
+
+
+# Rows longer than this share one kernel compiled for a symbolic row length (measured as fast as a
+# specialised one at K = 1000); shorter rows get a kernel specialised to their K, whose fixed inner
+# loop is what makes small K fast.
+_STATIC_K_MAX = 64
+
+
+def _row_key(k: int):
+    return k if k <= _STATIC_K_MAX else f">{_STATIC_K_MAX}"
+
+
+def _signature(name: str, args) -> tuple:
+    # What a compiled variant specialises on: the row-length class, dtypes, device (the number of
+    # rows is always a dynamic dimension, so batch sizes share one kernel).
+    parts = [name]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append((_row_key(a.shape[-1]) if a.dim() == 2 else tuple(a.shape), str(a.dtype), a.device.type))
+        else:
+            parts.append(a)
+    return tuple(parts)
+
+
+def _forward_static_k(*args):
+    return _forward(*args)
+
+
+def _forward_dynamic_k(*args):
+    return _forward(*args)
+
+
+def _run(name: str, fn, *args):
+    """Call the compiled variant ``name``; time its first call per signature (see :func:`_signature`)."""
+    if torch.compiler.is_compiling():  # inside a user's torch.compile: let the outer compile fuse it
+        return fn(*args)
+    long_rows = args[0].shape[1] > _STATIC_K_MAX
+    # Two entry points with their own code objects, hence their own Dynamo caches: a kernel for a
+    # symbolic K is never picked up for short rows, and short rows never turn K symbolic.
+    entry = _forward_dynamic_k if long_rows else _forward_static_k
+    c = _get_compiled(f"{name}/{entry.__name__}", entry)
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dim() == 2:
+            torch._dynamo.maybe_mark_dynamic(a, 0)
+            if long_rows:
+                torch._dynamo.maybe_mark_dynamic(a, 1)
+            else:
+                torch._dynamo.mark_static(a, 1)
+    sig = _signature(name, args)
+    if sig in _compile_times:
+        return c(*args)
+    if sum(1 for k in _compile_times if k[0] == name) >= _MAX_SIGNATURES:
+        # Dynamo would stop compiling this function after its recompile limit and run the
+        # op-by-op Philox instead (slow); the eager sampler is the better fallback.
+        raise _TooManyShapes(name)
+    t0 = time.perf_counter()
+    out = c(*args)
+    _compile_times[sig] = time.perf_counter() - t0
+    return out
+
+
+class _TooManyShapes(Exception):
+    pass
+
+
+# Distinct (K, dtype, device) signatures compiled per variant; Dynamo's default limit is 8.
+_MAX_SIGNATURES = 6
+
+
+def compile_times() -> dict:
+    """First-call seconds (compilation included) of each compiled variant and input signature."""
+    return dict(_compile_times)
+
+
+def is_available() -> bool:
+    """False once compilation has failed in this process (calls then take the eager path)."""
+    return _state["failed"] is None
+
+
+def _reset_for_tests() -> None:
+    with _lock:
+        _compiled.clear()
+        _compile_times.clear()
+    _state["failed"] = None
+    _warned[0] = False
+
+
+class _FusedGumbelSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d, key, inv_tau, inv: float, hard: bool, compiled: bool):
+        name = "hard" if hard else "soft"
+        if compiled:
+            out, y, zmax = _run(name, _forward, x2d, key, inv_tau, hard, True)
+        else:
+            out, y, zmax = _forward(x2d, key, inv_tau, hard, True)
+        ctx.save_for_backward(y)
+        ctx.inv_tau = inv
+        ctx.hard = hard
+        ctx.x_dtype = x2d.dtype
+        ctx.mark_non_differentiable(zmax)
+        return out, zmax
+
+    @staticmethod
+    def backward(ctx, v, _gzmax):
+        (y,) = ctx.saved_tensors
+        # The backward needs no noise: ATen's one-pass softmax backward on the saved y (measured as
+        # fast as an Inductor kernel, and no compilation). In hard mode y is private and is
+        # overwritten by the gradient, so the backward allocates no B x K buffer.
+        gx = _softmax_grad(y, v, 1, overwrite_y=ctx.hard)
+        if ctx.inv_tau != 1.0:
+            gx = gx.mul_(ctx.inv_tau)
+        return gx.to(ctx.x_dtype), None, None, None, None, None
+
+
+def _fused_2d(x2d, key, inv_tau, inv: float, hard: bool, need_grad: bool, compiled: bool):
+    if need_grad:
+        return _FusedGumbelSoftmax.apply(x2d, key, inv_tau, inv, hard, compiled)
+    # The soft forward is the same graph with or without autograd (Function.forward runs without
+    # grad too), so it shares the compiled "soft" kernel; hard without grad skips the softmax.
+    name = "hard_nograd" if hard else "soft"
+    with torch.no_grad():
+        if compiled:
+            out, _, zmax = _run(name, _forward, x2d, key, inv_tau, hard, not hard)
+        else:
+            out, _, zmax = _forward(x2d, key, inv_tau, hard, not hard)
+    return out, zmax
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def _scalar_tau(tau):
+    """1/tau as a float, or None when tau is a tensor the fused path does not take."""
+    if isinstance(tau, torch.Tensor):
+        if tau.requires_grad or tau.numel() != 1:
+            return None
+        return 1.0 / float(tau)
+    return 1.0 / float(tau)
+
+
+def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
+    check_dtype(logits)
+    dim = normalize_dim(logits, dim)
+    tau = check_tau(tau, logits)
+    check_generator(generator, logits.device)
+    hard = bool(hard)
+    inv = _scalar_tau(tau)
+    if inv is None or (compiled and _state["failed"] is not None) or not math.isfinite(inv):
+        # Per-element or learnable temperatures (and a disabled fused path) take the eager path,
+        # which has the same semantics.
+        return _eager_gumbel_softmax(logits, tau, hard, dim, generator=generator)
+    K = logits.shape[dim]
+    moved = logits.movedim(dim, -1)
+    x2d = moved.reshape(-1, K)
+    if x2d.numel() == 0:
+        return _eager_gumbel_softmax(logits, tau, hard, dim, generator=generator)
+    cdt = compute_dtype(logits.dtype)
+    inv_tau = torch.tensor(inv, dtype=cdt, device=logits.device)
+    # A fallback must draw from the generator state the caller passed in: remember it.
+    rng = _resolve_generator(generator, logits.device) if compiled else None
+    rng_state = rng.get_state() if rng is not None else None
+    key = draw_key(generator, logits.device)
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    try:
+        out2d, zmax = _fused_2d(x2d, key, inv_tau, inv, hard, need_grad, compiled)
+    except Exception as exc:  # compile / backend failure: never an error for the caller
+        if not compiled:
+            raise
+        if not isinstance(exc, _TooManyShapes):
+            _disable(exc)
+        if rng is not None:
+            rng.set_state(rng_state)
+        return _eager_gumbel_softmax(logits, tau, hard, dim, generator=generator)
+    # One reduction and one sync: the sum of the row maxima is finite unless a row is invalid (or,
+    # harmlessly, finite maxima overflow the sum; check_values then finds nothing and returns).
+    if not torch.compiler.is_compiling() and not math.isfinite(float(zmax.sum())):
+        check_values(logits, dim)  # raises the library's message for NaN / +inf / all-masked rows
+    return out2d.reshape(moved.shape).movedim(-1, dim)
+
+
+def gumbel_softmax(
+    logits: torch.Tensor,
+    tau: Tau = 1.0,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Gumbel-Softmax with the noise generated inside one compiled kernel (Philox4x32-10).
+
+    Math: y = softmax((theta + g) / tau), g = -log(-log u), u from Philox4x32-10 at the element's
+    position under a 128-bit key drawn from ``generator``; ``hard=True`` returns
+    one_hot(argmax(theta + g)) (exactly one-hot) with the gradient of y. Same distribution, checks
+    and dtype policy as :func:`gumbelkit.gumbel_softmax` (float32 noise and arithmetic for
+    fp16/bf16, masked classes get 0 weight and 0 gradient, NaN / +inf / all-masked rows and
+    tau <= 0 raise), but a different random stream: the samples differ from the eager ones for the
+    same generator state (each path is reproducible on its own).
+
+    The forward saves only y (soft: the output itself) and the backward is one pass over y. The
+    first call per variant (soft, hard, hard without grad) and row-length class compiles (about
+    20-30 s cold on a 2-core CPU; see :func:`gumbelkit.kernels.compile_times`). Tensor temperatures
+    with more than one element or requiring grad take the eager path; if compilation fails the
+    eager path is used with one :class:`FusedFallbackWarning`.
+
+    Args:
+        logits: unnormalised log-probabilities (float16, bfloat16, float32, float64).
+        tau: temperature > 0 (float or one-element tensor for the fused path).
+        hard: one-hot forward with the soft gradient (straight-through Gumbel-Softmax).
+        dim: the category dimension.
+        generator: optional ``torch.Generator`` (keyword-only); 128 bits are drawn from it per call.
+
+    Returns:
+        Tensor shaped and typed like ``logits``.
+
+    Example:
+        >>> from gumbelkit import kernels
+        >>> y = kernels.gumbel_softmax(torch.randn(256, 1000), tau=0.5, hard=True)
+
+    Reference: Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017; Salmon, Moraes, Dror,
+    Shaw, "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011 (Philox).
+    """
+    return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=True)
+
+
+def gumbel_softmax_reference(
+    logits: torch.Tensor,
+    tau: Tau = 1.0,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The fused algorithm run op by op without compilation: identical random stream, for tests.
+
+    Same arguments and results as :func:`gumbel_softmax` (up to float rounding of the compiled
+    kernel); slow, since every Philox round is a separate pass over memory.
+    """
+    return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=False)
