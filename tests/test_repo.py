@@ -28,3 +28,13 @@ def test_public_api_matches_design():
         assert name in gumbelkit.__all__ and hasattr(gumbelkit, name)
     for name in ["Concrete", "ExpConcrete", "BinaryConcrete"]:
         assert hasattr(gumbelkit.distributions, name)
+
+
+def test_readme_usage_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    z = scope["z"]
+    assert z.shape == (100, 20, 10) and bool(((z == 0) | (z == 1)).all())
+    assert scope["idx"].shape == (100, 20, 3)
