@@ -274,10 +274,12 @@ def test_gradients_soft_gradcheck_and_hard_straight_through():
     assert torch.allclose(g_hard, x.grad, rtol=1e-12, atol=1e-15)
 
 
-def test_hard_gradient_survives_retain_graph():
-    # The hard backward overwrites its private saved softmax unless the graph is retained.
+@pytest.mark.parametrize("fn", [REF, gk.gumbel_softmax], ids=["fused-reference", "eager"])
+def test_hard_gradient_survives_retain_graph(fn):
+    # The hard backward (fused and eager) overwrites its private saved softmax unless the graph
+    # is retained.
     x = torch.randn(4, 7, requires_grad=True, generator=_gen(21))
-    y = REF(x, 0.5, hard=True, generator=_gen(22))
+    y = fn(x, 0.5, hard=True, generator=_gen(22))
     loss = (y * torch.arange(7.0)).sum()
     (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
     (g2,) = torch.autograd.grad(loss, x)

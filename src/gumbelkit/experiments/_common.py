@@ -27,6 +27,7 @@ __all__ = [
     "save_figure",
     "parse_list",
     "mean_std",
+    "add_progress_flags",
 ]
 
 
@@ -209,3 +210,10 @@ def parse_list(text: str, name: str, *, allowed: Sequence[str] | None = None) ->
         if bad:
             raise UserError(f"unknown {name} {bad[0]!r}; expected some of {', '.join(allowed)}")
     return items
+
+
+def add_progress_flags(parser) -> None:
+    """``--progress`` / ``--no-progress`` (default: bars only when stderr is a terminal)."""
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -38,6 +38,7 @@ import gumbelkit
 from gumbelkit import kernels
 
 from ._common import (
+    add_progress_flags,
     UserError,
     atomic_write_json,
     atomic_write_text,
@@ -169,9 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", default=d["seed"], help="seed of the random logits and weights (default 0)")
     a("--out", default=d["out"], help="output folder (default runs/bench)")
     a("--resume", action="store_true", help="reuse the finished shapes in --out/checkpoint.json")
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="force a progress bar")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> dict:

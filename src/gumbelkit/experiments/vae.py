@@ -49,6 +49,7 @@ import torch.nn.functional as F
 import gumbelkit
 
 from ._common import (
+    add_progress_flags,
     UserError,
     atomic_torch_save,
     atomic_write_json,
@@ -699,9 +700,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--threads", default=d["threads"], help="torch CPU threads (default 1; 0 keeps PyTorch's default)")
     a("--sweep-parallel", action="store_true", help="under torchrun: spread whole (method, seed) runs over the ranks instead of DDP")
     a("--dist-timeout", default=d["dist_timeout"], help="seconds a rank waits in a collective before failing (default 1800)")
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
