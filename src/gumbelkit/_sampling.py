@@ -10,6 +10,7 @@ from ._validation import (
     check_generator,
     check_logits,
     check_positive_int,
+    check_sample_args,
     check_tau,
     compute_dtype,
     shape_str,
@@ -105,6 +106,11 @@ def perturbed_logits(logits: torch.Tensor, generator=None) -> torch.Tensor:
     return logits.to(cdt) + g
 
 
+def gumbel_argmax(logits: torch.Tensor, dim: int, generator=None) -> torch.Tensor:
+    """argmax(theta + g) along dim, keepdim layout: the index of an exact categorical sample."""
+    return perturbed_logits(logits.detach(), generator).argmax(dim, keepdim=True)
+
+
 class _GumbelSoftmax(torch.autograd.Function):
     """Noise, perturbation, softmax and (hard) one-hot in one node that saves only y.
 
@@ -150,8 +156,7 @@ def relaxed_unchecked(logits: torch.Tensor, tau: Tau, hard: bool, dim: int, gene
         index = z.detach().argmax(dim, keepdim=True) if hard else None
         return softmax_st(z / tau_like(tau, z), dim, index).to(logits.dtype)
     if hard and not _needs_grad(logits):
-        z = perturbed_logits(logits.detach(), generator)
-        return one_hot_like(logits, z.argmax(dim, keepdim=True), dim)
+        return one_hot_like(logits, gumbel_argmax(logits, dim, generator), dim)
     t = tau_like(tau.detach(), logits.new_empty((), dtype=compute_dtype(logits.dtype))) if isinstance(tau, torch.Tensor) else tau
     return _GumbelSoftmax.apply(logits, t, hard, dim, generator)
 
@@ -255,9 +260,7 @@ def gumbel_softmax(
 
     Reference: Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017.
     """
-    dim = check_logits(logits, dim)
-    tau = check_tau(tau, logits)
-    check_generator(generator, logits.device)
+    dim, tau = check_sample_args(logits, tau, dim, generator)
     return relaxed_unchecked(logits, tau, bool(hard), dim, generator)
 
 

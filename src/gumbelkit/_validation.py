@@ -144,6 +144,17 @@ def check_generator(generator, device: torch.device) -> None:
         )
 
 
+def check_sample_args(logits: torch.Tensor, tau: Tau, dim: int, generator) -> tuple[int, Tau]:
+    """The checks every sampler with a temperature makes: logits, dim, tau, generator.
+
+    Returns the non-negative dim and the validated tau.
+    """
+    dim = check_logits(logits, dim)
+    tau = check_tau(tau, logits)
+    check_generator(generator, logits.device)
+    return dim, tau
+
+
 def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"expected {name} to be an integer >= 1, got {value!r}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .._sampling import gumbel_softmax as _gumbel_softmax
-from .._sampling import perturbed_logits, softmax_st, tempered_softmax
-from .._validation import Tau, check_generator, check_logits, check_tau, compute_dtype, tau_like
+from .._sampling import gumbel_argmax, softmax_st, tempered_softmax
+from .._validation import Tau, check_generator, check_sample_args, compute_dtype, tau_like
 from ._registry import register
 
 
@@ -53,9 +53,7 @@ def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generat
 
     Reference: Bengio, Leonard, Courville, 2013; Chung, Ahn, Bengio, ICLR 2017 (slope-annealed ST).
     """
-    dim = check_logits(logits, dim)
-    tau = check_tau(tau, logits)
-    check_generator(generator, logits.device)
-    index = perturbed_logits(logits.detach(), generator).argmax(dim, keepdim=True)
+    dim, tau = check_sample_args(logits, tau, dim, generator)
+    index = gumbel_argmax(logits, dim, generator)
     x = logits.to(compute_dtype(logits.dtype))
     return softmax_st(x / tau_like(tau, x), dim, index).to(logits.dtype)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .._noise import exponential_noise
-from .._sampling import _needs_grad, one_hot_like, one_hot_straight_through, perturbed_logits
-from .._validation import Tau, check_generator, check_logits, check_positive_int, check_tau, compute_dtype, tau_like
+from .._sampling import _needs_grad, gumbel_argmax, one_hot_like, one_hot_straight_through
+from .._validation import Tau, check_positive_int, check_sample_args, compute_dtype, tau_like
 from ._registry import register
 
 
@@ -59,11 +59,9 @@ def gumbel_rao_estimator(
     Reference: Paulus, Maddison, Krause, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax
     Gradient Estimator", ICLR 2021.
     """
-    dim = check_logits(logits, dim)
-    tau = check_tau(tau, logits)
-    check_generator(generator, logits.device)
+    dim, tau = check_sample_args(logits, tau, dim, generator)
     k = check_positive_int(k, "k")
-    index = perturbed_logits(logits.detach(), generator).argmax(dim, keepdim=True)
+    index = gumbel_argmax(logits, dim, generator)
     if not _needs_grad(logits, tau):
         return one_hot_like(logits, index, dim)
     cond = conditional_gumbel(logits, index, k, dim, generator=generator)

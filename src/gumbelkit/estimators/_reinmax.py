@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._sampling import _needs_grad, one_hot_like, perturbed_logits
-from .._validation import Tau, check_generator, check_logits, check_tau, compute_dtype
+from .._sampling import _needs_grad, _softmax_grad, gumbel_argmax, one_hot_like
+from .._validation import Tau, check_sample_args, compute_dtype
 from ._registry import register
-
-
-def _jvp_softmax(p: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
-    # J(p)^T v = p * v - p <p, v>, the softmax Jacobian at probabilities p.
-    pv = p * v
-    return pv - p * pv.sum(dim, keepdim=True)
 
 
 class _ReinMax(torch.autograd.Function):
@@ -28,7 +22,8 @@ class _ReinMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v: torch.Tensor):
         pi, pi1 = ctx.saved_tensors
-        g = 2.0 * _jvp_softmax(pi1, v, ctx.dim) - 0.5 * _jvp_softmax(pi, v, ctx.dim)
+        # J(p)^T v = p * v - p <p, v> is exactly the softmax backward at probabilities p.
+        g = 2.0 * _softmax_grad(pi1, v, ctx.dim) - 0.5 * _softmax_grad(pi, v, ctx.dim)
         return g, None, None, None
 
 
@@ -46,10 +41,8 @@ def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     Reference: Liu, Chen, Tan, Ji, Wang, Gao, "Bridging Discrete and Backpropagation:
     Straight-Through and Beyond", NeurIPS 2023.
     """
-    dim = check_logits(logits, dim)
-    tau = check_tau(tau, logits)
-    check_generator(generator, logits.device)
-    index = perturbed_logits(logits.detach(), generator).argmax(dim, keepdim=True)
+    dim, tau = check_sample_args(logits, tau, dim, generator)
+    index = gumbel_argmax(logits, dim, generator)
     if not _needs_grad(logits):
         return one_hot_like(logits, index, dim)
     x = logits.to(compute_dtype(logits.dtype))
