@@ -39,3 +39,13 @@ def test_errors():
         gk.kl_categorical(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="floating"):
         gk.kl_categorical(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3))
+
+
+def test_nan_and_all_masked_rows_raise():
+    ninf = float("-inf")
+    with pytest.raises(ValueError, match="q_logits without NaN"):
+        gk.kl_categorical(torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="all-masked"):
+        gk.kl_categorical(torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [ninf, ninf]]))
+    with pytest.raises(IndexError, match="expected dim"):
+        gk.kl_categorical(torch.zeros(2, 2), torch.zeros(2, 2), dim=2)

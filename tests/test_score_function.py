@@ -93,3 +93,8 @@ def test_categorical_log_prob_handles_masks_and_one_hot():
     lp.sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[0, 1] == 0
     assert torch.allclose(gk.categorical_log_prob(logits, torch.tensor([2])), lp)
+
+
+def test_non_finite_losses_raise():
+    with pytest.raises(ValueError, match="expected finite losses"):
+        gk.reinforce_surrogate(torch.tensor([[1.0], [float("nan")]]), torch.zeros(2, 1))

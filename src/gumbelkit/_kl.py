@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_dtype, normalize_dim, shape_str
+from ._validation import check_dtype, check_values, normalize_dim, shape_str
 
 __all__ = ["kl_categorical"]
 
@@ -40,6 +40,9 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
         ) from None
     q_logits, p_logits = q_logits.expand(shape), p_logits.expand(shape)
     dim = normalize_dim(q_logits, dim, "q_logits")
+    # NaN or an all-masked row would turn log_softmax into NaN silently: refuse them here.
+    check_values(q_logits, dim, "q_logits")
+    check_values(p_logits, dim, "p_logits")
     log_q = torch.log_softmax(q_logits, dim)
     log_p = torch.log_softmax(p_logits, dim)
     q = log_q.exp()

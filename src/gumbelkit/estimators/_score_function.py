@@ -81,6 +81,8 @@ def reinforce_surrogate(
     dim = dim % losses.dim()
     n = losses.shape[dim]
     f = losses.detach()
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(f).all()):
+        raise ValueError(f"expected finite losses, got {int((~torch.isfinite(f)).sum())} non-finite entries")
     if isinstance(baseline, str):
         if baseline == "loo":
             if n < 2:
