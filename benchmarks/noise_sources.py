@@ -1,8 +1,13 @@
 """Cost per element of the noise sources behind each Gumbel-Softmax, as ratios against exponential_.
 
 - ``exponential_``: what ``torch.nn.functional.gumbel_softmax`` draws (then one log);
-- ``rand``: ``torch.rand``, the uniform source of ``gumbelkit.gumbel_noise``;
-- ``gumbel_noise``: the eager gumbelkit noise, rand + clamp + two in-place logs;
+- ``rand``: ``torch.rand`` (the float64 / non-CPU uniform source of ``gumbelkit.uniform_open``);
+- ``random_ int64``: 32-bit words from the torch generator as full-range int64 draws (the CPU
+  float32 source below 2^15 words);
+- ``sfc64 words``: 32-bit words from NumPy's SFC64 keyed by the torch generator (the CPU float32
+  source from 2^15 words on);
+- ``uniform_open``: the words turned into uniforms in place (three integer/float passes);
+- ``gumbel_noise``: the eager gumbelkit noise, uniform_open + two in-place logs;
 - ``philox compiled``: ``gumbelkit.kernels.gumbel_noise_philox`` compiled by Inductor (Philox4x32-10 bits,
   the uniform conversion and both logs in one kernel; compiles on first use, tens of seconds).
 
@@ -18,7 +23,7 @@ import time
 import torch
 
 import gumbelkit
-from gumbelkit import kernels
+from gumbelkit import _noise, kernels
 
 
 def main() -> None:
@@ -35,6 +40,9 @@ def main() -> None:
     sources = {
         "exponential_": lambda: buf.exponential_(generator=gen),
         "rand": lambda: torch.rand(n, generator=gen),
+        "random_ int64": lambda: torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), None, generator=gen),
+        "sfc64 words": lambda: _noise._random_words(max(n, _noise._NUMPY_MIN_WORDS), gen, "cpu"),
+        "uniform_open": lambda: gumbelkit.uniform_open((n,), generator=gen),
         "gumbel_noise": lambda: gumbelkit.gumbel_noise((n,), generator=gen),
     }
     if not args.no_philox:

@@ -41,20 +41,51 @@ def test_gumbel_tail_not_truncated_and_finite(dtype):
 def test_uniform_open_interval_even_when_rand_returns_zero(monkeypatch):
     u = gk.uniform_open((1_000_000,), generator=_gen(5))
     assert float(u.min()) > 0.0 and float(u.max()) < 1.0
-    # Force the measure-zero event torch.rand == 0 and 1 - 2^-24 (its maximum) to check the guards.
+    # float64 draws come from torch.rand: force its measure-zero event rand == 0, and its
+    # largest value 1 - 2^-53, to check the guard.
     real_rand = torch.rand
 
     def fake_rand(shape, **kw):
         out = real_rand(shape, **kw)
         out[0] = 0.0
-        out[1] = 1.0 - 2.0**-24
+        out[1] = 1.0 - 2.0**-53
         return out
 
     monkeypatch.setattr(torch, "rand", fake_rand)
-    g = gk.gumbel_noise((4,), generator=_gen(0))
+    g = gk.gumbel_noise((4,), generator=_gen(0), dtype=torch.float64)
     assert torch.isfinite(g).all()
-    assert -5.0 < float(g[0]) < -4.0  # -log(-log(tiny)) = -log(87.3)
-    assert 16.0 < float(g[1]) < 17.0
+    assert -6.6 < float(g[0]) < -6.5  # -log(-log(tiny)) = -log(708.4)
+    assert 36.0 < float(g[1]) < 37.0  # -log(2^-53)
+
+
+def test_float32_uniforms_are_cell_midpoints_and_extreme_words_stay_finite(monkeypatch):
+    # float32 on CPU: u = (2m + 1) 2^-24 from 23 random bits, so 2^24 u is an odd integer.
+    k = gk.uniform_open((1_000_000,), generator=_gen(6)) * 2.0**24
+    assert torch.equal(k, k.round()) and bool((k.long() % 2 == 1).all())
+    # The extreme words (all bits clear / all set) give 2^-24 and 1 - 2^-24: finite Gumbels.
+    from gumbelkit import _noise
+
+    def fake_words(n, generator, device):
+        w = torch.zeros(n, dtype=torch.int32, device=device)
+        w[1::2] = -1  # 0xFFFFFFFF
+        return w
+
+    monkeypatch.setattr(_noise, "_random_words", fake_words)
+    u = gk.uniform_open((4,))
+    assert u.tolist() == [2.0**-24, 1.0 - 2.0**-24] * 2
+    g = gk.gumbel_noise((2,))
+    assert torch.isfinite(g).all()
+    assert -2.9 < float(g[0]) < -2.8  # -log(-log 2^-24) = -log(16.64)
+    assert 16.0 < float(g[1]) < 17.0  # -log(-log(1 - 2^-24)) ~ 24 log 2
+
+
+def test_float32_noise_matches_its_distribution():
+    # The float32 path (23-bit integer draws) against the exact CDFs; its 2^-23 cells are far
+    # below what a KS test of 200k draws resolves (critical distance ~4e-3).
+    u = gk.uniform_open((200_000,), generator=_gen(7))
+    assert stats.kstest(u.double().numpy(), stats.uniform.cdf).pvalue > ALPHA
+    g = gk.gumbel_noise((200_000,), generator=_gen(8))
+    assert stats.kstest(g.double().numpy(), stats.gumbel_r.cdf).pvalue > ALPHA
 
 
 @pytest.mark.parametrize("fn", [gk.gumbel_noise, gk.exponential_noise, gk.uniform_open, gk.logistic_noise])

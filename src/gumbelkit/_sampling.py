@@ -241,7 +241,7 @@ def gumbel_softmax(
     Unlike the built-in: noise is drawn in float32 even for fp16/bf16 logits and is always finite;
     masked (-inf) classes get exactly zero weight and zero gradient; NaN logits, all-masked rows,
     tau <= 0 and integer dtypes raise; ``generator`` makes it reproducible; only y is saved for
-    backward (one buffer), and the noise costs a ``rand`` plus two logs instead of ``exponential_``.
+    backward (one buffer), and the noise costs 32 random bits plus two logs instead of ``exponential_``.
 
     Args:
         logits: unnormalised log-probabilities (float16, bfloat16, float32, float64).

@@ -830,9 +830,12 @@ def main(config: dict) -> dict:
     # single-process context. Each rank of a CUDA job takes cuda:LOCAL_RANK.
     ctx = init_distributed(device, timeout_s=cfg["dist_timeout"])
     try:
-        return _main(cfg, ctx)
-    finally:
-        ctx.shutdown()
+        result = _main(cfg, ctx)
+    except BaseException:
+        ctx.shutdown(clean=False)
+        raise
+    ctx.shutdown()
+    return result
 
 
 def _agree(ctx: DistContext, fn):

@@ -90,7 +90,7 @@ def gumbel_noise_philox(n: int, key: torch.Tensor, dtype: torch.dtype = torch.fl
     Args:
         n: number of values.
         key: int32 tensor of 4 words, e.g. from :func:`draw_key`.
-        dtype: float32 (23-bit uniforms, like ``torch.rand``) or float64.
+        dtype: float32 (23-bit uniforms, like the eager path's on CPU) or float64.
 
     Returns:
         1-d tensor of n finite Gumbel values on ``key.device``.
@@ -119,24 +119,29 @@ def gumbel_noise_philox(n: int, key: torch.Tensor, dtype: torch.dtype = torch.fl
 
 
 def _forward(x2d: torch.Tensor, key: torch.Tensor, inv_tau: torch.Tensor, hard: bool, need_soft: bool):
-    """(out, y, zmax) for logits x2d (B, K): out = y or one_hot(argmax), y the softmax, zmax row max of x+g."""
+    """(out, y, zmax) for logits x2d (B, K): out = y or one_hot(argmax), y the softmax, zmax a row max."""
     cdt = compute_dtype(x2d.dtype)
     B, K = x2d.shape
     g = gumbel_noise_philox(B * K, key, cdt).view(B, K)
     s = x2d.to(cdt) + g
-    # Row maxima of the perturbed logits: finite exactly when the row is valid (g is finite), so
-    # the NaN / +inf / all-masked checks come for free instead of costing a separate pass.
-    zmax = s.amax(-1)
     if hard:
-        idx = s.argmax(-1, keepdim=True)
+        idx = s.argmax(-1, keepdim=True)  # of x + g itself: scaling by 1/tau could round two values into a tie
         cols = torch.arange(K, device=x2d.device).view(1, K)
         out = (cols == idx).to(x2d.dtype)  # exactly one-hot, ties to the lowest index
     if not need_soft:
-        return out, None, zmax
-    y = torch.softmax(s * inv_tau, -1)
+        return out, None, s.amax(-1)
+    # The softmax written out: one row maximum serves both the softmax and the validity check
+    # (finite exactly when the row is valid, g being finite), so the NaN / +inf / all-masked
+    # checks cost no pass of their own. Measured 1.3x faster at 1024x1000 than torch.softmax(s *
+    # inv_tau), for which Inductor emits three more maxima and a non-finite test (it cannot
+    # know the sign of the tensor inv_tau).
+    z = s * inv_tau
+    zmax = z.amax(-1, keepdim=True)
+    e = torch.exp(z - zmax)
+    y = e / e.sum(-1, keepdim=True)
     if not hard:
         out = y if y.dtype == x2d.dtype else y.to(x2d.dtype)
-    return out, y, zmax
+    return out, y, zmax.squeeze(-1)
 
 
 # --------------------------------------------------------------------------- compilation, fallback

@@ -121,8 +121,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
 def uniform_float32(w: torch.Tensor) -> torch.Tensor:
     """Uniform on the open interval (0, 1) from a 32-bit word: u = (2 k + 1) 2^-24, k = top 23 bits.
 
-    Every value is exact in float32 and lies in [2^-24, 1 - 2^-24] -- the same extremes as
-    ``torch.rand`` clamped away from 0 -- so -log(-log u) is finite and reaches about 16.6.
+    Every value is exact in float32 and lies in [2^-24, 1 - 2^-24] -- the same values as the
+    eager :func:`gumbelkit.uniform_open` on CPU -- so -log(-log u) is finite and reaches about 16.6.
     """
     k = _srl(w, 9)
     return (k.to(torch.float32) * 2.0 + 1.0) * (2.0**-24)
