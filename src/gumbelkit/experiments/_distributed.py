@@ -70,8 +70,8 @@ class DistContext:
         """Leave the process group; after a clean run, in step with the other ranks.
 
         Without the barrier a rank can tear down its gloo threads while a peer is still sending
-        (seen once in ~20 test runs: the slower rank aborted with "terminate called without an
-        active exception" after finishing its work). After an error there is no barrier: the
+        (seen once in the DDP tests: a rank aborted with "terminate called without an active
+        exception" after finishing its work). After an error there is no barrier: the
         peers may never reach it.
         """
         if self.enabled and torch.distributed.is_initialized():

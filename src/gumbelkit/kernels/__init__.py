@@ -4,7 +4,7 @@
 (torch.compile / Inductor) kernel together with the softmax, argmax and one-hot; the backward is
 one fused kernel and only the softmax is saved. On a 2-core AVX2 CPU it measured slower than the
 eager sampler on one thread and about as fast on two (``docs/bench.md``): Philox and Inductor's
-logs cost more there than the eager path's host-drawn bits and MKL logs. Where it should pay off
+logs cost more there than the eager path's host-drawn bits and ATen logs. Where it should pay off
 -- GPUs, with native 32-bit multiplies and no noise buffer in memory -- it has not been measured.
 """
 
