@@ -7,7 +7,12 @@
 - ``sfc64 words``: 32-bit words from NumPy's SFC64 keyed by the torch generator (the CPU float32
   source from 2^15 words on);
 - ``uniform_open``: the words turned into uniforms in place (three integer/float passes);
-- ``gumbel_noise``: the eager gumbelkit noise, uniform_open + two in-place logs;
+- ``23-bit gumbel``: -log(-log u) from those uniforms, two in-place logs: the previous eager noise,
+  whose tail stops at 16.6 (kept here as the "before" of the exact-tail construction);
+- ``gumbel_noise``: the eager gumbelkit noise with exact tails: the same body plus a min/max per
+  block of 2^16 and, for the rare tail cells, a float64 redraw;
+- ``exact words``: the generic exact construction (one bit picks the half of (0, 1), log or log1p)
+  that CUDA, float64 and compiled code use, run here on the CPU for comparison;
 - ``philox compiled``: ``gumbelkit.kernels.gumbel_noise_philox`` compiled by Inductor (Philox4x32-10 bits,
   the uniform conversion and both logs in one kernel; compiles on first use, tens of seconds).
 
@@ -32,20 +37,30 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-philox", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     n = args.n
-    buf = torch.empty(n)
-    gen = torch.Generator().manual_seed(0)
+    dev = torch.device(args.device)
+    buf = torch.empty(n, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    words = (lambda: _noise._random_words(n, gen, "cpu")) if dev.type == "cpu" else (lambda: _noise._words(n, 32, gen, dev))
     sources = {
         "exponential_": lambda: buf.exponential_(generator=gen),
-        "rand": lambda: torch.rand(n, generator=gen),
-        "random_ int64": lambda: torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), None, generator=gen),
-        "sfc64 words": lambda: _noise._random_words(max(n, _noise._NUMPY_MIN_WORDS), gen, "cpu"),
+        "rand": lambda: torch.rand(n, generator=gen, device=dev),
+        "random_ int64": lambda: torch.empty((n + 1) // 2, dtype=torch.int64, device=dev).random_(
+            -(2**63), None, generator=gen
+        ),
         "uniform_open": lambda: gumbelkit.uniform_open((n,), generator=gen),
+        # the previous eager noise: 23 (CPU) or 24 (CUDA) random bits per uniform, two logs
+        "23-bit gumbel": lambda: gumbelkit.uniform_open((n,), generator=gen).log_().neg_().log_().neg_(),
         "gumbel_noise": lambda: gumbelkit.gumbel_noise((n,), generator=gen),
+        "exact words": lambda: _noise._exp_from_words32(words(), log=True).neg_(),
     }
-    if not args.no_philox:
+    if dev.type == "cpu":
+        sources["sfc64 words"] = lambda: _noise._random_words(max(n, _noise._NUMPY_MIN_WORDS), gen, "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if not args.no_philox and dev.type == "cpu":
         compiled = torch.compile(lambda k: kernels.gumbel_noise_philox(n, k), fullgraph=True, dynamic=False,
                                  options={"realize_opcount_threshold": 20})
         t0 = time.perf_counter()
@@ -58,11 +73,16 @@ def main() -> None:
     names = list(sources)
     for r in range(args.rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
+            sync()
             t0 = time.perf_counter()
             sources[k]()
+            sync()
             times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["exponential_"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n = {n}")
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n = {n}, CPU: {cpu}")
     for k in names:
         m = statistics.median(times[k])
         print(f"{k:>16}: {m / n * 1e9:6.2f} ns/element   exponential_ / this = {base / m:5.2f}x")

@@ -2,13 +2,19 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import integrate
 from torch.distributions import RelaxedBernoulli, RelaxedOneHotCategorical, constraints
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from gumbelkit.distributions import BinaryConcrete, Concrete, ExpConcrete, StraightThroughConcrete
+from gumbelkit.distributions import (
+    BinaryConcrete,
+    Concrete,
+    ExpConcrete,
+    StraightThroughConcrete,
+)
 
 
 def _gen(seed=0):
@@ -134,3 +140,210 @@ def test_straight_through_concrete():
     (y * torch.arange(4.0)).sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     assert d.support is constraints.one_hot
+
+
+# --------------------------------------------------------------------------- expand
+
+ALL_CLASSES = [ExpConcrete, Concrete, StraightThroughConcrete, BinaryConcrete]
+
+
+def _make(cls, temperature, validate_args=None):
+    shape = (2, 3) if cls is not BinaryConcrete else (2,)
+    logits = torch.randn(shape, generator=_gen(20), dtype=torch.float64)
+    return cls(temperature, logits=logits, validate_args=validate_args)
+
+
+def test_expand_straight_through_concrete():
+    d = StraightThroughConcrete(TEMP, logits=LOGITS)
+    e = d.expand((5, 2))
+    assert type(e) is StraightThroughConcrete and e.batch_shape == (5, 2) and e.event_shape == (3,)
+    y = e.rsample(generator=_gen(21))
+    assert y.shape == (5, 2, 3) and torch.all(y.sum(-1) == 1)
+    assert torch.equal(e.log_prob(y), d.log_prob(y))
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+def test_expand_keeps_class_batch_shape_and_temperature(cls):
+    temp = torch.tensor([0.5, 2.0], dtype=torch.float64)  # one temperature per batch element
+    d = _make(cls, temp)
+    e = d.expand((4, 2))
+    assert type(e) is cls and e.batch_shape == (4, 2) and e.event_shape == d.event_shape
+    assert e._validate_args == d._validate_args
+    assert e.temperature.shape == (4, 2) and torch.equal(e.temperature, temp.expand(4, 2))
+    x = e.rsample((3,), generator=_gen(22))
+    assert x.shape == (3, 4, 2) + d.event_shape
+    lp = e.log_prob(x)
+    assert lp.shape == (3, 4, 2)
+    assert torch.allclose(lp, d.log_prob(x), rtol=1e-12, atol=1e-12)
+    # a distribution built from probs expands too
+    if cls is not BinaryConcrete:
+        p = cls(temp, probs=torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)).expand((4, 2))
+        assert type(p) is cls and p.sample().shape == (4, 2, 3)
+    with pytest.raises(ValueError, match=r"expand: expected a batch_shape that \(2\) expands to, got \(3\)"):
+        d.expand((3,))
+
+
+# --------------------------------------------------------------------------- validate_args
+
+
+_BAD_PARAMS = [
+    ({"temperature": -1.0}, "temperature > 0"),
+    ({"temperature": float("nan")}, "temperature > 0"),
+    ({"temperature": float("inf")}, "temperature > 0 and finite"),
+    ({"logits": [[0.0, float("nan"), 1.0]]}, "NaN"),
+    ({"logits": [[0.0, float("inf"), 1.0]]}, r"\+inf"),
+    ({"logits": [[float("-inf")] * 3]}, "all-masked"),
+    ({"probs": [[0.5, -0.1, 0.6]]}, "probs >= 0"),
+    ({"probs": [[0.0, 0.0, 0.0]]}, "positive sum"),
+]
+_BAD_BINARY = [
+    ({"temperature": -1.0}, "temperature > 0"),
+    ({"logits": [float("nan")]}, "finite logits"),
+    ({"logits": [float("inf")]}, "finite logits"),
+    ({"logits": [float("-inf")]}, "finite logits"),
+    ({"probs": [1.5]}, r"probs in \[0, 1\]"),
+]
+_CASES = [(cls, *case) for cls in (ExpConcrete, Concrete, StraightThroughConcrete) for case in _BAD_PARAMS]
+_CASES += [(BinaryConcrete, *case) for case in _BAD_BINARY]
+
+
+def _bad_kwargs(cls, bad):
+    kw = {"temperature": 0.5, "logits": [[0.1, 0.2, 0.3]] if cls is not BinaryConcrete else [0.1]}
+    kw.update(bad)
+    if "probs" in bad:
+        del kw["logits"]
+    t = kw.pop("temperature")
+    return torch.tensor(t, dtype=torch.float64), {k: torch.tensor(v, dtype=torch.float64) for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("cls, bad, msg", _CASES)
+def test_validate_args_false_skips_value_checks(cls, bad, msg):
+    temp, kw = _bad_kwargs(cls, bad)
+    cls(temp, validate_args=False, **kw)  # no value check: no raise, no host sync
+    old = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        d = cls(temp, **kw)  # the default follows torch's global setting
+        assert not d._validate_args
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(old)
+
+
+@pytest.mark.parametrize("cls, bad, msg", _CASES)
+def test_validate_args_true_raises_clear_value_error(cls, bad, msg):
+    temp, kw = _bad_kwargs(cls, bad)
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: expected .*{msg}") as info:
+        cls(temp, validate_args=True, **kw)
+    assert "shape (" in str(info.value)  # the message names the argument's shape
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+def test_structural_checks_run_without_validate_args(cls):
+    logits = torch.zeros(2, 3) if cls is not BinaryConcrete else torch.zeros(2)
+    with pytest.raises(ValueError, match="exactly one of logits or probs, got both"):
+        cls(0.5, logits=logits, probs=logits, validate_args=False)
+    with pytest.raises(TypeError, match="floating dtype"):
+        cls(0.5, logits=logits.long(), validate_args=False)
+    with pytest.raises(TypeError, match="temperature"):
+        cls(torch.tensor(1), logits=logits, validate_args=False)
+    with pytest.raises(ValueError, match=r"temperature broadcastable with the batch shape .* = \(2\), got temperature of shape \(3\)"):
+        cls(torch.ones(3), logits=logits, validate_args=False)
+
+
+# --------------------------------------------------------------------------- masked classes
+
+
+MASKED = torch.tensor([[0.3, float("-inf"), 1.2, -0.4], [2.0, 0.0, -0.5, 0.7], [float("-inf"), 0.9, float("-inf"), -1.1]],
+                      dtype=torch.float64)
+
+
+@pytest.mark.parametrize("cls", [ExpConcrete, Concrete])
+def test_masked_class_log_prob_matches_reduced_distribution(cls):
+    logits = MASKED.clone().requires_grad_()
+    temp = TEMP.clone().requires_grad_()
+    d = cls(temp, logits=logits)
+    x = d.rsample((50,), generator=_gen(30))
+    masked = MASKED == float("-inf")
+    zero = float("-inf") if cls is ExpConcrete else 0.0
+    assert torch.all(x[:, masked] == zero)
+    lp = d.log_prob(x)
+    assert lp.shape == (50, 3) and torch.isfinite(lp).all()
+    for row in range(3):
+        keep = ~masked[row]
+        reduced = cls(TEMP, logits=MASKED[row, keep])
+        assert torch.allclose(lp[:, row], reduced.log_prob(x[:, row, keep]), rtol=1e-10, atol=1e-10)
+    (lp.sum() + x.exp().sum() if cls is ExpConcrete else lp.sum() + x.pow(2).sum()).backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(temp.grad)
+    # A value with mass on a masked class is off the (reduced) support: density 0.
+    bad = x.detach().clone()
+    bad[:, 0, 1] = -1.0 if cls is ExpConcrete else 0.1
+    if cls is Concrete:
+        bad[:, 0] /= bad[:, 0].sum(-1, keepdim=True)  # stay on the simplex
+    assert torch.all(d.log_prob(bad)[:, 0] == float("-inf")) and torch.isfinite(d.log_prob(bad)[:, 1:]).all()
+
+
+# --------------------------------------------------------------------------- temperature shapes
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+@pytest.mark.parametrize("tshape", [(), (1,), (2,), (2, 1), (3, 1, 1)])
+def test_temperature_broadcasts_against_batch_shape(cls, tshape):
+    temp = torch.rand(tshape, generator=_gen(40), dtype=torch.float64) + 0.3
+    d = _make(cls, temp)
+    param_batch = (2,)
+    assert d.batch_shape == torch.broadcast_shapes(tshape, param_batch)
+    assert d.temperature.shape == d.batch_shape
+    x = d.rsample((4,), generator=_gen(41))
+    assert x.shape == (4,) + d.batch_shape + d.event_shape
+    lp = d.log_prob(x)
+    assert lp.shape == (4,) + d.batch_shape
+    # each batch element is the distribution with that element's scalar temperature and logits
+    t_full, p_full = d.temperature, d.logits
+    for idx in np.ndindex(*d.batch_shape):
+        single = cls(t_full[idx], logits=p_full[idx])
+        assert torch.allclose(lp[(slice(None),) + idx], single.log_prob(x[(slice(None),) + idx]), rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- agreement with torch
+
+
+def _scalar_temps():
+    return [torch.tensor(t, dtype=torch.float64) for t in (0.3, 1.0, 2.5)]
+
+
+@pytest.mark.parametrize("temp", _scalar_temps())
+def test_concrete_matches_torch_relaxed_one_hot_categorical(temp):
+    logits = torch.randn(4, 5, generator=_gen(50), dtype=torch.float64)
+    ours, ref = Concrete(temp, logits=logits), RelaxedOneHotCategorical(temp, logits=logits)
+    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
+    assert ours.support is ref.support
+    y = torch.distributions.Dirichlet(torch.ones(5, dtype=torch.float64)).sample((200, 4))  # random simplex points
+    assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
+    probs = torch.softmax(logits, -1)
+    assert torch.allclose(Concrete(temp, probs=probs).log_prob(y), RelaxedOneHotCategorical(temp, probs=probs).log_prob(y),
+                          rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("temp", _scalar_temps())
+def test_exp_concrete_matches_torch_exp_relaxed_categorical(temp):
+    logits = torch.randn(4, 5, generator=_gen(51), dtype=torch.float64)
+    ours, ref = ExpConcrete(temp, logits=logits), ExpRelaxedCategorical(temp, logits=logits)
+    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
+    assert ours.support is ref.support
+    x = torch.randn(200, 4, 5, generator=_gen(52), dtype=torch.float64) * 3  # random real vectors
+    assert torch.allclose(ours.log_prob(x), ref.log_prob(x), rtol=1e-10, atol=1e-10)
+    x = torch.log_softmax(x, -1)  # random points of the support's log-simplex
+    assert torch.allclose(ours.log_prob(x), ref.log_prob(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("temp", _scalar_temps())
+def test_binary_concrete_matches_torch_relaxed_bernoulli(temp):
+    logits = torch.randn(6, generator=_gen(53), dtype=torch.float64) * 2
+    ours, ref = BinaryConcrete(temp, logits=logits), RelaxedBernoulli(temp, logits=logits)
+    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
+    assert ours.support is ref.support
+    y = torch.rand(300, 6, generator=_gen(54), dtype=torch.float64).clamp(1e-6, 1 - 1e-6)  # random points of (0, 1)
+    assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=1e-9, atol=1e-9)
+    probs = torch.sigmoid(logits)
+    assert torch.allclose(BinaryConcrete(temp, probs=probs).log_prob(y), RelaxedBernoulli(temp, probs=probs).log_prob(y),
+                          rtol=1e-8, atol=1e-8)

@@ -5,10 +5,12 @@ that is compiled, without the compiler), so they need no compilation; the tests 
 marked slow (tens of seconds of Inductor/C++ compilation on a 2-core CPU) and check that the
 compiled kernel reproduces the reference.
 
-Statistical tests use fixed seeds at level ALPHA: a correct sampler fails with probability ALPHA
-over random seeds; with the fixed seed the outcome is deterministic.
+Statistical tests use fixed seeds at level ALPHA (or the level their docstring states): a correct
+sampler fails with probability ALPHA over random seeds; with the fixed seed the outcome is
+deterministic.
 """
 
+import math
 import random
 import warnings
 
@@ -26,6 +28,9 @@ from gumbelkit.kernels._philox import (
     add32,
     as_int32,
     as_uint32,
+    gumbel_float32,
+    gumbel_float64,
+    join64,
     mulhilo32,
     philox4x32,
     uniform_float32,
@@ -123,12 +128,109 @@ def test_philox_gumbel_noise_matches_gumbel_distribution():
         assert stats.kstest(g.double().numpy(), stats.gumbel_r.cdf).pvalue > ALPHA
 
 
-def test_philox_gumbel_tail_reaches_float32_limit():
+def test_philox_gumbel_tail_stays_in_the_documented_range():
     # P(g > 12) ~ 6.1e-6: 4e6 draws exceed 12 about 24 times (none: probability e^-24).
     g = K.gumbel_noise_philox(4_000_000, K.draw_key(_gen(2), "cpu"))
     assert torch.isfinite(g).all()
-    assert float(g.max()) > 12.0 and float(g.max()) < 16.7
-    assert float(g.min()) > -2.9  # -log(-log 2^-24)
+    assert float(g.max()) > 12.0 and float(g.max()) <= 22.874
+    assert float(g.min()) >= -3.1301
+
+
+# Exact Gumbel tail probabilities P(g > t) = 1 - exp(-e^-t), P(g < t) = exp(-e^-t).
+def _p_above(t):
+    return -math.expm1(-math.exp(-t))
+
+
+def _p_below(t):
+    return math.exp(-math.exp(-t))
+
+
+def test_philox_noise_tails_have_the_exact_gumbel_probabilities():
+    """Counts of the fused noise beyond thresholds in both tails against Binomial(n, p_exact).
+
+    float32: n = 2^24 values under a fixed key; above 13 (expected 37.9), above 15 (5.1) and below
+    -2.5 (85.9). float64: n = 2^22; above 13 (9.5) and below -2.5 (21.5). Two-sided binomial
+    tests, Bonferroni over the five: the false-failure rate over random keys is 1e-6.
+    """
+    alpha = 1e-6 / 5
+    checks = []
+    g = K.gumbel_noise_philox(2**24, K.draw_key(_gen(70), "cpu"))
+    checks += [(g, ">", 13.0), (g, ">", 15.0), (g, "<", -2.5)]
+    g64 = K.gumbel_noise_philox(2**22, K.draw_key(_gen(71), "cpu"), torch.float64)
+    checks += [(g64, ">", 13.0), (g64, "<", -2.5)]
+    for x, side, t in checks:
+        k = int((x > t).sum()) if side == ">" else int((x < t).sum())
+        p = _p_above(t) if side == ">" else _p_below(t)
+        assert stats.binomtest(k, x.numel(), p).pvalue > alpha, (x.dtype, side, t, k, x.numel() * p)
+
+
+def _g_float32_exact(word):
+    # The documented transform evaluated in float64 from the exact 31-bit m (no float32 rounding).
+    w = word & 0xFFFFFFFF
+    v = ((w & 0x7FFFFFFF) + 0.5) * 2.0**-32
+    e = -math.log(v) if w >> 31 else -math.log1p(-v)
+    return -math.log(e)
+
+
+def _g_float64_exact(hi, lo):
+    m = ((hi & 0x7FFFFFFF) << 32) | (lo & 0xFFFFFFFF)
+    v = (float(m) + 0.5) * 2.0**-64  # as torch: int64 -> float64 rounds to nearest
+    e = -math.log(v) if (hi & 0xFFFFFFFF) >> 31 else -math.log1p(-v)
+    return -math.log(e)
+
+
+def test_word_transforms_reach_the_documented_extremes():
+    # Crafted words: small m in either half are the tails. float32: g in [-3.13, 22.87]; the
+    # 23-bit uniform construction stopped at 16.6 -- here a word with m <= ~250 exceeds 16.64.
+    words = [0, 1, 2, 10, 250, 1000, 2**20, 2**30, 0x7FFFFFFF, 0x80000000, 0x80000001, 0x8000000A,
+             0xC0000000, 0xFFFFFFFF, 0x9234ABCD, 0x1234ABCD]
+    g = gumbel_float32(_i32(words))
+    assert g.dtype == torch.float32
+    expected = torch.tensor([_g_float32_exact(w) for w in words], dtype=torch.float64)
+    assert torch.allclose(g.double(), expected, rtol=2e-6, atol=2e-6)
+    assert float(g[0]) == pytest.approx(33 * math.log(2), rel=1e-6) and round(float(g[0]), 2) == 22.87
+    assert float(g[9]) == pytest.approx(-math.log(33 * math.log(2)), rel=1e-6) and round(float(g[9]), 2) == -3.13
+    assert float(g.max()) == float(g[0]) and float(g.min()) == float(g[9])
+    assert float(g[4]) > 16.64 and float(g[3]) > 19.0  # beyond the old cap of 16.6
+    # float64: two words, g in [-3.81, 45.05]
+    pairs = [(0, 0), (0, 1), (0, 0xFFFFFFFF), (1, 0), (0x7FFFFFFF, 0xFFFFFFFF), (0x80000000, 0),
+             (0x80000000, 5), (0xFFFFFFFF, 0xFFFFFFFF), (0x9234ABCD, 0x1234ABCD)]
+    g64 = gumbel_float64(_i32([h for h, _ in pairs]), _i32([lo for _, lo in pairs]))
+    assert g64.dtype == torch.float64
+    expected64 = torch.tensor([_g_float64_exact(h, lo) for h, lo in pairs], dtype=torch.float64)
+    assert torch.allclose(g64, expected64, rtol=1e-13, atol=1e-13)
+    assert float(g64[0]) == pytest.approx(65 * math.log(2), rel=1e-14) and round(float(g64[0]), 2) == 45.05
+    assert round(float(g64[5]), 2) == -3.81
+    assert float(g64.max()) == float(g64[0]) and float(g64.min()) == float(g64[5])
+
+
+def test_join64_is_the_bit_pattern_of_hi_shifted_or_lo():
+    rng = random.Random(5)
+    his = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF] + [rng.getrandbits(32) for _ in range(50)]
+    los = [0xFFFFFFFF, 0x80000000, 0, 1, 0xFFFFFFFF] + [rng.getrandbits(32) for _ in range(50)]
+    got = join64(_i32(his), _i32(los))
+    assert got.dtype == torch.int64
+    want = [((h << 32) | lo) - (1 << 64) * (h >> 31) for h, lo in zip(his, los)]
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_element_to_word_mapping(dtype):
+    # Element i: lane j = i // m, counter i mod m (m = ceil(n / lanes)); float32 takes word j,
+    # float64 words 2j (high) and 2j + 1 (low).
+    key = K.draw_key(_gen(72), "cpu")
+    n = 23
+    lanes = 4 if dtype == torch.float32 else 2
+    m = -(-n // lanes)
+    w = philox4x32(torch.arange(m, dtype=torch.int32), 0, key[2], key[3], key[0], key[1])
+    g = K.gumbel_noise_philox(n, key, dtype)
+    for i in range(n):
+        j, c = divmod(i, m)
+        if dtype == torch.float32:
+            want = gumbel_float32(w[j][c : c + 1])
+        else:
+            want = gumbel_float64(w[2 * j][c : c + 1], w[2 * j + 1][c : c + 1])
+        assert torch.equal(g[i : i + 1], want), i
 
 
 def _uniform_words(key, n):
@@ -161,7 +263,7 @@ def test_distinct_seeds_and_positions_give_uncorrelated_noise():
     g2 = K.gumbel_noise_philox(100_000, K.draw_key(_gen(6), "cpu"), torch.float64)
     m = 50_000  # float64 lane length: g[i] and g[i + m] come from the same Philox call
     for a, b in ((g1, g2), (g1[:-1], g1[1:]), (g1[:m], g1[m:])):
-        r, p = stats.pearsonr(a.numpy(), b.numpy())
+        _r, p = stats.pearsonr(a.numpy(), b.numpy())
         assert p > ALPHA / 3  # Bonferroni over the three pairs
     # identical generator state -> identical key -> identical noise
     assert torch.equal(K.draw_key(_gen(5), "cpu"), K.draw_key(_gen(5), "cpu"))
@@ -357,6 +459,197 @@ def test_empty_batch_and_single_class():
     assert torch.equal(y, torch.ones(5, 1))
 
 
+# --------------------------------------------------------------------------- memory layouts
+
+LAYOUT_K = 8  # every case has 8 categories: one compiled kernel per variant serves them all
+
+
+def _layout_cases():
+    """name -> (view builder, base tensor, dim): the view is a non-trivial layout of the base."""
+    gen = _gen(40)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    return {
+        "contiguous": (lambda b: b, r(30, 8), -1),
+        "transposed": (lambda b: b.t(), r(8, 30), -1),
+        "3d-dim0": (lambda b: b, r(8, 5, 6), 0),
+        "3d-dim1-permuted": (lambda b: b.permute(1, 2, 0), r(6, 4, 8), 1),
+        "3d-dim-1-transposed": (lambda b: b.transpose(0, 2), r(8, 5, 7), -1),
+        "channels-last-dim1": (lambda b: b.contiguous(memory_format=torch.channels_last), r(3, 8, 4, 5), 1),
+        "expanded": (lambda b: b.expand(30, 8), r(1, 8), -1),
+        "broadcast-middle": (lambda b: b.expand(5, 6, 8), r(5, 1, 8), -1),
+        "sliced-steps": (lambda b: b[::3, 1::3], r(40, 24), -1),
+        "sliced-dim0": (lambda b: b[::2, :, 1:], r(16, 3, 5), 0),
+    }
+
+
+LAYOUTS = list(_layout_cases())
+
+
+def _noise_over(x, dim, seed, dtype=torch.float32):
+    """The noise the sampler adds to x under _gen(seed): indexed over x.movedim(dim, -1) row-major."""
+    moved = x.movedim(dim, -1)
+    g = K.gumbel_noise_philox(moved.numel(), K.draw_key(_gen(seed), "cpu"), dtype)
+    return g.view(moved.shape).movedim(-1, dim)
+
+
+def _sample_and_grad(fn, x, dim, hard, seed, w, tau=0.5):
+    x = x.detach().requires_grad_() if x.is_leaf else x
+    y = fn(x, tau, hard=hard, dim=dim, generator=_gen(seed))
+    (gx,) = torch.autograd.grad((y * w).sum(), x)
+    return y.detach(), gx
+
+
+def _check_layout(fn, name, hard, exact_vs_analytic=(1e-5, 1e-6)):
+    view, base, dim = _layout_cases()[name]
+    base = base.detach().requires_grad_()
+    x = view(base)
+    assert x.shape[dim] == LAYOUT_K
+    w = torch.randn(x.shape, generator=_gen(41))
+    y, gx = _sample_and_grad(fn, x, dim, hard, 42, w)
+    # same logical values in a contiguous tensor, and with the category axis moved last
+    yc, gc = _sample_and_grad(fn, x.detach().contiguous(), dim, hard, 42, w)
+    xm = x.detach().movedim(dim, -1).contiguous()
+    ym, gm = _sample_and_grad(fn, xm, -1, hard, 42, w.movedim(dim, -1))
+    assert torch.equal(y, yc) and torch.equal(y, ym.movedim(-1, dim))
+    assert torch.equal(gx, gc) and torch.equal(gx, gm.movedim(-1, dim))
+    # the analytic (straight-through) gradient from the same noise, in float64
+    g = _noise_over(x.detach(), dim, 42).double()
+    soft = torch.softmax((x.detach().double() + g) / 0.5, dim)
+    wd = w.double()
+    analytic = soft * (wd - (soft * wd).sum(dim, keepdim=True)) / 0.5
+    rtol, atol = exact_vs_analytic
+    assert torch.allclose(gx.double(), analytic, rtol=rtol, atol=atol), (gx.double() - analytic).abs().max()
+    if hard:
+        assert torch.all((y == 0) | (y == 1)) and torch.all(y.sum(dim) == 1)
+        assert torch.equal(y.argmax(dim), (x.detach().double() + g).argmax(dim))
+    else:
+        assert torch.allclose(y.sum(dim), torch.ones(()), atol=1e-6)
+        assert torch.allclose(y.double(), soft, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_reference_layouts_give_the_same_sample_and_gradient(name, hard):
+    # Noise is indexed by logical position: any layout of the same values gives the same sample
+    # and gradient as the contiguous tensor, equal to the straight-through formula on that noise.
+    _check_layout(REF, name, hard)
+
+
+# --------------------------------------------------------------------------- tau and range limits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [1e-38, 1e-40, 5e-324], ids=["1e-38", "1e-40-subnormal", "min-subnormal"])
+def test_tiny_tau_gives_one_hot_and_zero_gradients_not_nan(tau, dtype):
+    # As tau -> 0 the soft sample is one_hot(argmax(x + g)) and its gradient 0; 1/tau overflows
+    # float32 (and float64 for the smallest subnormal), which must not produce inf - inf or 0 * inf.
+    x = torch.randn(16, 12, dtype=dtype, generator=_gen(80))
+    x[:, 3] = NEG_INF
+    x.requires_grad_()
+    w = torch.randn(16, 12, dtype=dtype, generator=_gen(81))
+    hard_y = REF(x, tau, hard=True, generator=_gen(82))
+    for hard in (False, True):
+        y = REF(x, tau, hard=hard, generator=_gen(82))
+        (gx,) = torch.autograd.grad((y * w).sum(), x)
+        assert not torch.isnan(y).any() and not torch.isnan(gx).any()
+        assert torch.equal(y.detach(), hard_y.detach())  # exactly one-hot
+        assert torch.all(gx == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_logits_give_no_nan(dtype):
+    # Logits near the float limit: s / tau overflows for tau < 1 (the old inf - inf); x + g itself
+    # stays finite (|g| < 46 is far below half an ulp there), so the sample must be exact.
+    big = torch.finfo(dtype).max
+    x = torch.tensor([[0.9 * big, -0.9 * big, big, 1.0],
+                      [-0.9 * big, NEG_INF, 0.0, 0.9 * big],
+                      [0.9 * big, 0.9 * big * (1 - 1e-6), -big, 0.0]], dtype=dtype, requires_grad=True)
+    w = torch.randn(3, 4, dtype=dtype, generator=_gen(83))
+    for tau in (1.0, 0.5, 1e-38, 1e-40):
+        for hard in (False, True):
+            y = REF(x, tau, hard=hard, generator=_gen(84))
+            (gx,) = torch.autograd.grad((y * w).sum(), x)
+            assert torch.isfinite(y).all() and torch.isfinite(gx).all(), (tau, hard)
+            assert torch.equal(y.detach().argmax(-1), torch.tensor([2, 3, 0]))
+            assert torch.allclose(y.detach().sum(-1), torch.ones((), dtype=dtype))
+
+
+# --------------------------------------------------------------------------- torch.func, double backward
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("fn", [REF, K.gumbel_softmax], ids=["reference", "fused"])
+def test_func_grad_matches_autograd(fn, hard):
+    x = torch.randn(6, 9, generator=_gen(90))
+    w = torch.randn(6, 9, generator=_gen(91))
+    gr = torch.func.grad(lambda a: (fn(a, 0.5, hard=hard, generator=_gen(92)) * w).sum())(x)
+    xx = x.clone().requires_grad_()
+    (REF(xx, 0.5, hard=hard, generator=_gen(92)) * w).sum().backward()
+    assert torch.allclose(gr, xx.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("fn", [REF, K.gumbel_softmax], ids=["reference", "fused"])
+def test_vmap_randomness_modes(fn, hard):
+    x = torch.randn(9, generator=_gen(93))
+    xb = x.expand(64, 9)
+
+    def sample(a):
+        return fn(a, 0.5, hard=hard)
+
+    for y in (torch.vmap(sample, randomness="different")(xb), torch.vmap(sample, randomness="same")(xb)):
+        assert y.shape == (64, 9)
+        if hard:
+            assert torch.all((y == 0) | (y == 1)) and torch.all(y.sum(-1) == 1)
+        else:
+            assert torch.allclose(y.sum(-1), torch.ones(()), atol=1e-6)
+    assert len({tuple(r) for r in torch.vmap(sample, randomness="different")(xb).tolist()}) > 1
+    same = torch.vmap(sample, randomness="same")(xb)
+    assert torch.equal(same, same[:1].expand_as(same))
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.vmap(sample)(xb)  # like the built-in: random draws need a randomness mode
+    # a generator makes the vmapped draw reproducible
+    a = torch.vmap(lambda r: fn(r, 0.5, hard=hard, generator=_gen(94)), randomness="different")(xb)
+    b = torch.vmap(lambda r: fn(r, 0.5, hard=hard, generator=_gen(94)), randomness="different")(xb)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fn", [REF, K.gumbel_softmax], ids=["reference", "fused"])
+def test_vmap_of_grad_and_grad_of_vmap(fn):
+    xb = torch.randn(5, 3, 7, generator=_gen(95))
+    w = torch.randn(5, 3, 7, generator=_gen(96))
+    for hard in (False, True):
+        per = torch.func.grad(lambda a, v, hard=hard: (fn(a, 0.7, hard=hard) * v).sum())
+        gv = torch.vmap(per, randomness="different")(xb, w)
+        assert gv.shape == xb.shape and torch.isfinite(gv).all()
+        assert torch.allclose(gv.sum(-1), torch.zeros(()), atol=1e-5)  # softmax gradients sum to 0 per row
+        batched = torch.vmap(lambda a, hard=hard: fn(a, 0.7, hard=hard), randomness="different")
+        gb = torch.func.grad(lambda a, f=batched: (f(a) * w).sum())(xb)
+        assert gb.shape == xb.shape and torch.isfinite(gb).all() and gb.abs().sum() > 0
+
+
+def test_double_backward_soft_and_hard():
+    x = torch.randn(3, 5, dtype=torch.float64, generator=_gen(97), requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a: REF(a, 0.7, generator=_gen(98)), (x,))
+    w = torch.randn(3, 5, dtype=torch.float64, generator=_gen(99))
+
+    def hessian_vector(hard):
+        (gx,) = torch.autograd.grad((REF(x, 0.7, hard=hard, generator=_gen(98)) * w).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((gx * gx).sum(), x)
+        return h
+
+    soft, hard = hessian_vector(False), hessian_vector(True)
+    assert soft.abs().sum() > 0 and torch.allclose(hard, soft, rtol=1e-12, atol=1e-14)
+    # against autograd's own softmax on the same noise
+    g = _noise_over(x.detach(), -1, 98, torch.float64)
+    (gx,) = torch.autograd.grad((torch.softmax((x + g) / 0.7, -1) * w).sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad((gx * gx).sum(), x)
+    assert torch.allclose(soft, h, rtol=1e-10, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- compiled (slow)
 
 
@@ -398,3 +691,85 @@ def test_compiled_kernel_argmax_frequencies():
     p = torch.softmax(LOGITS.double(), -1)
     keep = [0, 1, 2, 4, 5]
     assert _chi2(counts[keep], p[keep]) > ALPHA
+
+
+@pytest.mark.slow
+def test_compiled_kernel_layouts_give_the_same_sample_and_gradient():
+    # The compiled kernel (Inductor's C++ miscomputed column-major rows: they summed to 0.4-1.8)
+    # against the same checks as the reference: contiguous == any layout, exactly; the analytic
+    # straight-through gradient; and the reference itself up to rounding. All cases have K = 8:
+    # one kernel per variant.
+    for hard in (False, True):
+        for name in LAYOUTS:
+            _check_layout(K.gumbel_softmax, name, hard)
+            view, base, dim = _layout_cases()[name]
+            x = view(base)
+            y = K.gumbel_softmax(x, 0.5, hard=hard, dim=dim, generator=_gen(43))
+            r = REF(x, 0.5, hard=hard, dim=dim, generator=_gen(43))
+            assert torch.equal(y, r) if hard else torch.allclose(y, r, rtol=1e-5, atol=1e-6), name
+    # the repro of the report (10 -> 8 categories, to share the kernel): rows of a transposed tensor
+    y = K.gumbel_softmax(torch.randn(LAYOUT_K, 64, generator=_gen(44)).t(), 0.5)
+    assert torch.allclose(y.sum(-1), torch.ones(()), atol=1e-6)
+    assert K.is_available()
+
+
+@pytest.mark.slow
+def test_compiled_kernel_tiny_tau_huge_logits_and_double_backward():
+    big = torch.finfo(torch.float32).max
+    x = torch.randn(16, LAYOUT_K, generator=_gen(85))
+    x[:3] = torch.tensor([0.9 * big, -0.9 * big, big, 1.0, -big, 0.0, 0.5 * big, NEG_INF])
+    x.requires_grad_()
+    w = torch.randn(16, LAYOUT_K, generator=_gen(86))
+    for tau in (1.0, 0.5, 1e-38, 1e-40):
+        for hard in (False, True):
+            y = K.gumbel_softmax(x, tau, hard=hard, generator=_gen(87))
+            (gx,) = torch.autograd.grad((y * w).sum(), x)
+            assert torch.isfinite(y).all() and torch.isfinite(gx).all(), (tau, hard)
+            assert torch.allclose(y.detach().sum(-1), torch.ones(()), atol=1e-6)
+            assert torch.equal(y.detach()[:3].argmax(-1), torch.tensor([2, 2, 2]))
+            if tau < 1e-30:
+                assert torch.all((y == 0) | (y == 1)) and torch.all(gx == 0)
+    # double backward through the compiled forward (soft and hard) equals the reference's
+    xs = torch.randn(6, LAYOUT_K, generator=_gen(88), requires_grad=True)
+    for hard in (False, True):
+        hv = []
+        for fn in (K.gumbel_softmax, REF):
+            (gx,) = torch.autograd.grad((fn(xs, 0.7, hard=hard, generator=_gen(89)) * w[:6]).sum(), xs,
+                                        create_graph=True)
+            hv.append(torch.autograd.grad((gx * gx).sum(), xs)[0])
+        assert hv[0].abs().sum() > 0 and torch.allclose(hv[0], hv[1], rtol=1e-4, atol=1e-5)
+    assert K.is_available()
+
+
+@pytest.mark.slow
+def test_compiled_word_transforms_match_eager():
+    # Inductor's log / log1p on the crafted extreme words: the documented range holds compiled.
+    words = _i32([0, 1, 10, 250, 0x7FFFFFFF, 0x80000000, 0x80000001, 0xFFFFFFFF, 0x9234ABCD])
+    g = torch.compile(gumbel_float32, fullgraph=True)(words)
+    assert torch.allclose(g, gumbel_float32(words), rtol=1e-6, atol=1e-6)
+    assert round(float(g[0]), 2) == 22.87 and round(float(g[5]), 2) == -3.13
+    g64 = torch.compile(gumbel_float64, fullgraph=True)(words, words.flip(0))
+    assert torch.allclose(g64, gumbel_float64(words, words.flip(0)), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.slow
+def test_fused_sampler_draws_classes_19_nats_down_at_the_exact_rate():
+    """A 65,536-way row: class 0 at logit 0, the other 65,535 at -19.
+
+    Exact: P(argmax != 0) = 65535 e^-19 / (1 + 65535 e^-19) = 3.670e-4 (the 65,535 together).
+    N = 24,576 rows (hard, no grad, compiled; 512 rows per call, ~20 s on one core) expect 9.0
+    such rows; a two-sided binomial test at false-failure rate ALPHA = 1e-3 (fixed seed:
+    deterministic). A class wins only through g_i - g_0 > 19: with 23-bit uniforms (g in
+    [-2.8, 16.6]) that almost never happens, and 0 rows gives p = 3.0e-4, a failure.
+    """
+    V, N, chunk = 65_536, 24_576, 512
+    x = torch.full((1, V), -19.0)
+    x[0, 0] = 0.0
+    p = 65_535 * math.exp(-19) / (1 + 65_535 * math.exp(-19))
+    gen = _gen(100)
+    hits = 0
+    for _ in range(N // chunk):
+        y = K.gumbel_softmax(x.expand(chunk, V), 1.0, hard=True, generator=gen)
+        hits += int((y[:, 0] == 0).sum())
+    assert K.is_available()
+    assert stats.binomtest(hits, N, p).pvalue > ALPHA, (hits, N * p)

@@ -34,28 +34,45 @@ def _resolve_device(generator, device):
 _NUMPY_MIN_WORDS = 1 << 15
 
 
-def _random_words(n: int, generator, device) -> torch.Tensor:
-    """n independent 32-bit random words (int32 bit patterns) on a CPU ``device``.
+class _WordStream:
+    """Independent 32-bit random words (int32 bit patterns) on the CPU, all from one ``generator``.
 
-    Small draws: ceil(n / 2) full-range int64 values from the torch generator itself; one
+    Small draws: full-range int64 values from the torch generator itself, two words each; one
     ``random_`` on int64 costs about half of ``torch.rand`` per 32 bits (3.2 vs 6.0 ns, measured).
 
     Large draws: the torch generator supplies only a 128-bit key (so the same generator state
     still gives the same words, and no other RNG is read or advanced); NumPy's SFC64, seeded
-    from that key through ``SeedSequence``, fills the buffer at ~1.8 ns per word against
+    from that key through ``SeedSequence``, fills the buffer at ~1.2-1.8 ns per word against
     ~3.2 ns for ``random_`` (``benchmarks/noise_sources.py``, one thread). SFC64 is Chris
     Doty-Humphrey's Small Fast Chaotic generator (the author of PractRand): a 64-bit counter in
     its state guarantees a cycle of at least 2^64 per seed (expected ~2^255), and NumPy
     guarantees that a fixed seed always gives the same stream.
+
+    :meth:`take` may be called again for more words (the rare tail refinements below): they
+    continue the same stream, so the result stays a pure function of the generator state.
     """
-    if n >= _NUMPY_MIN_WORDS:
-        key = torch.empty(2, dtype=torch.int64).random_(-(2**63), None, generator=generator)
-        seed = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key.tolist()])
-        bits = np.random.SFC64(seed).random_raw((n + 1) // 2)
-        return torch.from_numpy(bits.view(np.int32))[:n]
-    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
-    bits.random_(-(2**63), None, generator=generator)  # the full 64-bit range: every bit uniform
-    return bits.view(torch.int32)[:n]
+
+    def __init__(self, n_hint: int, generator, device) -> None:
+        self.generator = generator
+        self.device = device
+        self.bitgen = None
+        if n_hint >= _NUMPY_MIN_WORDS:
+            key = torch.empty(2, dtype=torch.int64).random_(-(2**63), None, generator=generator)
+            seed = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key.tolist()])
+            self.bitgen = np.random.SFC64(seed)
+
+    def take(self, n: int) -> torch.Tensor:
+        if self.bitgen is not None:
+            bits = self.bitgen.random_raw((n + 1) // 2)
+            return torch.from_numpy(bits.view(np.int32))[:n]
+        bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=self.device)
+        bits.random_(-(2**63), None, generator=self.generator)  # the full 64-bit range: every bit uniform
+        return bits.view(torch.int32)[:n]
+
+
+def _random_words(n: int, generator, device) -> torch.Tensor:
+    """n independent 32-bit random words (int32 bit patterns) on a CPU ``device`` (see :class:`_WordStream`)."""
+    return _WordStream(n, generator, device).take(n)
 
 
 def _uniform_float32_from_words(w: torch.Tensor) -> torch.Tensor:
@@ -115,46 +132,218 @@ def uniform_open(
     return u if ndt == dtype else u.to(dtype)
 
 
+# --------------------------------------------------------------------------- exact Exp(1) noise
+#
+# Every sampler draws E ~ Exp(1) and uses g = -log E (Gumbel) or log E. The tails of g are the
+# tails of E: g > t  <=>  E < exp(-t), and g < t  <=>  E > exp(-t). A class 19 nats below the
+# top of a 65,536-way softmax is drawn only when its g exceeds the others' by ~19, i.e. through
+# E ~ 1e-9, so E must keep its *relative* precision near 0 (upper tail of g) and its absolute
+# precision up to ~20 (lower tail). -log(U) with U = (2m + 1) 2^-24 (23 random bits) cannot:
+# near U = 1 the grid step 2^-24 caps E >= 6e-8 and g <= 16.6; near U = 0 it caps E <= 16.6 and
+# g >= -2.8. Two constructions below keep both tails exact:
+#
+# * _exp_from_words32 / _exp_from_words64 (pure torch ops: any device, torch.compile, the fused
+#   kernel): one bit of the word picks the half of the unit interval, the other bits give
+#   v in (0, 1/2] on a 2^-32 (2^-64) grid, and E = -log(v) on one half, -log1p(-v) on the other,
+#   so each tail is computed from the small number v itself, never from 1 - v rounded.
+# * _exp_cpu32 (the eager CPU float32 path, the library default): the 23-bit construction
+#   above is exact in the body, where the grid step is far below float32 resolution relative
+#   to E, and cheap (three integer/float passes and one log). Only the rare elements that fall
+#   in the outermost _TAIL_CELLS cells at either end (probability 2 * 2^-19 per element) are
+#   redrawn from the exact conditional law on fresh random words, in float64. The check costs one
+#   integer min/max per block of _BLOCK elements; the refinement runs in ~2 blocks in 9.
+
+_TWO_M32 = 2.0**-32
+_TWO_M64 = 2.0**-64
+_TAIL_CELLS = 16  # cells of width 2^-23 refined at each end: P(tail) = 2^-19 per end
+_TAIL_P = _TAIL_CELLS * 2.0**-23
+_BLOCK = 1 << 16  # elements per block: the block's passes run in the L2 cache
+
+
+def _exp_from_words32(w: torch.Tensor, log: bool) -> torch.Tensor:
+    """E ~ Exp(1) (or log E) in float32 from int32 random words, exact in both tails.
+
+    The sign bit picks the half: U = v (E = -log v, large) or U = 1 - v (E = -log1p(-v), small),
+    v = (m + 1/2) 2^-32 from the other 31 bits m, so E lies in [2^-33, 33 log 2] and
+    g = -log E in [-3.13, 22.87]. The float conversion of m rounds to 24 significant bits, the
+    float32 resolution of v itself; small v (the tails) is exact.
+    """
+    upper = w < 0
+    v = (w & 0x7FFFFFFF).to(torch.float32).add_(0.5).mul_(_TWO_M32)
+    e = torch.where(upper, -torch.log(v), -torch.log1p(-v))
+    return e.log_() if log else e
+
+
+def _exp_from_words64(w: torch.Tensor, log: bool) -> torch.Tensor:
+    """As :func:`_exp_from_words32` for float64 from int64 words: E in [2^-65, 65 log 2], g in [-3.81, 45.05]."""
+    upper = w < 0
+    v = (w & 0x7FFFFFFFFFFFFFFF).to(torch.float64).add_(0.5).mul_(_TWO_M64)
+    e = torch.where(upper, -torch.log(v), -torch.log1p(-v))
+    return e.log_() if log else e
+
+
+def _exp_tail(cells: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """Exact E (float64) for elements whose 23-bit cell index is in a tail (see :func:`_exp_cpu32`).
+
+    Given the cell, U is uniform on the whole tail interval: U = p V in the low tail and
+    1 - U = p V in the high one, p = _TAIL_P, V = (W + 1/2) 2^-32 from a fresh 32-bit word W
+    (exact in float64). Low tail: E = -log p - log V (large E, g down to -3.58); high tail:
+    E = -log1p(-p V) (small E, down to 2^-52: g up to 36.04).
+    """
+    v = fresh.to(torch.float64).add_(2.0**31 + 0.5).mul_(_TWO_M32)
+    pv = v * _TAIL_P
+    return torch.where(cells < _TAIL_CELLS, -torch.log(pv), -torch.log1p(-pv))
+
+
+_HI_CELL = (1 << 23) - _TAIL_CELLS
+_ROW = 64
+
+
+def _in_tail(m: torch.Tensor) -> torch.Tensor:
+    return (m < _TAIL_CELLS) | (m >= _HI_CELL)
+
+
+def _tail_positions(m: torch.Tensor) -> torch.Tensor | None:
+    """Positions (1-d int64) of the tail cells in one block of 23-bit cell indices, or None.
+
+    Tails are rare (~0.25 per block of 2^16), and an element-wise comparison costs ~0.8 ns per
+    element on the CPU, four times a min/max: one min/max of the block decides whether to look
+    at all, then per-row minima/maxima over rows of 64 find the few rows to compare element-wise.
+    """
+    lo, hi = torch.aminmax(m)
+    if lo.item() >= _TAIL_CELLS and hi.item() < _HI_CELL:
+        return None
+    k = m.numel() // _ROW * _ROW
+    parts = []
+    if k:
+        rows = m[:k].view(-1, _ROW)
+        r = ((rows.amin(1) < _TAIL_CELLS) | (rows.amax(1) >= _HI_CELL)).nonzero().squeeze(1)
+        hit = _in_tail(rows[r]).nonzero()
+        parts.append(r[hit[:, 0]] * _ROW + hit[:, 1])
+    if k < m.numel():
+        parts.append(k + _in_tail(m[k:]).nonzero().squeeze(1))
+    return torch.cat(parts)
+
+
+def _exp_cpu32(n: int, generator, log: bool) -> torch.Tensor:
+    """n values of E ~ Exp(1) (or log E) in float32 on the CPU, exact in both tails, 1-d.
+
+    Body: u = (2m + 1) 2^-24 from the low 23 bits m of a word, built in place (the word becomes
+    the float32 pattern of 1 + m 2^-23, and subtracting 1 - 2^-24 is exact), then E = -log u.
+    Tails: the cells m < 16 and m >= 2^23 - 16 are redrawn by :func:`_exp_tail`. Blocks keep the
+    passes in cache; the words are drawn once for all blocks, then (rarely) for the tails.
+    """
+    stream = _WordStream(n, generator, "cpu")
+    w = stream.take(n)
+    fixes = []
+    for s in range(0, n, _BLOCK):
+        m = w[s : s + _BLOCK].bitwise_and_(0x007FFFFF)
+        idx = _tail_positions(m)
+        if idx is not None:
+            fixes.append((s + idx, m[idx].clone()))
+        u = m.bitwise_or_(0x3F800000).view(torch.float32).sub_(1.0 - 2.0**-24)
+        u.log_().neg_()
+        if log:
+            u.log_()
+    out = w.view(torch.float32)
+    if fixes:
+        idx = torch.cat([f[0] for f in fixes])
+        cells = torch.cat([f[1] for f in fixes])
+        e = _exp_tail(cells, stream.take(idx.numel()))
+        out[idx] = (e.log() if log else e).to(torch.float32)
+    return out
+
+
+def _words(n: int, bits: int, generator, device: torch.device) -> torch.Tensor:
+    """n random words of ``bits`` (32: int32, 64: int64) for the generic exact construction."""
+    if bits == 64:
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace the in-place random_; two 32-bit randint draws make one word.
+            hi = torch.randint(-(2**31), 2**31, (n,), dtype=torch.int64, device=device)
+            lo = torch.randint(0, 2**32, (n,), dtype=torch.int64, device=device)
+            return (hi << 32) | lo
+        return torch.empty(n, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
+    if torch.compiler.is_compiling():
+        return torch.randint(-(2**31), 2**31, (n,), dtype=torch.int64, device=device).to(torch.int32)
+    return torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(
+        -(2**63), None, generator=generator
+    ).view(torch.int32)[:n]
+
+
+def _exponential(shape, generator, device, dtype, *, log: bool) -> torch.Tensor:
+    """E ~ Exp(1), or log E, in the noise dtype (float32 / float64), exact tails, fresh buffer."""
+    device = _resolve_device(generator, device)
+    check_generator(generator, device)
+    ndt = _noise_dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if ndt == torch.float32 and device.type == "cpu" and not torch.compiler.is_compiling():
+        return _exp_cpu32(n, generator, log).view(shape)
+    if ndt == torch.float64:
+        return _exp_from_words64(_words(n, 64, generator, device), log).view(shape)
+    return _exp_from_words32(_words(n, 32, generator, device), log).view(shape)
+
+
 def exponential_noise(
     shape, *, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """I.i.d. Exp(1) noise, E = -log U with U ~ Uniform(0, 1) open: finite and > 0.
+    r"""I.i.d. Exp(1) noise, finite and > 0, exact in both tails.
 
-    ``-log U`` costs one uniform draw and one ``log`` per element, several times cheaper on CPU than
-    ``Tensor.exponential_``.
+    Math: E = -log U, U ~ Uniform(0, 1), built so that E keeps its relative precision near 0 and
+    its absolute precision up to its largest values (see the notes in this module). Values lie in
+    [2^-52, 36.04] for float32 on the CPU, [2^-33, 22.87] for float32 on other devices and under
+    ``torch.compile``, and [2^-65, 45.05] for float64.
+
+    Args:
+        shape: output shape.
+        generator: optional ``torch.Generator`` (keyword-only). Same state, same noise.
+        device: output device (default: the generator's device, else CPU).
+        dtype: output dtype; the draw itself is float32 (float64 if asked).
+
+    Returns:
+        Tensor of ``shape`` with values in (0, inf).
+
+    Example:
+        >>> e = exponential_noise((3,), generator=torch.Generator().manual_seed(0))
+        >>> bool((e > 0).all())
+        True
     """
-    device = _resolve_device(generator, device)
     ndt = _noise_dtype(dtype)
-    e = uniform_open(shape, generator=generator, device=device, dtype=ndt).log_().neg_()
+    e = _exponential(shape, generator, device, ndt, log=False)
     return e if ndt == dtype else e.to(dtype)
 
 
 def gumbel_noise(
     shape, *, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    r"""I.i.d. standard Gumbel noise, g = -log(-log U), always finite.
+    r"""I.i.d. standard Gumbel noise, g = -log E with E ~ Exp(1), always finite, exact tails.
 
-    Math: if U ~ Uniform(0, 1) then -log(-log U) ~ Gumbel(0, 1), and
-    ``argmax(theta + g) ~ Categorical(softmax(theta))`` (the Gumbel-Max trick).
+    Math: if E ~ Exp(1) then -log E ~ Gumbel(0, 1), and ``argmax(theta + g) ~
+    Categorical(softmax(theta))`` (the Gumbel-Max trick). P(g > t) = 1 - exp(-exp(-t)) is right
+    for every t the dtype can reach: a class 19 nats below the row's top still wins with its
+    probability (~5.6e-9 per draw against one rival).
 
     Args:
         shape: output shape.
         generator: optional ``torch.Generator`` (keyword-only). Same state, same noise.
         device: output device (default: the generator's device, else CPU).
         dtype: output dtype. The noise is always drawn in float32 (float64 if asked) and only
-            cast at the end, so fp16/bf16 noise keeps the full tail (values up to ~16.6).
+            cast at the end, so fp16/bf16 noise keeps the full tail.
 
     Returns:
-        Tensor of ``shape``; values lie in about [-4.5, 16.6] for float32.
+        Tensor of ``shape``. Representable range: [-3.58, 36.04] for float32 on the CPU;
+        [-3.13, 22.87] for float32 on other devices and under ``torch.compile``; [-3.81, 45.05]
+        for float64. (P(g > 20) = 2.1e-9 and P(g < -3) = 1.9e-9.)
 
     Example:
         >>> g = gumbel_noise((4, 10), generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.isfinite(g).all())
+        True
 
     Reference: Gumbel (1954); Maddison, Tarlow, Minka, "A* Sampling", NeurIPS 2014.
     """
-    device = _resolve_device(generator, device)
     ndt = _noise_dtype(dtype)
-    g = log_exponential_noise(shape, generator=generator, device=device, dtype=ndt).neg_()
+    g = _exponential(shape, generator, device, ndt, log=True).neg_()
     return g if ndt == dtype else g.to(dtype)
 
 
@@ -165,21 +354,23 @@ def log_exponential_noise(shape, *, generator=None, device=None, dtype: torch.dt
     into this fresh buffer, which saves the final negation pass of :func:`gumbel_noise`. The
     result is in float32 (float64 if asked), whatever ``dtype`` says otherwise.
     """
-    device = _resolve_device(generator, device)
-    ndt = _noise_dtype(dtype)
-    # Two in-place logs: -log U is in (0, 87.4], so the outer log is finite as well.
-    return uniform_open(shape, generator=generator, device=device, dtype=ndt).log_().neg_().log_()
+    return _exponential(shape, generator, device, _noise_dtype(dtype), log=True)
 
 
 def logistic_noise(
     shape, *, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """I.i.d. standard Logistic noise, log U - log(1 - U): the difference of two Gumbels.
+    r"""I.i.d. standard Logistic noise, L = log U - log(1 - U), exact in both tails.
 
-    ``log1p(-u)`` keeps precision for u near 0; the open interval keeps both logs finite.
+    Math: with U = exp(-E), E ~ Exp(1): L = -E - log(-expm1(-E)). expm1 keeps 1 - U exact for
+    small E (L large), and E itself is exact in both tails, so L is too (|L| up to ~36 in float32).
+
+    Example:
+        >>> lo = logistic_noise((3,), generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.isfinite(lo).all())
+        True
     """
-    device = _resolve_device(generator, device)
     ndt = _noise_dtype(dtype)
-    u = uniform_open(shape, generator=generator, device=device, dtype=ndt)
-    out = u.log() - torch.log1p(-u)
+    e = _exponential(shape, generator, device, ndt, log=False)
+    out = torch.neg(e).expm1_().neg_().log_().add_(e).neg_()
     return out if ndt == dtype else out.to(dtype)

@@ -1,58 +1,204 @@
-"""Temperature schedules: pure ``step -> tau`` functions, plus a learnable temperature.
+"""Temperature schedules: small frozen dataclasses ``step -> tau``, plus a learnable temperature.
 
-Each factory validates its arguments once and returns a pure function of the (integer)
-training step, so the same step always gives the same tau (and checkpoints need no state).
+Each schedule validates its arguments once, at construction, and is then a pure function of
+the (integer) training step: the same step always gives the same tau, so checkpoints need no
+schedule state. Being plain frozen dataclasses (not closures), schedules pickle, compare equal
+field by field, hash, and print as ``Exponential(tau0=1.0, rate=3e-05, floor=0.5, interval=1000)``;
+``str(s)`` (also ``s.spec``) is the text form that :func:`parse_schedule` reads back.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import numbers
-from typing import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 __all__ = [
+    "Constant",
+    "Cosine",
+    "Exponential",
+    "LearnableTemperature",
+    "Linear",
     "Schedule",
     "constant",
-    "exponential",
-    "linear",
     "cosine",
-    "parse_schedule",
+    "exponential",
     "jang_schedule",
-    "LearnableTemperature",
+    "linear",
+    "parse_schedule",
 ]
 
-Schedule = Callable[[int], float]
+
+# --------------------------------------------------------------------------- argument checks
 
 
-def _pos(name: str, value) -> float:
+def _pos(name: str, value, owner: str | None = None) -> float:
+    """A finite float > 0 (bools, NaN and inf rejected)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or math.isinf(value):
-        raise ValueError(f"expected {name} > 0, got {value!r}")
+        where = f" for {owner}" if owner else ""
+        raise ValueError(f"expected {name} > 0 and finite{where}, got {value!r}")
     return float(value)
 
 
+def _nonneg(name: str, value, owner: str) -> float:
+    """A finite float >= 0 (`not value >= 0` also rejects NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or math.isinf(value):
+        raise ValueError(f"expected {name} >= 0 and finite for {owner}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"expected {name} to be an integer >= 1 for {owner}, got {value!r}")
+    return int(value)
+
+
 def _step(step) -> int:
+    """The training step as an int >= 0; a negative, fractional or non-finite step is a ValueError."""
     if isinstance(step, torch.Tensor):
-        step = int(step.item())
+        if step.numel() != 1:
+            raise ValueError(f"expected step to be an integer >= 0, got a tensor of shape {tuple(step.shape)}")
+        value = step.item()
+        # int(nan) or int(inf) would raise a message that does not say which argument was bad.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected step to be an integer >= 0, got {value!r}")
+        step = int(value)
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"expected step to be an integer >= 0, got {step!r}")
     return int(step)
 
 
-def constant(tau: float = 1.0) -> Schedule:
+# --------------------------------------------------------------------------- schedules
+
+
+class Schedule:
+    """Base of the schedules: a frozen dataclass callable as ``schedule(step) -> tau``.
+
+    Subclasses set ``_name`` (the spec prefix :func:`parse_schedule` knows) and define
+    ``__call__``; ``spec``/``str`` list the fields as ``name:field=value,...``.
+    """
+
+    _name: ClassVar[str] = ""
+
+    def __call__(self, step: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        """The text form, e.g. ``exp:tau0=1.0,rate=3e-05,floor=0.5,interval=1000``."""
+        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        return f"{self._name}:{args}"
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def _set(self, name: str, value) -> None:
+        # Frozen dataclass: normalise a field (e.g. an int tau0 to float) once, in __post_init__,
+        # so equal schedules compare and hash equal whatever number types built them.
+        object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
     """tau(t) = tau."""
-    tau = _pos("tau", tau)
 
-    def schedule(step: int) -> float:
+    tau: float = 1.0
+    _name: ClassVar[str] = "constant"
+
+    def __post_init__(self):
+        self._set("tau", _pos("tau", self.tau, "Constant"))
+
+    def __call__(self, step: int) -> float:
         _step(step)
-        return tau
-
-    schedule.spec = f"constant:tau={tau}"
-    return schedule
+        return self.tau
 
 
-def exponential(tau0: float = 1.0, rate: float = 3e-5, floor: float = 0.5, interval: int = 1000) -> Schedule:
+@dataclass(frozen=True)
+class Exponential(Schedule):
+    r"""tau(t) = max(floor, tau0 * exp(-rate * N * floor(t / N))): Jang et al.'s annealing.
+
+    The temperature changes only every ``interval`` = N steps. Requires tau0, floor > 0 and
+    finite, floor <= tau0 (otherwise tau would be ``floor`` at every step), rate >= 0 and
+    finite, and an integer interval >= 1.
+
+    Reference: Jang, Gu, Poole, ICLR 2017, Section 4.
+    """
+
+    tau0: float = 1.0
+    rate: float = 3e-5
+    floor: float = 0.5
+    interval: int = 1000
+    _name: ClassVar[str] = "exp"
+
+    def __post_init__(self):
+        self._set("tau0", _pos("tau0", self.tau0, "Exponential"))
+        self._set("floor", _pos("floor", self.floor, "Exponential"))
+        self._set("rate", _nonneg("rate", self.rate, "Exponential"))
+        self._set("interval", _count("interval", self.interval, "Exponential"))
+        if self.floor > self.tau0:
+            raise ValueError(
+                f"expected floor <= tau0 for Exponential (else tau is floor at every step), "
+                f"got floor={self.floor} > tau0={self.tau0}"
+            )
+
+    def __call__(self, step: int) -> float:
+        t = (_step(step) // self.interval) * self.interval
+        try:
+            decay = self.rate * t
+        except OverflowError:  # t beyond float range (~1.8e308 steps): long since at the floor
+            return self.floor if self.rate > 0 else self.tau0
+        # rate and t are finite and >= 0, so exp(-decay) is in [0, 1]: never NaN.
+        return max(self.floor, self.tau0 * math.exp(-decay))
+
+
+@dataclass(frozen=True)
+class Linear(Schedule):
+    """tau(t) = start + (end - start) * min(t, steps) / steps (start, end > 0; steps >= 1)."""
+
+    start: float = 1.0
+    end: float = 0.5
+    steps: int = 10000
+    _name: ClassVar[str] = "linear"
+
+    def __post_init__(self):
+        self._set("start", _pos("start", self.start, "Linear"))
+        self._set("end", _pos("end", self.end, "Linear"))
+        self._set("steps", _count("steps", self.steps, "Linear"))
+
+    def __call__(self, step: int) -> float:
+        return self.start + (self.end - self.start) * min(_step(step), self.steps) / self.steps
+
+
+@dataclass(frozen=True)
+class Cosine(Schedule):
+    """tau(t) = end + (start - end) * (1 + cos(pi * min(t, steps) / steps)) / 2 (start, end > 0; steps >= 1)."""
+
+    start: float = 1.0
+    end: float = 0.5
+    steps: int = 10000
+    _name: ClassVar[str] = "cosine"
+
+    def __post_init__(self):
+        self._set("start", _pos("start", self.start, "Cosine"))
+        self._set("end", _pos("end", self.end, "Cosine"))
+        self._set("steps", _count("steps", self.steps, "Cosine"))
+
+    def __call__(self, step: int) -> float:
+        frac = min(_step(step), self.steps) / self.steps
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def constant(tau: float = 1.0) -> Constant:
+    """tau(t) = tau."""
+    return Constant(tau)
+
+
+def exponential(tau0: float = 1.0, rate: float = 3e-5, floor: float = 0.5, interval: int = 1000) -> Exponential:
     r"""tau(t) = max(floor, tau0 * exp(-rate * N * floor(t / N))): Jang et al.'s annealing.
 
     The temperature changes only every ``interval`` = N steps. Defaults are the public notebook's
@@ -60,52 +206,22 @@ def exponential(tau0: float = 1.0, rate: float = 3e-5, floor: float = 0.5, inter
 
     Reference: Jang, Gu, Poole, ICLR 2017, Section 4.
     """
-    tau0 = _pos("tau0", tau0)
-    floor = _pos("floor", floor)
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or rate < 0:
-        raise ValueError(f"expected rate >= 0, got {rate!r}")
-    if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or interval < 1:
-        raise ValueError(f"expected interval to be an integer >= 1, got {interval!r}")
-    rate, interval = float(rate), int(interval)
-
-    def schedule(step: int) -> float:
-        t = (_step(step) // interval) * interval
-        return max(floor, tau0 * math.exp(-rate * t))
-
-    schedule.spec = f"exp:tau0={tau0},rate={rate},floor={floor},interval={interval}"
-    return schedule
+    return Exponential(tau0, rate, floor, interval)
 
 
-def jang_schedule() -> Schedule:
+def jang_schedule() -> Exponential:
     """The categorical-VAE default: max(0.5, exp(-3e-5 t)), updated every 1000 steps."""
-    return exponential(1.0, 3e-5, 0.5, 1000)
+    return Exponential(1.0, 3e-5, 0.5, 1000)
 
 
-def linear(start: float = 1.0, end: float = 0.5, steps: int = 10000) -> Schedule:
+def linear(start: float = 1.0, end: float = 0.5, steps: int = 10000) -> Linear:
     """tau(t) = start + (end - start) * min(t, steps) / steps."""
-    start, end = _pos("start", start), _pos("end", end)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"expected steps to be an integer >= 1, got {steps!r}")
-
-    def schedule(step: int) -> float:
-        return start + (end - start) * min(_step(step), steps) / steps
-
-    schedule.spec = f"linear:start={start},end={end},steps={steps}"
-    return schedule
+    return Linear(start, end, steps)
 
 
-def cosine(start: float = 1.0, end: float = 0.5, steps: int = 10000) -> Schedule:
+def cosine(start: float = 1.0, end: float = 0.5, steps: int = 10000) -> Cosine:
     """tau(t) = end + (start - end) * (1 + cos(pi * min(t, steps) / steps)) / 2."""
-    start, end = _pos("start", start), _pos("end", end)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"expected steps to be an integer >= 1, got {steps!r}")
-
-    def schedule(step: int) -> float:
-        frac = min(_step(step), steps) / steps
-        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-    schedule.spec = f"cosine:start={start},end={end},steps={steps}"
-    return schedule
+    return Cosine(start, end, steps)
 
 
 _FACTORIES = {"constant": constant, "exp": exponential, "exponential": exponential, "linear": linear, "cosine": cosine}
@@ -117,6 +233,7 @@ def parse_schedule(spec: str) -> Schedule:
 
     Examples: ``"0.5"``, ``"constant:tau=0.5"``, ``"exp:tau0=1,rate=3e-5,floor=0.5,interval=1000"``,
     ``"linear:start=1,end=0.5,steps=5000"``, ``"cosine:start=2,end=0.5,steps=5000"``, ``"jang"``.
+    ``parse_schedule(str(s)) == s`` for every schedule ``s``.
     """
     text = str(spec).strip()
     try:
@@ -144,12 +261,26 @@ def parse_schedule(spec: str) -> Schedule:
         raise ValueError(f"expected valid arguments for schedule {name!r}, got {sorted(kwargs)} ({exc})") from None
 
 
+# --------------------------------------------------------------------------- learnable temperature
+
+
+@functools.cache
+def _above(floor: float, dtype: torch.dtype) -> float:
+    """The smallest value of ``dtype`` strictly greater than the Python float ``floor``."""
+    f = torch.tensor(floor, dtype=dtype)
+    if float(f) <= floor:  # floor rounded down (or is exact) in dtype: step one ulp up
+        f = torch.nextafter(f, torch.tensor(math.inf, dtype=dtype))
+    return float(f)
+
+
 class LearnableTemperature(torch.nn.Module):
     r"""A trainable temperature, tau = floor + softplus(rho): positive by parametrisation.
 
     Args:
-        init: initial tau (> floor).
+        init: initial tau (> floor, finite).
         floor: lower bound approached as rho -> -inf (default 0.05), which keeps 1/tau bounded.
+
+    For every finite rho the value is finite and strictly greater than ``floor``.
 
     Example:
         >>> temp = LearnableTemperature(1.0)
@@ -165,9 +296,20 @@ class LearnableTemperature(torch.nn.Module):
         x = init - floor
         self.floor = floor
         self.rho = torch.nn.Parameter(torch.tensor(x + math.log(-math.expm1(-x))))
+        if not bool(torch.isfinite(self.rho)):  # init - floor beyond the parameter dtype's range
+            raise ValueError(
+                f"expected init - floor representable in {self.rho.dtype} (max {torch.finfo(self.rho.dtype).max:.3g}), "
+                f"got init={init}, floor={floor}"
+            )
 
     def forward(self) -> torch.Tensor:
-        return self.floor + torch.nn.functional.softplus(self.rho)
+        tau = self.floor + torch.nn.functional.softplus(self.rho)
+        # floor + softplus(rho) rounds to floor once softplus(rho) < ulp(floor) / 2 (rho < -20 in
+        # float32), and a floor that rounds down in the dtype can even put tau below it. Lift the
+        # value to the next representable number above floor, with the gradient of the
+        # unclamped expression (straight-through), so training behaves exactly as before.
+        lo = _above(self.floor, tau.dtype)
+        return tau + (tau.clamp_min(lo) - tau).detach()
 
     def extra_repr(self) -> str:
-        return f"tau={float(self()):.4g}, floor={self.floor}"
+        return f"tau={float(self().detach()):.4g}, floor={self.floor}"

@@ -2,4 +2,4 @@
 
 from ._concrete import BinaryConcrete, Concrete, ExpConcrete, StraightThroughConcrete
 
-__all__ = ["Concrete", "ExpConcrete", "BinaryConcrete", "StraightThroughConcrete"]
+__all__ = ["BinaryConcrete", "Concrete", "ExpConcrete", "StraightThroughConcrete"]

@@ -3,47 +3,173 @@
 Thin classes over the functional API: sampling reuses the library's finite float32 noise, and
 every log-density is evaluated in log-space so it stays finite at small temperatures and
 extreme logits (tau = 0.05, logits +-200).
+
+Conventions (as in ``torch.distributions``):
+
+* Shapes: the temperature is a batch parameter. For the categorical classes
+  ``batch_shape = broadcast(temperature.shape, logits.shape[:-1])`` and ``event_shape = (K,)``;
+  for :class:`BinaryConcrete` ``batch_shape = broadcast(temperature.shape, logits.shape)``.
+  Both parameters are stored expanded to the batch shape, so ``rsample(s).shape ==
+  s + batch_shape + event_shape`` and ``log_prob`` of it has shape ``s + batch_shape``.
+* Checks: structural ones (exactly one of logits/probs, floating dtypes, shapes that broadcast)
+  always run; value checks (temperature > 0 and finite, logits without NaN/+inf/all-masked rows,
+  valid probs) and support checks run only under ``validate_args`` (default:
+  ``torch.distributions.Distribution._validate_args``), since each costs a reduction and a sync.
+* Masking: a logit of -inf removes its class. Samples put x = -inf (y = 0) there, and
+  ``log_prob`` is the density of the reduced distribution over the K' remaining classes.
 """
 
 from __future__ import annotations
 
-import math
+import numbers
+from typing import ClassVar
 
 import torch
 from torch.distributions import Distribution, constraints
-from torch.distributions.utils import broadcast_all, lazy_property, logits_to_probs, probs_to_logits
+from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
 from .._noise import gumbel_noise, logistic_noise
 from .._sampling import one_hot_straight_through
+from .._validation import _compiling, check_values, shape_str
 
-__all__ = ["Concrete", "ExpConcrete", "BinaryConcrete", "StraightThroughConcrete"]
+__all__ = ["BinaryConcrete", "Concrete", "ExpConcrete", "StraightThroughConcrete"]
 
-
-def _check_temperature(temperature) -> torch.Tensor:
-    t = torch.as_tensor(temperature, dtype=torch.get_default_dtype()) if not isinstance(temperature, torch.Tensor) else temperature
-    if not t.dtype.is_floating_point:
-        raise TypeError(f"expected temperature with a floating dtype, got {t.dtype}")
-    if t.numel() and not bool((t.detach() > 0).all()):
-        raise ValueError(f"expected temperature > 0, got {t.detach().min().item()}")
-    return t
+_NEG_INF = float("-inf")
+_NO_SAMPLE_DIMS = torch.Size()  # the default sample_shape, one shared immutable instance
 
 
-def _logits_probs(logits, probs, vector: bool):
+# --------------------------------------------------------------------------- argument handling
+
+
+def _resolve_validate(dist: Distribution, validate_args) -> bool:
+    # Before Distribution.__init__ runs, the instance lookup finds the class default
+    # (Distribution._validate_args unless changed by set_default_validate_args).
+    return bool(dist._validate_args) if validate_args is None else bool(validate_args)
+
+
+def _param(owner: str, logits, probs, vector: bool) -> tuple[str, torch.Tensor]:
+    """Structural checks (always run): exactly one parameter, a floating tensor, an event axis."""
     if (logits is None) == (probs is None):
-        raise ValueError("expected exactly one of logits or probs, got " + ("both" if logits is not None else "neither"))
-    if logits is not None:
-        if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
-            raise TypeError(f"expected logits as a floating tensor, got {getattr(logits, 'dtype', type(logits).__name__)}")
-        if torch.isnan(logits).any():
-            raise ValueError("expected logits without NaN, got NaN entries")
+        raise ValueError(
+            f"{owner}: expected exactly one of logits or probs, got " + ("both" if logits is not None else "neither")
+        )
+    name, value = ("logits", logits) if logits is not None else ("probs", probs)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{owner}: expected {name} to be a torch.Tensor with a floating dtype, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{owner}: expected {name} with a floating dtype, got {value.dtype}")
+    if vector and (value.dim() == 0 or value.shape[-1] == 0):
+        raise ValueError(
+            f"{owner}: expected {name} with at least one category on the last dimension, "
+            f"got {name} of shape {shape_str(value.shape)}"
+        )
+    return name, value
+
+
+def _temperature(owner: str, temperature, ref: torch.Tensor) -> torch.Tensor:
+    """The temperature as a floating tensor; numbers take the dtype and device of the parameter."""
+    if isinstance(temperature, torch.Tensor):
+        if not temperature.dtype.is_floating_point:
+            raise TypeError(f"{owner}: expected temperature with a floating dtype, got {temperature.dtype}")
+        return temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(
+            f"{owner}: expected temperature to be a float or a floating tensor, got {type(temperature).__name__}"
+        )
+    return torch.tensor(float(temperature), dtype=ref.dtype, device=ref.device)
+
+
+def _batch_shape(owner: str, temperature: torch.Tensor, batch: torch.Size, what: str) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(temperature.shape, batch)
+    except RuntimeError:
+        raise ValueError(
+            f"{owner}: expected temperature broadcastable with the batch shape {what} = {shape_str(batch)}, "
+            f"got temperature of shape {shape_str(temperature.shape)}"
+        ) from None
+
+
+def _check_temperature_values(owner: str, t: torch.Tensor) -> None:
+    if _compiling() or t.numel() == 0:
+        return
+    td = t.detach()
+    ok = (td > 0) & torch.isfinite(td)  # `> 0` is False for NaN
+    if not bool(ok.all()):
+        bad = td[~ok]
+        raise ValueError(
+            f"{owner}: expected temperature > 0 and finite, got {bad.numel()} invalid value(s) "
+            f"(the first {bad[0].item()}) in temperature of shape {shape_str(t.shape)}"
+        )
+
+
+def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool) -> None:
+    if _compiling() or value.numel() == 0:
+        return
+    v = value.detach()
+    if name == "logits":
         if vector:
-            return logits - logits.logsumexp(-1, keepdim=True), None
-        return logits, None
-    if not isinstance(probs, torch.Tensor) or not probs.dtype.is_floating_point:
-        raise TypeError(f"expected probs as a floating tensor, got {getattr(probs, 'dtype', type(probs).__name__)}")
-    if vector:
-        return None, probs / probs.sum(-1, keepdim=True)
-    return None, probs
+            try:  # NaN, +inf and fully masked rows; -inf alone masks its class
+                check_values(v, v.dim() - 1)
+            except ValueError as exc:
+                raise ValueError(f"{owner}: {exc} (logits of shape {shape_str(v.shape)})") from None
+        elif not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            raise ValueError(
+                f"{owner}: expected finite logits, got {n} NaN or infinite entries in logits of shape {shape_str(v.shape)}"
+            )
+        return
+    bad = ~torch.isfinite(v) | (v < 0)
+    if not vector:
+        bad |= v > 1
+    n_bad = int(bad.sum())
+    if n_bad:
+        want = "probs >= 0 and finite" if vector else "probs in [0, 1]"
+        raise ValueError(f"{owner}: expected {want}, got {n_bad} invalid entries in probs of shape {shape_str(v.shape)}")
+    if vector and not bool((v.sum(-1) > 0).all()):
+        raise ValueError(
+            f"{owner}: expected probs with a positive sum over the last dimension, "
+            f"got a row summing to 0 in probs of shape {shape_str(v.shape)}"
+        )
+
+
+def _expanded_batch(owner: str, batch_shape, old: torch.Size) -> torch.Size:
+    batch_shape = torch.Size(batch_shape)
+    try:
+        ok = torch.broadcast_shapes(old, batch_shape) == batch_shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{owner}.expand: expected a batch_shape that {shape_str(old)} expands to, got {shape_str(batch_shape)}")
+    return batch_shape
+
+
+# --------------------------------------------------------------------------- ExpConcrete density
+
+
+def _exp_concrete_log_prob(theta: torch.Tensor, lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""log p(x) of ExpConcrete(lam, theta), with masked (-inf) classes treated as absent.
+
+    Over the K' classes with a finite logit (the reduced distribution, which is what the sampler
+    draws: a masked class adds exp(-inf) = 0 to the softmax denominator):
+    log p(x) = log (K'-1)! + (K'-1) log lam + sum_k s_k - K' LSE_k s_k,  s_k = theta_k - lam x_k,
+    sums over unmasked k only. A masked class must have x_k = -inf (its only value on the
+    support); a finite x_k there, or x_k = -inf at an unmasked class (the density's limit there
+    is 0), gives -inf.
+    """
+    unmasked = theta > _NEG_INF
+    lam = lam.to(theta).unsqueeze(-1)
+    k = unmasked.sum(-1).to(theta.dtype)
+    keep = unmasked & (x != _NEG_INF)
+    # Zero the dropped coordinates *before* the arithmetic: there theta - lam * x is
+    # -inf + inf = NaN, and torch.where on the result would still send NaN gradients
+    # (0 * inf) into theta, lam and x.
+    s = torch.where(keep, theta, 0.0) - lam * torch.where(keep, x, 0.0)
+    s_sum = torch.where(keep, s, 0.0).sum(-1)
+    lse = torch.where(keep, s, _NEG_INF).logsumexp(-1)
+    lp = torch.lgamma(k) + (k - 1) * torch.log(lam.squeeze(-1)) + s_sum - k * lse
+    # On the support exactly when x_k = -inf at the masked classes and only there.
+    off_support = (unmasked != (x != _NEG_INF)).any(-1)
+    return torch.where(off_support, _NEG_INF, lp)
 
 
 class ExpConcrete(Distribution):
@@ -52,10 +178,14 @@ class ExpConcrete(Distribution):
     Math (K classes, temperature lambda):
     log p(x) = log (K-1)! + (K-1) log lambda + sum_k (theta_k - lambda x_k) - K LSE_k(theta_k - lambda x_k).
     Working in log-space keeps samples and densities finite where y = exp(x) underflows to 0.
+    Masked classes (logit -inf) get x = -inf and are left out: K is then the number of
+    finite logits in the row.
 
     Args:
-        temperature: lambda > 0 (tensor broadcastable to the batch shape).
+        temperature: lambda > 0, a number or a tensor broadcastable with ``logits.shape[:-1]``;
+            the batch shape is the broadcast of the two.
         logits / probs: exactly one of them, categories on the last dimension.
+        validate_args: check parameter values and ``log_prob`` arguments (default: torch's).
 
     Example:
         >>> d = ExpConcrete(torch.tensor(0.5), logits=torch.zeros(3))
@@ -64,21 +194,31 @@ class ExpConcrete(Distribution):
     Reference: Maddison, Mnih, Teh, "The Concrete Distribution", ICLR 2017, Appendix C.
     """
 
-    arg_constraints = {"temperature": constraints.positive, "logits": constraints.real_vector, "probs": constraints.simplex}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "temperature": constraints.positive, "logits": constraints.real_vector, "probs": constraints.simplex
+    }
     support = constraints.real_vector
     has_rsample = True
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
-        self.temperature = _check_temperature(temperature)
-        lg, pr = _logits_probs(logits, probs, vector=True)
-        param = lg if lg is not None else pr
-        if lg is not None:
-            self.logits = lg
-        else:
-            self.probs = pr
-        self._param = param
-        batch_shape = param.shape[:-1]
+        self._setup(type(self).__name__, temperature, probs, logits, validate_args, _resolve_validate(self, validate_args))
+
+    def _setup(self, owner, temperature, probs, logits, validate_args, check_values_: bool) -> None:
+        name, param = _param(owner, logits, probs, vector=True)
+        t = _temperature(owner, temperature, param)
+        batch_shape = _batch_shape(owner, t, param.shape[:-1], f"{name}.shape[:-1]")
+        if check_values_:
+            _check_temperature_values(owner, t)
+            _check_param_values(owner, name, param, vector=True)
         event_shape = param.shape[-1:]
+        # Normalise before expanding: one reduction per distinct row, not per broadcast copy.
+        if name == "logits":
+            self.logits = (param - param.logsumexp(-1, keepdim=True)).expand(batch_shape + event_shape)
+            self._param = self.logits
+        else:
+            self.probs = (param / param.sum(-1, keepdim=True)).expand(batch_shape + event_shape)
+            self._param = self.probs
+        self.temperature = t.expand(batch_shape)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
 
     @lazy_property
@@ -94,45 +234,41 @@ class ExpConcrete(Distribution):
         return self._param.size()
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(type(self), _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.temperature = self.temperature
-        if "logits" in self.__dict__:
-            new.logits = self.logits.expand(batch_shape + self.event_shape)
-            new._param = new.logits
+        new = self._get_checked_instance(ExpConcrete, _instance)
+        batch_shape = _expanded_batch(type(self).__name__, batch_shape, self.batch_shape)
+        param_shape = batch_shape + self.event_shape
+        new.temperature = self.temperature.expand(batch_shape)
         if "probs" in self.__dict__:
-            new.probs = self.probs.expand(batch_shape + self.event_shape)
-            new._param = new.probs if "logits" not in self.__dict__ else new.logits
-        super(type(self), new).__init__(batch_shape, self.event_shape, validate_args=False)
+            new.probs = self.probs.expand(param_shape)
+            new._param = new.probs
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(param_shape)
+            new._param = new.logits
+        super(ExpConcrete, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
-    def _temperature(self, ref: torch.Tensor) -> torch.Tensor:
-        # Temperature over the batch, with a trailing event axis for broadcasting against K.
-        return self.temperature.to(ref).unsqueeze(-1) if self.temperature.dim() else self.temperature.to(ref)
-
-    def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         theta = self.logits
         cdt = torch.float64 if theta.dtype == torch.float64 else torch.float32
         g = gumbel_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
-        lam = self._temperature(theta)
-        return torch.log_softmax((theta + g) / lam, -1)
+        lam = self.temperature.to(theta).unsqueeze(-1)
+        unmasked = theta > _NEG_INF
+        # Masked classes: perturb 0 instead of -inf and put -inf back afterwards. (-inf + g) / lam
+        # has the lambda-derivative +inf, and the zero gradient a masked y = 0 sends back would
+        # turn it into 0 * inf = NaN in temperature.grad.
+        z = torch.where(unmasked, (torch.where(unmasked, theta, 0.0) + g) / lam, _NEG_INF)
+        return torch.log_softmax(z, -1)
 
-    def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        theta = self.logits
-        lam = self._temperature(theta)
-        K = theta.shape[-1]
-        lam_b = lam.squeeze(-1) if lam.dim() else lam
-        log_norm = math.lgamma(K) + (K - 1) * torch.log(lam_b)
-        s = theta - lam * value
-        return log_norm + s.sum(-1) - K * torch.logsumexp(s, -1)
+        return _exp_concrete_log_prob(self.logits, self.temperature, value)
 
 
 class Concrete(Distribution):
@@ -141,11 +277,13 @@ class Concrete(Distribution):
     Math: log p(y) = log (K-1)! + (K-1) log lambda + sum_k (theta_k - (lambda+1) log y_k)
     - K LSE_k(theta_k - lambda log y_k), evaluated as ExpConcrete.log_prob(log y) - sum_k log y_k.
     ``log y`` is floored at the smallest normal number so a coordinate that rounded to 0 gives a
-    large but finite density instead of NaN.
+    large but finite density instead of NaN. Masked classes (logit -inf) have y = 0 and are left
+    out of both terms (the density of the reduced Concrete over the finite logits).
 
     Args:
-        temperature: lambda > 0.
+        temperature: lambda > 0, a number or a tensor broadcastable with ``logits.shape[:-1]``.
         logits / probs: exactly one of them.
+        validate_args: check parameter values and ``log_prob`` arguments (default: torch's).
 
     Example:
         >>> d = Concrete(torch.tensor(0.5), logits=torch.zeros(3))
@@ -159,32 +297,47 @@ class Concrete(Distribution):
     has_rsample = True
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
-        self.base = ExpConcrete(temperature, probs=probs, logits=logits, validate_args=False)
-        super().__init__(self.base.batch_shape, self.base.event_shape, validate_args=validate_args)
+        base = ExpConcrete.__new__(ExpConcrete)
+        # The value checks run once, here, with this class's name in the messages.
+        base._setup(type(self).__name__, temperature, probs, logits, False, _resolve_validate(self, validate_args))
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
 
     temperature = property(lambda self: self.base.temperature)
     logits = property(lambda self: self.base.logits)
     probs = property(lambda self: self.base.probs)
+    param_shape = property(lambda self: self.base.param_shape)
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(type(self), _instance)
+        new = self._get_checked_instance(Concrete, _instance)
+        _expanded_batch(type(self).__name__, batch_shape, self.batch_shape)
         new.base = self.base.expand(batch_shape)
-        super(type(self), new).__init__(new.base.batch_shape, self.event_shape, validate_args=False)
+        super(Concrete, new).__init__(new.base.batch_shape, new.base.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __repr__(self) -> str:
+        return type(self).__name__ + repr(self.base)[len("ExpConcrete"):]
+
+    def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.base.rsample(sample_shape, generator=generator).exp()
 
-    def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        # Floor y at the smallest normal number: a coordinate that rounded to 0 gets a large but
+        # finite log y instead of -inf (whose ExpConcrete density would be -inf or NaN).
         log_y = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
-        return self.base.log_prob(log_y) - log_y.sum(-1)
+        unmasked = self.logits > _NEG_INF
+        # A masked class is on the support only at y = 0, i.e. x = -inf; y > 0 there stays finite
+        # and ExpConcrete.log_prob returns -inf for it. The Jacobian of x = log y covers the K'
+        # unmasked coordinates only.
+        log_x = torch.where(unmasked | (value > 0), log_y, _NEG_INF)
+        return self.base.log_prob(log_x) - torch.where(unmasked, log_y, 0.0).sum(-1)
 
 
 class StraightThroughConcrete(Concrete):
@@ -203,7 +356,7 @@ class StraightThroughConcrete(Concrete):
 
     support = constraints.one_hot
 
-    def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         soft = super().rsample(sample_shape, generator=generator)
         index = soft.detach().argmax(-1, keepdim=True)
         return one_hot_straight_through(soft, index, -1)
@@ -211,7 +364,7 @@ class StraightThroughConcrete(Concrete):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        log_p = torch.log_softmax(self.logits, -1).expand(value.shape)
+        log_p, value = torch.broadcast_tensors(torch.log_softmax(self.logits, -1), value)
         return log_p.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
 
 
@@ -223,8 +376,10 @@ class BinaryConcrete(Distribution):
     log(1 - y) = -softplus(l), all stable for large |l|.
 
     Args:
-        temperature: lambda > 0.
+        temperature: lambda > 0, a number or a tensor broadcastable with the logits;
+            the batch shape is the broadcast of the two.
         logits / probs: exactly one of them (probability of 1).
+        validate_args: check parameter values and ``log_prob`` arguments (default: torch's).
 
     Example:
         >>> d = BinaryConcrete(torch.tensor(0.5), logits=torch.zeros(4))
@@ -233,21 +388,28 @@ class BinaryConcrete(Distribution):
     Reference: Maddison, Mnih, Teh, ICLR 2017, Section 3.3.
     """
 
-    arg_constraints = {"temperature": constraints.positive, "logits": constraints.real, "probs": constraints.unit_interval}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "temperature": constraints.positive, "logits": constraints.real, "probs": constraints.unit_interval
+    }
     support = constraints.unit_interval
     has_rsample = True
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
-        t = _check_temperature(temperature)
-        lg, pr = _logits_probs(logits, probs, vector=False)
-        if lg is not None:
-            self.temperature, self.logits = broadcast_all(t, lg)
-            param = self.logits
+        owner = type(self).__name__
+        name, param = _param(owner, logits, probs, vector=False)
+        t = _temperature(owner, temperature, param)
+        batch_shape = _batch_shape(owner, t, param.shape, f"{name}.shape")
+        if _resolve_validate(self, validate_args):
+            _check_temperature_values(owner, t)
+            _check_param_values(owner, name, param, vector=False)
+        self.temperature = t.expand(batch_shape)
+        if name == "logits":
+            self.logits = param.expand(batch_shape)
+            self._param = self.logits
         else:
-            self.temperature, self.probs = broadcast_all(t, pr)
-            param = self.probs
-        self._param = param
-        super().__init__(param.shape, validate_args=validate_args)
+            self.probs = param.expand(batch_shape)
+            self._param = self.probs
+        super().__init__(batch_shape, validate_args=validate_args)
 
     @lazy_property
     def logits(self):
@@ -257,19 +419,25 @@ class BinaryConcrete(Distribution):
     def probs(self):
         return logits_to_probs(self.logits, is_binary=True)
 
+    @property
+    def param_shape(self):
+        return self._param.size()
+
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(type(self), _instance)
-        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(BinaryConcrete, _instance)
+        batch_shape = _expanded_batch(type(self).__name__, batch_shape, self.batch_shape)
         new.temperature = self.temperature.expand(batch_shape)
-        if "logits" in self.__dict__:
-            new.logits = self.logits.expand(batch_shape)
         if "probs" in self.__dict__:
             new.probs = self.probs.expand(batch_shape)
-        super(type(self), new).__init__(batch_shape, validate_args=False)
+            new._param = new.probs
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(batch_shape)
+            new._param = new.logits
+        super(BinaryConcrete, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
-    def rsample_logit(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample_logit(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """A sample of l = (theta + L) / lambda, the logit of the relaxed Bernoulli (finite always)."""
         shape = self._extended_shape(sample_shape)
         theta = self.logits
@@ -277,10 +445,10 @@ class BinaryConcrete(Distribution):
         noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
         return (theta + noise) / self.temperature
 
-    def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.sigmoid(self.rsample_logit(sample_shape, generator=generator))
 
-    def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
@@ -288,6 +456,7 @@ class BinaryConcrete(Distribution):
         """log density of the logit l: log lambda + (theta - lambda l) - 2 softplus(theta - lambda l)."""
         lam = self.temperature
         s = self.logits - lam * logit
+        # 2 softplus(s) rather than 2 log(1 + e^s): finite and exact for |s| in the hundreds.
         return torch.log(lam) + s - 2.0 * torch.nn.functional.softplus(s)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -297,5 +466,6 @@ class BinaryConcrete(Distribution):
         eps = torch.finfo(value.dtype).eps
         y = value.clamp(torch.finfo(value.dtype).tiny, 1.0 - eps)
         logit = torch.log(y) - torch.log1p(-y)
+        # -log y - log(1 - y) = softplus(-l) + softplus(l): no cancellation for large |l|.
         sp = torch.nn.functional.softplus
         return self.log_prob_logit(logit) + sp(-logit) + sp(logit)

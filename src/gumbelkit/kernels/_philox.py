@@ -13,22 +13,32 @@ mask in the scalar code for a 0-d tensor and the high word came out wrong by 2^1
 intermediate here ever leaves [-2^31, 2^31): the product is assembled from 16-bit digits whose
 partial products are formed in signed form (see :func:`_digit_product`). Values are 32-bit patterns stored in int32
 (two's complement); ``>>`` on int32 is arithmetic, so every logical shift is followed by a mask.
+
+Words to Gumbel noise: :func:`gumbel_float32` (one word per value) and :func:`gumbel_float64` (two
+words per value) use the exact Exp(1) construction of :mod:`gumbelkit._noise`, so both tails are
+right down to the dtype's limits: g in [-3.13, 22.87] in float32 and [-3.81, 45.05] in float64
+(the 23-bit uniforms of :func:`uniform_float32` would stop at 16.6).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .._noise import _exp_from_words32, _exp_from_words64
+
 __all__ = [
     "PHILOX_M0",
     "PHILOX_M1",
     "PHILOX_W0",
     "PHILOX_W1",
+    "add32",
     "as_int32",
     "as_uint32",
-    "philox4x32",
+    "gumbel_float32",
+    "gumbel_float64",
+    "join64",
     "mulhilo32",
-    "add32",
+    "philox4x32",
     "uniform_float32",
     "uniform_float64",
 ]
@@ -122,13 +132,47 @@ def uniform_float32(w: torch.Tensor) -> torch.Tensor:
     """Uniform on the open interval (0, 1) from a 32-bit word: u = (2 k + 1) 2^-24, k = top 23 bits.
 
     Every value is exact in float32 and lies in [2^-24, 1 - 2^-24] -- the same values as the
-    eager :func:`gumbelkit.uniform_open` on CPU -- so -log(-log u) is finite and reaches about 16.6.
+    eager :func:`gumbelkit.uniform_open` on CPU. Not used for the Gumbel noise any more:
+    -log(-log u) would stop at 16.6 (and -2.8), see :func:`gumbel_float32`.
     """
     k = _srl(w, 9)
     return (k.to(torch.float32) * 2.0 + 1.0) * (2.0**-24)
 
 
 def uniform_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
-    """Uniform on (0, 1) in float64 from two words: u = (2 k + 1) 2^-43, k = 21 + 21 top bits (exact)."""
+    """Uniform on (0, 1) in float64 from two words: u = (2 k + 1) 2^-43, k = 21 + 21 top bits (exact).
+
+    Not used for the Gumbel noise any more (see :func:`gumbel_float64`).
+    """
     k = _srl(w_hi, 11).to(torch.float64) * (2.0**21) + _srl(w_lo, 11).to(torch.float64)
     return (k * 2.0 + 1.0) * (2.0**-43)
+
+
+def join64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
+    """The int64 word w_hi 2^32 + (w_lo mod 2^32): the bit pattern (w_hi << 32) | (w_lo & 0xFFFFFFFF).
+
+    Written as a product and a sum, which never leave the int64 range (|w_hi 2^32| <= 2^63 and the
+    low word is added to a multiple of 2^32), where a left shift of a negative w_hi would be
+    undefined behaviour in the C++ that Inductor generates.
+    """
+    return w_hi.to(torch.int64) * (1 << 32) + (w_lo.to(torch.int64) & 0xFFFFFFFF)
+
+
+def gumbel_float32(w: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) in float32 from one 32-bit word: g = -log E, E ~ Exp(1) exact in both tails.
+
+    E comes from :func:`gumbelkit._noise._exp_from_words32`: the sign bit of ``w`` picks the half
+    of the unit interval, the other 31 bits m give v = (m + 1/2) 2^-32 in (0, 1/2], and
+    E = -log v or E = -log1p(-v), so E lies in [2^-33, 33 log 2] and g in [-3.13, 22.87]
+    (-log(33 log 2) and 33 log 2). Small m -- either tail -- is exact; pure torch ops (Inductor, Triton).
+    """
+    return _exp_from_words32(w, log=True).neg_()
+
+
+def gumbel_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) in float64 from two 32-bit words joined into one 64-bit word (:func:`join64`).
+
+    As :func:`gumbel_float32` with v = (m + 1/2) 2^-64 from the 63 low bits of the joined word
+    (its sign bit is the sign bit of ``w_hi``): E in [2^-65, 65 log 2], g in [-3.81, 45.05].
+    """
+    return _exp_from_words64(join64(w_hi, w_lo), log=True).neg_()
