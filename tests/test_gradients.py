@@ -321,3 +321,36 @@ def test_cli_entry_point(tmp_path, capsys, monkeypatch):
     assert cli.main(["gradients", "--taus", "-1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gumbelkit gradients: error: expected tau > 0, got -1.0"]
+
+
+def test_relaxed_bias_is_nan_not_a_crash_when_the_reference_gradient_vanishes():
+    # At tiny tau a float32 relaxed gradient can underflow to exactly zero: the relative bias
+    # against it is undefined (NaN in the table), never a ZeroDivisionError.
+    problem = G.make_problem("quadratic", 0)
+    _, truth = G.exact_gradient(problem.params, problem.logits, problem.f)
+    truth = truth.reshape(-1)
+    res = G.estimate(problem, "st_gumbel", 0.5, 1.0, generator=torch.Generator().manual_seed(0), samples=8, chunk=8)
+    ref = {"grad": torch.zeros_like(truth), "variance": 0.0, "samples": 8}
+    row = G._row("quadratic", "st_gumbel", 0.5, truth, res, ref)
+    assert math.isnan(row["rel_bias_relaxed"]) and math.isnan(row["stderr_bias_relaxed"])
+    assert math.isfinite(row["rel_bias"])
+    zero = G._row("quadratic", "st_gumbel", 0.5, torch.zeros_like(truth), res, None)
+    assert math.isnan(zero["rel_bias"]) and math.isnan(zero["rel_variance"])
+
+
+def test_taus_below_the_documented_minimum_are_refused_and_the_minimum_runs(tmp_path):
+    from gumbelkit.experiments._common import MIN_TAU
+
+    with pytest.raises(UserError, match="expected tau >= 0.001"):
+        _parse(["--taus", "1e-8"])
+    with pytest.raises(UserError, match="expected --demo-tau >= 0.001"):
+        _parse(["--demo-tau", "1e-8"])
+    parser = argparse.ArgumentParser()
+    G.add_arguments(parser)
+    assert f">= {MIN_TAU:g}" in parser.format_help()
+    res = G.main(_parse(["--problems", "quadratic,70_30", "--methods", "gumbel_softmax,st_gumbel,gumbel_rao_k3",
+                         "--taus", str(MIN_TAU), "--samples", "16", "--chunk", "16", "--no-demo", "--no-plots",
+                         "--out", str(tmp_path)]))
+    for row in res["rows"]:
+        for key in ("rel_bias", "variance", "mse"):
+            assert not math.isinf(row[key]), (row["method"], key)

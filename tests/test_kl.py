@@ -49,3 +49,49 @@ def test_nan_and_all_masked_rows_raise():
         gk.kl_categorical(torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [ninf, ninf]]))
     with pytest.raises(IndexError, match="expected dim"):
         gk.kl_categorical(torch.zeros(2, 2), torch.zeros(2, 2), dim=2)
+
+
+NINF = float("-inf")
+
+
+@pytest.mark.parametrize(
+    "q_row,p_row",
+    [
+        ([0.0, NINF, 1.0], [0.3, NINF, 0.5]),  # masked in both: finite KL
+        ([0.0, NINF, 1.0, 2.0], [0.3, 1.0, 0.5, NINF]),  # masked in p where q > 0: KL = inf
+        ([0.0, NINF, 1.0], [NINF, NINF, 0.5]),  # masked in both, and p masked where q > 0
+        ([0.0, 0.0, 0.0], [0.0, NINF, NINF]),  # p masked where q > 0, twice
+        ([NINF, 2.0, 1.0], [NINF, NINF, 0.5]),  # masked in p where q = 0, and where q > 0
+    ],
+)
+def test_masked_classes_give_finite_gradients_to_both_logits(q_row, p_row):
+    for dtype in (torch.float32, torch.float64):
+        q = torch.tensor([q_row], dtype=dtype, requires_grad=True)
+        p = torch.tensor([p_row], dtype=dtype, requires_grad=True)
+        kl = gk.kl_categorical(q, p)
+        kl.sum().backward()
+        assert torch.isfinite(q.grad).all() and torch.isfinite(p.grad).all()
+        q_masked = torch.isneginf(q.detach())
+        p_masked = torch.isneginf(p.detach())
+        assert torch.all(q.grad[q_masked] == 0) and torch.all(p.grad[p_masked] == 0)
+        # the value stays exact: +inf exactly when q puts mass where p has none
+        inf_expected = bool((p_masked & ~q_masked).any())
+        assert (kl.item() == float("inf")) == inf_expected
+        if not inf_expected:
+            keep = ~(q_masked | p_masked)[0]
+            ref = kl_divergence(Categorical(logits=q.detach()[:, keep].double()), Categorical(logits=p.detach()[:, keep].double()))
+            assert torch.allclose(kl.double(), ref, atol=1e-6)
+
+
+def test_finite_rows_keep_their_exact_gradients_next_to_masked_rows():
+    # masking must not change anything for the other rows (values and gradients bit-identical)
+    q = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    p = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    p_masked = p.clone()
+    p_masked[1, 2] = NINF
+    q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
+    kl1, kl2 = gk.kl_categorical(q1, p), gk.kl_categorical(q2, p_masked)
+    kl1[[0, 2]].sum().backward()
+    kl2[[0, 2]].sum().backward()
+    assert torch.equal(kl1[[0, 2]], kl2[[0, 2]]) and torch.equal(q1.grad, q2.grad)
+    assert kl2[1] == float("inf")

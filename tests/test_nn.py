@@ -50,3 +50,22 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="tau"):
         GumbelSoftmax(tau="hot")
     assert "gumbel_rao" in repr(GumbelSoftmax("gumbel_rao", k=5))
+
+
+def test_learnable_temperature_with_masked_class_gets_finite_gradient_for_every_method():
+    for method in gk.METHODS:
+        temp = schedules.LearnableTemperature(0.8)
+        mod = GumbelSoftmax(method, tau=temp, generator=torch.Generator().manual_seed(1))
+        x = torch.randn(5, 4)
+        x[:, 1] = float("-inf")
+        x.requires_grad_()
+        (mod(x) * torch.arange(4.0)).sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.all(x.grad[:, 1] == 0), method
+        if method != "reinmax":  # ReinMax passes no gradient to tau (documented)
+            assert torch.isfinite(temp.rho.grad), method
+
+
+def test_non_finite_float_tau_is_rejected():
+    for tau in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="expected tau > 0 and finite"):
+            GumbelSoftmax(tau=tau)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gumbelkit as gk
+from gumbelkit import kernels
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 METHODS = sorted(gk.METHODS)
@@ -91,11 +92,14 @@ def _samplers():
     out["gumbel_softmax"] = lambda x, t, d, g: gk.gumbel_softmax(x, t, False, dim=d, generator=g)
     out["gumbel_softmax_hard"] = lambda x, t, d, g: gk.gumbel_softmax(x, t, True, dim=d, generator=g)
     out["tempered_softmax"] = lambda x, t, d, g: gk.tempered_softmax(x, t, dim=d)
+    # the fused algorithm run op by op (the compiled kernel computes the same function)
+    out["kernels_reference"] = lambda x, t, d, g: kernels.gumbel_softmax_reference(x, t, False, dim=d, generator=g)
+    out["kernels_reference_hard"] = lambda x, t, d, g: kernels.gumbel_softmax_reference(x, t, True, dim=d, generator=g)
     return out
 
 
 SAMPLERS = _samplers()
-ONE_HOT = {k for k in SAMPLERS if k == "gumbel_softmax_hard" or (k.startswith("sample:") and gk.is_one_hot(k[7:]))}
+ONE_HOT = {k for k in SAMPLERS if k.endswith("_hard") or (k.startswith("sample:") and gk.is_one_hot(k[7:]))}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

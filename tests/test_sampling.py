@@ -228,3 +228,46 @@ def test_torch_compile_fullgraph(compiled):
     assert torch.all((h == 0) | (h == 1)) and torch.all(h.sum(-1) == 1)
     (h * torch.arange(10.0)).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ drop-in signature, empty batches
+
+
+def test_signature_is_torchs_plus_keyword_generator():
+    import inspect
+
+    ours = inspect.signature(gk.gumbel_softmax).parameters
+    theirs = inspect.signature(torch.nn.functional.gumbel_softmax).parameters
+    assert list(ours)[:5] == list(theirs) == ["logits", "tau", "hard", "eps", "dim"]
+    assert all(ours[n].default == theirs[n].default for n in theirs if n != "logits")
+    assert ours["generator"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_eps_is_accepted_positionally_and_by_keyword_and_dim_is_the_fifth_argument():
+    import warnings
+
+    x = torch.randn(4, 6, 3, generator=_gen(40))
+    ref = gk.gumbel_softmax(x, 0.5, True, dim=1, generator=_gen(41))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default eps never warns
+        assert torch.equal(gk.gumbel_softmax(x, 0.5, True, 1e-10, 1, generator=_gen(41)), ref)
+        assert torch.equal(gk.gumbel_softmax(x, 0.5, True, eps=1e-10, dim=1, generator=_gen(41)), ref)
+    assert torch.all(ref.sum(1) == 1)
+    with pytest.warns(DeprecationWarning, match="`eps` parameter is deprecated and has no effect"):
+        y = gk.gumbel_softmax(x, 0.5, True, 1e-3, 1, generator=_gen(41))
+    assert torch.equal(y, ref)  # ignored, as torch ignores it
+    with pytest.warns(DeprecationWarning, match="eps"):
+        gk.gumbel_softmax(x, eps=0.1, generator=_gen(41))
+    # torch's own positional call style works unchanged
+    soft = gk.gumbel_softmax(x, 0.7, False, 1e-10, -1, generator=_gen(42))
+    assert torch.allclose(soft, gk.gumbel_softmax(x, tau=0.7, generator=_gen(42)))
+
+
+def test_gumbel_topk_on_an_empty_batch_returns_an_empty_int64_tensor():
+    idx = gk.gumbel_topk(torch.zeros(0, 5), 2)
+    assert idx.shape == (0, 2) and idx.dtype == torch.int64
+    assert gk.gumbel_topk(torch.zeros(3, 0, 5), 4, dim=2).shape == (3, 0, 4)
+    assert gk.gumbel_max(torch.zeros(0, 5)).shape == (0,)
+    assert gk.gumbel_softmax(torch.zeros(0, 5), hard=True).shape == (0, 5)
+    with pytest.raises(ValueError, match="k <= 5"):
+        gk.gumbel_topk(torch.zeros(0, 5), 6)

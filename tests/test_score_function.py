@@ -98,3 +98,82 @@ def test_categorical_log_prob_handles_masks_and_one_hot():
 def test_non_finite_losses_raise():
     with pytest.raises(ValueError, match="expected finite losses"):
         gk.reinforce_surrogate(torch.tensor([[1.0], [float("nan")]]), torch.zeros(2, 1))
+
+
+def test_reinforce_dim_out_of_range_raises_the_dim_error():
+    with pytest.raises(gk.DimError, match=r"expected dim in \[-2, 1\] for losses of shape \(2, 3\), got 5"):
+        gk.reinforce_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), dim=5)
+    with pytest.raises(IndexError, match="expected dim"):
+        gk.reinforce_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), dim=-3)
+    assert gk.reinforce_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), dim=-1).shape == (2,)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), float("inf")])
+def test_non_finite_log_probs_raise(bad):
+    lp = torch.zeros(3, 2)
+    lp[1, 0] = bad
+    with pytest.raises(ValueError, match=r"expected finite log_probs .* in log_probs of shape \(3, 2\)"):
+        gk.reinforce_surrogate(torch.ones(3, 2), lp)
+
+
+@pytest.mark.parametrize(
+    "baseline",
+    [float("nan"), float("inf"), torch.tensor(float("nan")), torch.tensor([[0.0, float("inf")]])],
+    ids=["float_nan", "float_inf", "tensor_nan", "tensor_with_inf"],
+)
+def test_non_finite_baseline_raises(baseline):
+    with pytest.raises(ValueError, match="expected a finite baseline"):
+        gk.reinforce_surrogate(torch.ones(3, 2), torch.zeros(3, 2), baseline=baseline)
+
+
+def test_baseline_that_does_not_broadcast_to_losses_raises():
+    with pytest.raises(ValueError, match=r"broadcastable to losses of shape \(3, 2\), got shape \(4, 1, 1\)"):
+        gk.reinforce_surrogate(torch.ones(3, 2), torch.zeros(3, 2), baseline=torch.zeros(4, 1, 1))
+
+
+def test_moving_average_rejects_non_finite_losses_and_keeps_its_state():
+    base = gk.MovingAverageBaseline(0.5)
+    base.update(torch.tensor([2.0]))
+    for bad in (torch.tensor([1.0, float("nan")]), torch.tensor(float("inf")), float("nan"), torch.zeros(0)):
+        with pytest.raises(ValueError, match="expected (finite losses|at least one loss)"):
+            base.update(bad)
+        assert base.mean == 2.0
+    base.update(4.0)
+    assert base.mean == 3.0
+
+
+@pytest.mark.parametrize("decay", [float("nan"), float("inf"), -0.1, 1.0])
+def test_moving_average_rejects_bad_decay(decay):
+    with pytest.raises(ValueError, match="expected 0 <= decay < 1"):
+        gk.MovingAverageBaseline(decay)
+    with pytest.raises(ValueError, match="expected 0 <= decay < 1"):
+        gk.MovingAverageBaseline().load_state_dict({"decay": decay, "mean": None})
+
+
+LOGITS = torch.tensor([[0.0, 1.0, 2.0], [0.5, -1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "value,err,match",
+    [
+        (torch.tensor([0, 3]), ValueError, r"expected indices in \[0, 2\] \(K = 3 classes along dim=1\), got values in \[0, 3\]"),
+        (torch.tensor([-1, 0]), ValueError, r"expected indices in \[0, 2\].*got values in \[-1, 0\]"),
+        (torch.tensor([[0], [1]]), ValueError, r"expected integer indices of shape \(2\) \(logits of shape \(2, 3\) without dim=1\), got \(2, 1\)"),
+        (torch.tensor([1.0, 2.0]), ValueError, r"expected a one-hot value of shape \(2, 3\), got \(2\)"),
+        (torch.tensor([[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]]), ValueError, r"expected a one-hot value along dim=1 \(entries 0 or 1"),
+        (torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), ValueError, r"exactly one 1 per row.*row sums in \[1.0, 2.0\]"),
+        (torch.tensor([True, False]), TypeError, r"expected value with a floating \(one-hot\) or integer \(index\) dtype, got torch.bool"),
+        ([0, 1], TypeError, "expected value to be a torch.Tensor"),
+    ],
+    ids=["too_large", "negative", "wrong_shape", "float_index", "relaxed", "two_ones", "bool", "list"],
+)
+def test_categorical_log_prob_rejects_malformed_values(value, err, match):
+    with pytest.raises(err, match=match):
+        gk.categorical_log_prob(LOGITS, value)
+
+
+def test_categorical_log_prob_accepts_int32_indices_and_exact_one_hot():
+    lp = torch.log_softmax(LOGITS, -1)
+    assert torch.allclose(gk.categorical_log_prob(LOGITS, torch.tensor([2, 0], dtype=torch.int32)), lp[[0, 1], [2, 0]])
+    one_hot = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float16)
+    assert torch.allclose(gk.categorical_log_prob(LOGITS, one_hot), lp[[0, 1], [2, 0]])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import gumbelkit
 from gumbelkit.experiments import vae
-from gumbelkit.experiments._common import UserError
+from gumbelkit.experiments._common import UserError, read_checked_torch
 from gumbelkit.experiments._distributed import DistContext
 from gumbelkit.experiments.data import Dataset
 
@@ -313,13 +313,13 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, 
     with pytest.raises(_Crash):
         vae.run_one(cfg, ds, method, 0, ctx, tmp_path / "resumed")
     monkeypatch.setattr(vae, "train_step", real_step)
-    ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / f"{method}-seed0.pt", weights_only=True)
+    ckpt = read_checked_torch(tmp_path / "resumed" / "checkpoints" / f"{method}-seed0.pt")
     assert ckpt["state"]["step"] == 6
     resumed = vae.run_one({**cfg, "resume": True}, ds, method, 0, ctx, tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 6
     assert _strip(resumed) == _strip(straight)  # every number, curve and the fingerprint
-    final_a = torch.load(tmp_path / "straight" / "checkpoints" / f"{method}-seed0.pt", weights_only=True)
-    final_b = torch.load(tmp_path / "resumed" / "checkpoints" / f"{method}-seed0.pt", weights_only=True)
+    final_a = read_checked_torch(tmp_path / "straight" / "checkpoints" / f"{method}-seed0.pt")
+    final_b = read_checked_torch(tmp_path / "resumed" / "checkpoints" / f"{method}-seed0.pt")
     for k, v in final_a["model"].items():
         assert torch.equal(v, final_b["model"][k]), k
     assert torch.equal(final_a["rng"]["noise"], final_b["rng"]["noise"])
@@ -333,7 +333,7 @@ def test_resume_refuses_a_checkpoint_from_another_configuration(tmp_path):
     with pytest.raises(UserError, match="different configuration.*lr"):
         vae.run_one(tiny_config(tmp_path, steps=4, lr=0.01, resume=True), ds, "st", 0, ctx, tmp_path)
     (tmp_path / "checkpoints" / "st-seed0.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="checkpoint .* is not a gumbelkit state file"):
         vae.run_one(tiny_config(tmp_path, steps=4, resume=True), ds, "st", 0, ctx, tmp_path)
 
 

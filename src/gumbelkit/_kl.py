@@ -13,7 +13,8 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
     r"""KL(q || p) = sum_k q_k (log q_k - log p_k) for q = softmax(q_logits), p = softmax(p_logits).
 
     Masked classes of q (logit -inf, q_k = 0) contribute exactly 0 with a zero gradient; a class
-    masked in p but not in q gives +inf, the true value. The result is clamped at 0 against
+    masked in p but not in q gives +inf, the true value, with a finite gradient (that of the row's
+    finite terms; 0 for masked classes) instead of NaN. The result is clamped at 0 against
     rounding and is exactly 0 when the two logits are equal.
 
     Args:
@@ -49,5 +50,14 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
     # Where q_k = 0 replace both logs by 0 *before* the product: a where() after it would still
     # send 0 * -inf = NaN into the backward.
     zero_q = q == 0
-    diff = torch.where(zero_q, 0.0, log_q) - torch.where(zero_q, 0.0, log_p)
-    return (q * diff).sum(dim).clamp_min(0.0)
+    # Where q_k > 0 but p_k = 0 the term is +inf, the true value, but its gradient is inf (and
+    # log_softmax's backward spreads it as 0 * inf = NaN to every class of q, masked ones too).
+    # Those terms are left out of the differentiated sum and added back as a constant +inf: the
+    # row's value stays exact (+inf) and every gradient stays finite, 0 for masked classes.
+    inf_term = ~zero_q & torch.isneginf(log_p)
+    drop = zero_q | inf_term
+    diff = torch.where(drop, 0.0, log_q) - torch.where(drop, 0.0, log_p)
+    kl = (q * diff).sum(dim)
+    # + 0 leaves the finite rows bit-identical; + inf passes the finite terms' gradient through
+    kl = kl + torch.where(inf_term.any(dim), float("inf"), 0.0)
+    return kl.clamp_min(0.0)

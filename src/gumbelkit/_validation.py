@@ -2,18 +2,19 @@
 
 One message style everywhere: ``expected <what>, got <value>``. Value checks that need the
 data (NaN, all-masked rows, tau <= 0 in a tensor) cost one reduction and a host sync; under
-``torch.compile`` they would force a graph break, so they are skipped while compiling (the
-eager call of the same code is where a user meets them first).
+``torch.compile`` they would force a graph break, and under ``torch.vmap`` a batched tensor
+cannot be read on the host at all, so they are skipped there (the eager call of the same code is
+where a user meets them first).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Union
 
 import torch
 
-Tau = Union[float, torch.Tensor]
+Tau = float | torch.Tensor
 
 
 class DimError(IndexError, ValueError):
@@ -22,6 +23,27 @@ class DimError(IndexError, ValueError):
 
 def _compiling() -> bool:
     return bool(torch.compiler.is_compiling())
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, ...) is running (False while compiling).
+
+    Dynamo cannot trace the C query, and under compilation no functorch layer is visible anyway.
+    """
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def in_vmap() -> bool:
+    """Whether the current call runs under ``torch.vmap`` (at any nesting level)."""
+    if not functorch_active():
+        return False
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+
+
+def skip_value_checks() -> bool:
+    """Data-dependent checks are skipped while compiling and under vmap (see the module note)."""
+    return _compiling() or in_vmap()
 
 
 def shape_str(shape) -> str:
@@ -66,17 +88,8 @@ def normalize_dim(logits: torch.Tensor, dim: int, name: str = "logits") -> int:
     return dim
 
 
-def check_values(logits: torch.Tensor, dim: int, name: str = "logits") -> None:
-    """Raise on NaN, +inf, or a row whose every entry is -inf (fully masked).
-
-    A single max-reduction finds all three: the row max is NaN if the row has a NaN
-    (``amax`` propagates NaN), +inf if it has +inf, and -inf only if every entry is -inf.
-    """
-    if _compiling() or logits.numel() == 0:
-        return
-    row_max = logits.detach().amax(dim)
-    if bool(torch.isfinite(row_max).all()):
-        return
+def _raise_bad_values(logits: torch.Tensor, row_max: torch.Tensor, name: str, dim: int) -> None:
+    """Raise the message for NaN, +inf or an all-masked row (row_max: the amax along dim)."""
     n_nan = int(torch.isnan(logits).sum())
     if n_nan:
         raise ValueError(f"expected {name} without NaN, got {n_nan} NaN entries")
@@ -89,6 +102,42 @@ def check_values(logits: torch.Tensor, dim: int, name: str = "logits") -> None:
         f"expected at least one finite logit along dim={dim} (a row that is not fully masked), "
         f"got {bad.shape[0]} all-masked row(s), the first at batch index {where}"
     )
+
+
+def check_values(logits: torch.Tensor, dim: int, name: str = "logits") -> None:
+    """Raise on NaN, +inf, or a row whose every entry is -inf (fully masked).
+
+    A single max-reduction finds all three: the row max is NaN if the row has a NaN
+    (``amax`` propagates NaN), +inf if it has +inf, and -inf only if every entry is -inf.
+    """
+    if skip_value_checks() or logits.numel() == 0:
+        return
+    row_max = logits.detach().amax(dim)
+    if bool(torch.isfinite(row_max).all()):
+        return
+    _raise_bad_values(logits, row_max, name, dim)
+
+
+def check_logits_scale(logits: torch.Tensor, dim: int, name: str = "logits"):
+    """:func:`check_logits`, also returning the row maxima the samplers shift by.
+
+    Returns ``(dim, row_max, max_abs)``: the non-negative dim, ``amax`` along dim (keepdim,
+    detached, finite) and max |row_max| as a Python float -- or None where the value checks are
+    skipped (compiling, vmap), which the samplers read as "could be anything". The same
+    reduction and the same single host sync as :func:`check_values`: the samplers get the
+    numbers that decide their stabilising steps for free.
+    """
+    check_dtype(logits, name)
+    dim = normalize_dim(logits, dim, name)
+    row_max = logits.detach().amax(dim, keepdim=True)
+    if skip_value_checks():
+        return dim, row_max, None
+    if logits.numel() == 0:
+        return dim, row_max, 0.0
+    top = float(row_max.abs().amax())  # NaN if a row has NaN (amax propagates it), inf for +inf/all-masked
+    if not math.isfinite(top):
+        _raise_bad_values(logits, row_max.squeeze(dim), name, dim)
+    return dim, row_max, top
 
 
 def check_logits(logits: torch.Tensor, dim: int, name: str = "logits") -> int:
@@ -114,8 +163,16 @@ def check_tau(tau: Tau, logits: torch.Tensor | None = None, name: str = "tau") -
                     f"expected {name} broadcastable to logits of shape {shape_str(logits.shape)}, "
                     f"got {name} of shape {shape_str(tau.shape)}"
                 )
-        if not _compiling() and tau.numel() and not bool((tau.detach() > 0).all()):
-            raise ValueError(f"expected {name} > 0, got a tensor with min {float(tau.detach().min())}")
+        if not skip_value_checks() and tau.numel():
+            t = tau.detach()
+            # One sync: NaN fails both comparisons, so this also rejects NaN (and +inf, which
+            # would make every (x - max) / tau a 0 / inf = NaN at the row's top).
+            if not bool(((t > 0) & (t < float("inf"))).all()):
+                n_bad = int((~((t > 0) & (t < float("inf")))).sum())
+                raise ValueError(
+                    f"expected {name} > 0 and finite, got a tensor of shape {shape_str(tau.shape)} with "
+                    f"{n_bad} entries outside (0, inf) (min {float(t.min())}, max {float(t.max())})"
+                )
         return tau
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(f"expected {name} to be a float or a tensor, got {type(tau).__name__}")
@@ -133,15 +190,15 @@ def tau_like(tau: Tau, ref: torch.Tensor) -> Tau:
 
 
 def check_generator(generator, device: torch.device) -> None:
+    """A generator must live where the noise is drawn: torch's own error would not name both."""
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"expected generator to be a torch.Generator, got {type(generator).__name__}")
     gdev = torch.device(generator.device)
-    if gdev.type != torch.device(device).type:
-        raise ValueError(
-            f"expected a generator on the logits' device ({torch.device(device)}), got one on {gdev}"
-        )
+    dev = torch.device(device)
+    if gdev.type != dev.type or (gdev.index is not None and dev.index is not None and gdev.index != dev.index):
+        raise ValueError(f"expected a generator on the logits' device ({dev}), got one on {gdev}")
 
 
 def check_sample_args(logits: torch.Tensor, tau: Tau, dim: int, generator) -> tuple[int, Tau]:
@@ -153,6 +210,17 @@ def check_sample_args(logits: torch.Tensor, tau: Tau, dim: int, generator) -> tu
     tau = check_tau(tau, logits)
     check_generator(generator, logits.device)
     return dim, tau
+
+
+def check_sample_args_scale(logits: torch.Tensor, tau: Tau, dim: int, generator):
+    """:func:`check_sample_args` plus the row maxima: ``(dim, tau, row_max, max_abs)``.
+
+    See :func:`check_logits_scale` for ``row_max`` and ``max_abs``.
+    """
+    dim, row_max, max_abs = check_logits_scale(logits, dim)
+    tau = check_tau(tau, logits)
+    check_generator(generator, logits.device)
+    return dim, tau, row_max, max_abs
 
 
 def check_positive_int(value, name: str) -> int:

@@ -1,7 +1,10 @@
 """The ``gumbelkit`` command line: parse arguments, call an experiment's ``main(config)``.
 
-Errors in the user's input (``UserError``, and the ValueError/OSError an experiment converts
-into one) become one line on stderr and exit status 2, never a traceback.
+Errors in the user's input become one line on stderr and exit status 2, never a traceback:
+``UserError`` (every option is validated up front; damaged resume files are refused), argparse's
+own complaints, and a ValueError/TypeError raised by the library during a run, an OSError, or a
+failed memory allocation (printed with the exception's type, so a genuine bug stays visible).
+Other exceptions (RuntimeError, ZeroDivisionError, ...) are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,31 @@ import importlib
 import sys
 
 from . import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line gives one line (``gumbelkit vae: error: ...``), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    import torch
+
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    msg = str(exc)
+    return "can't allocate memory" in msg or "out of memory" in msg.lower()
+
 
 # command -> (module, one-line help). Modules are imported when the parser is built.
 COMMANDS = {
@@ -22,7 +50,7 @@ COMMANDS = {
 
 def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
     """The full parser; with ``only``, just that command's module is imported (faster start-up)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gumbelkit", description="Gumbel-Softmax estimators: experiments and benchmarks."
     )
     parser.add_argument("--version", action="version", version=f"gumbelkit {__version__}")
@@ -48,15 +76,29 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     mod = modules[args.command]
+
+    def fail(message) -> int:
+        print(f"gumbelkit {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return 2
+
     try:
         config = mod.config_from_args(args)
         mod.main(config)
     except UserError as exc:
-        print(f"gumbelkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     except KeyboardInterrupt:
         print(f"gumbelkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, TypeError) as exc:
+        # The library refused a value during the run (the options were checked up front).
+        return fail(f"{type(exc).__name__}: {exc}")
+    except OSError as exc:
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return fail(f"{type(exc).__name__}{where}: {exc.strerror or exc}")
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        return fail(f"out of memory ({type(exc).__name__}: {exc}); try smaller sizes")
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 
@@ -36,7 +36,7 @@ class GumbelSoftmax(torch.nn.Module):
     def __init__(
         self,
         method: str = "st_gumbel",
-        tau: Union[float, Callable[[int], float], LearnableTemperature] = 1.0,
+        tau: float | Callable[[int], float] | LearnableTemperature = 1.0,
         dim: int = -1,
         *,
         generator: torch.Generator | None = None,
@@ -45,8 +45,8 @@ class GumbelSoftmax(torch.nn.Module):
         super().__init__()
         get_estimator(method)
         if isinstance(tau, numbers.Real) and not isinstance(tau, bool):
-            if not tau > 0:
-                raise ValueError(f"expected tau > 0, got {tau}")
+            if not 0 < tau < float("inf"):  # also refuses NaN, as the samplers do at every call
+                raise ValueError(f"expected tau > 0 and finite, got {tau}")
         elif not callable(tau):
             raise TypeError(f"expected tau to be a float, a schedule or a LearnableTemperature, got {type(tau).__name__}")
         self.method = method

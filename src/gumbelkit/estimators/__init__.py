@@ -6,11 +6,20 @@ import torch
 
 from .._validation import Tau
 from . import _basic, _gumbel_rao, _reinmax  # noqa: F401  (importing registers the methods)
-from ._basic import gumbel_softmax_estimator, softmax_estimator, st_estimator, st_gumbel_estimator
+from ._basic import (
+    gumbel_softmax_estimator,
+    softmax_estimator,
+    st_estimator,
+    st_gumbel_estimator,
+)
 from ._gumbel_rao import conditional_gumbel, gumbel_rao_estimator
 from ._registry import get_estimator, is_one_hot, register, registered_methods
 from ._reinmax import reinmax_estimator
-from ._score_function import MovingAverageBaseline, categorical_log_prob, reinforce_surrogate
+from ._score_function import (
+    MovingAverageBaseline,
+    categorical_log_prob,
+    reinforce_surrogate,
+)
 
 METHODS = registered_methods()
 
@@ -48,19 +57,19 @@ def sample(
 
 __all__ = [
     "METHODS",
-    "sample",
-    "register",
+    "MovingAverageBaseline",
+    "categorical_log_prob",
+    "conditional_gumbel",
     "get_estimator",
-    "is_one_hot",
-    "registered_methods",
-    "softmax_estimator",
+    "gumbel_rao_estimator",
     "gumbel_softmax_estimator",
+    "is_one_hot",
+    "register",
+    "registered_methods",
+    "reinforce_surrogate",
+    "reinmax_estimator",
+    "sample",
+    "softmax_estimator",
     "st_estimator",
     "st_gumbel_estimator",
-    "gumbel_rao_estimator",
-    "reinmax_estimator",
-    "conditional_gumbel",
-    "reinforce_surrogate",
-    "categorical_log_prob",
-    "MovingAverageBaseline",
 ]

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from .._sampling import (
+    _needs_grad,
+    gumbel_argmax,
+    one_hot_like,
+    per_class_tau,
+    plain_shift,
+    prepare_tau,
+    tempered_core,
+    tempered_softmax,
+    theta_shift,
+)
 from .._sampling import gumbel_softmax as _gumbel_softmax
-from .._sampling import gumbel_argmax, softmax_st, tempered_softmax
-from .._validation import Tau, check_generator, check_sample_args, compute_dtype, tau_like
+from .._validation import Tau, check_generator, check_sample_args_scale, compute_dtype
 from ._registry import register
 
 
@@ -32,7 +42,7 @@ def gumbel_softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int =
 
     Reference: Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017.
     """
-    return _gumbel_softmax(logits, tau, False, dim, generator=generator)
+    return _gumbel_softmax(logits, tau, False, dim=dim, generator=generator)
 
 
 @register("st_gumbel", one_hot=True)
@@ -41,7 +51,7 @@ def st_gumbel_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, 
 
     Reference: Jang, Gu, Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
     """
-    return _gumbel_softmax(logits, tau, True, dim, generator=generator)
+    return _gumbel_softmax(logits, tau, True, dim=dim, generator=generator)
 
 
 @register("st", one_hot=True)
@@ -53,7 +63,11 @@ def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generat
 
     Reference: Bengio, Leonard, Courville, 2013; Chung, Ahn, Bengio, ICLR 2017 (slope-annealed ST).
     """
-    dim, tau = check_sample_args(logits, tau, dim, generator)
-    index = gumbel_argmax(logits, dim, generator)
-    x = logits.to(compute_dtype(logits.dtype))
-    return softmax_st(x / tau_like(tau, x), dim, index).to(logits.dtype)
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator)
+    cdt = compute_dtype(logits.dtype)
+    index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
+    if not _needs_grad(logits, tau):
+        return one_hot_like(logits, index, dim)
+    per_class = per_class_tau(tau, logits.dim(), dim)
+    m = plain_shift(row_max, max_abs, tau, cdt, per_class)
+    return tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, index=index, per_class=per_class)

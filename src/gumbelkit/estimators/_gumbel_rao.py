@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import torch
 
-from .._noise import exponential_noise
-from .._sampling import _needs_grad, gumbel_argmax, one_hot_like, one_hot_straight_through
-from .._validation import Tau, check_positive_int, check_sample_args, compute_dtype, tau_like
+from .._sampling import (
+    _SHIFT_ABOVE,
+    _needs_grad,
+    gumbel_argmax,
+    log_exp_noise,
+    noise_plan,
+    one_hot_like,
+    one_hot_straight_through,
+    per_class_tau,
+    prepare_tau,
+    tempered_core,
+    theta_shift,
+)
+from .._validation import (
+    Tau,
+    check_generator,
+    check_positive_int,
+    check_sample_args_scale,
+    compute_dtype,
+)
 from ._registry import register
 
 
@@ -19,6 +36,8 @@ def conditional_gumbel(
     theta_D + g_D = log Z - log E_D; for i != D: theta_i + g_i = -log(E_i exp(-theta_i) + E_D / Z).
     Computed in log-space, -logaddexp(log E_i - theta_i, log E_D - log Z), so that large
     |theta| cannot overflow exp(-theta_i); masked classes (theta_i = -inf) come out -inf.
+    The draws are equivariant in theta: conditional_gumbel(theta - c) = conditional_gumbel(theta) - c,
+    and passing theta shifted to a row max of 0 keeps the noise from being rounded away for large theta.
 
     Args:
         logits: (..., K, ...) logits, detached.
@@ -28,8 +47,10 @@ def conditional_gumbel(
     Returns:
         Tensor of shape (k, *logits.shape) in the compute dtype, no gradient.
     """
+    check_generator(generator, logits.device)
+    k = check_positive_int(k, "k")
     theta = logits.detach().to(compute_dtype(logits.dtype))
-    log_e = exponential_noise((k,) + tuple(theta.shape), generator=generator, device=theta.device, dtype=theta.dtype).log_()
+    log_e = log_exp_noise((k,) + tuple(theta.shape), generator, theta.device, theta.dtype)
     d = dim + 1
     idx = index.unsqueeze(0).expand((k,) + tuple(index.shape))
     log_z = torch.logsumexp(theta, dim, keepdim=True).unsqueeze(0)
@@ -59,16 +80,25 @@ def gumbel_rao_estimator(
     Reference: Paulus, Maddison, Krause, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax
     Gradient Estimator", ICLR 2021.
     """
-    dim, tau = check_sample_args(logits, tau, dim, generator)
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator)
     k = check_positive_int(k, "k")
-    index = gumbel_argmax(logits, dim, generator)
+    cdt = compute_dtype(logits.dtype)
+    m = theta_shift(row_max, max_abs, cdt)
+    index = gumbel_argmax(logits, dim, generator, m)
     if not _needs_grad(logits, tau):
         return one_hot_like(logits, index, dim)
-    cond = conditional_gumbel(logits, index, k, dim, generator=generator)
-    x = logits.to(cond.dtype)
+    # For large |theta| shift to a row max of 0 first (the gradient is unchanged: softmax ignores
+    # a per-row constant) so that theta + g_j below is formed near 0, where float32 keeps the noise.
+    xs = logits.to(cdt) if m is None else logits.to(cdt) - m
+    xd = xs.detach()
+    cond = conditional_gumbel(xd, index, k, dim, generator=generator)
     # Noise g_j = (theta + g_j) - theta, detached; masked entries get g = 0 so theta + g stays -inf
     # instead of -inf - (-inf) = NaN.
-    masked = torch.isneginf(x.detach())
-    noise = torch.where(masked, torch.zeros((), dtype=x.dtype, device=x.device), cond - torch.where(masked, 0.0, x.detach()))
-    soft = torch.softmax((x.unsqueeze(0) + noise) / tau_like(tau, x), dim + 1).mean(0)
+    masked = torch.isneginf(xd)
+    noise = torch.where(masked, torch.zeros((), dtype=cdt, device=xd.device), cond - torch.where(masked, 0.0, xd))
+    z = xs.unsqueeze(0) + noise
+    # |max z| <= max|theta| + log K + |log E|: a float tau needs no second shift unless it is tiny.
+    per_class = per_class_tau(tau, z.dim(), dim + 1)
+    _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, tau, cdt, per_class)
+    soft = tempered_core(z, prepare_tau(tau, cdt), dim + 1, post=post, per_class=per_class).mean(0)
     return one_hot_straight_through(soft, index, dim).to(logits.dtype)

@@ -6,13 +6,13 @@ forward value and backward *are* the method; it validates its own inputs.
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 
 Estimator = Callable[..., torch.Tensor]
 
-_REGISTRY: Dict[str, Estimator] = {}
+_REGISTRY: dict[str, Estimator] = {}
 # Methods whose forward value is exactly one-hot.
 _ONE_HOT: set = set()
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 
-from .._validation import check_dtype, check_logits, shape_str
+from .._validation import (
+    DimError,
+    check_dtype,
+    check_logits,
+    shape_str,
+    skip_value_checks,
+)
 
-__all__ = ["reinforce_surrogate", "categorical_log_prob", "MovingAverageBaseline"]
+__all__ = ["MovingAverageBaseline", "categorical_log_prob", "reinforce_surrogate"]
 
 
 def categorical_log_prob(logits: torch.Tensor, value: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -26,14 +33,40 @@ def categorical_log_prob(logits: torch.Tensor, value: torch.Tensor, dim: int = -
         Log-probabilities shaped like ``logits`` without ``dim``.
     """
     dim = check_logits(logits, dim)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected value to be a torch.Tensor (one-hot or integer indices), got {type(value).__name__}")
+    if value.dtype == torch.bool or value.dtype.is_complex:
+        raise TypeError(f"expected value with a floating (one-hot) or integer (index) dtype, got {value.dtype}")
+    K = logits.shape[dim]
+    check = not skip_value_checks() and value.numel() > 0
     if value.dtype.is_floating_point:
         if value.shape != logits.shape:
             raise ValueError(
                 f"expected a one-hot value of shape {shape_str(logits.shape)}, got {shape_str(value.shape)}"
             )
+        if check:
+            v = value.detach()
+            # argmax of anything that is not exactly one-hot (a relaxed sample, a float index)
+            # would silently pick some class: refuse it
+            if not bool(((v == 0) | (v == 1)).all() & (v.sum(dim) == 1).all()):
+                raise ValueError(
+                    f"expected a one-hot value along dim={dim} (entries 0 or 1, exactly one 1 per row) of shape "
+                    f"{shape_str(value.shape)}, got entries in [{float(v.min())}, {float(v.max())}] and row sums in "
+                    f"[{float(v.sum(dim).min())}, {float(v.sum(dim).max())}]"
+                )
         index = value.argmax(dim)
     else:
-        index = value
+        expected = logits.shape[:dim] + logits.shape[dim + 1 :]
+        if value.shape != expected:
+            raise ValueError(
+                f"expected integer indices of shape {shape_str(expected)} (logits of shape "
+                f"{shape_str(logits.shape)} without dim={dim}), got {shape_str(value.shape)}"
+            )
+        if check:
+            lo, hi = (int(t) for t in torch.aminmax(value.detach()))
+            if lo < 0 or hi >= K:
+                raise ValueError(f"expected indices in [0, {K - 1}] (K = {K} classes along dim={dim}), got values in [{lo}, {hi}]")
+        index = value.long()
     lp = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim)
     return lp.gather(dim, index.unsqueeze(dim)).squeeze(dim)
 
@@ -76,13 +109,18 @@ def reinforce_surrogate(
         raise ValueError(
             f"expected losses and log_probs of the same shape, got {shape_str(losses.shape)} and {shape_str(log_probs.shape)}"
         )
-    if losses.dim() == 0:
+    nd = losses.dim()
+    if nd == 0:
         raise ValueError("expected losses with a sample dimension, got a 0-d tensor")
-    dim = dim % losses.dim()
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"expected dim to be an int, got {type(dim).__name__}")
+    if not -nd <= dim < nd:
+        raise DimError(f"expected dim in [{-nd}, {nd - 1}] for losses of shape {shape_str(losses.shape)}, got {dim}")
+    dim = int(dim) % nd
     n = losses.shape[dim]
+    if n == 0:
+        raise ValueError(f"expected at least one sample along dim={dim}, got losses of shape {shape_str(losses.shape)}")
     f = losses.detach()
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(f).all()):
-        raise ValueError(f"expected finite losses, got {int((~torch.isfinite(f)).sum())} non-finite entries")
     if isinstance(baseline, str):
         if baseline == "loo":
             if n < 2:
@@ -93,11 +131,38 @@ def reinforce_surrogate(
         else:
             raise ValueError(f"expected baseline in ('loo', 'none') or a tensor, got {baseline!r}")
     elif isinstance(baseline, torch.Tensor):
+        try:
+            shape = torch.broadcast_shapes(baseline.shape, f.shape)
+        except RuntimeError:
+            shape = None
+        if shape != f.shape:
+            raise ValueError(
+                f"expected a baseline broadcastable to losses of shape {shape_str(f.shape)}, "
+                f"got shape {shape_str(baseline.shape)}"
+            )
         b = baseline.detach().to(f)
     elif isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        if not math.isfinite(float(baseline)):
+            raise ValueError(f"expected a finite baseline, got {float(baseline)}")
         b = torch.as_tensor(float(baseline), dtype=f.dtype, device=f.device)
     else:
         raise TypeError(f"expected baseline to be 'loo', 'none', a float or a tensor, got {type(baseline).__name__}")
+    if not skip_value_checks():
+        lp = log_probs.detach()
+        # One host sync for all three: a NaN / inf anywhere would make the surrogate's gradient NaN.
+        ok = torch.isfinite(f).all() & torch.isfinite(lp).all()
+        if isinstance(baseline, torch.Tensor):
+            ok = ok & torch.isfinite(b).all()
+        if not bool(ok):
+            if not bool(torch.isfinite(f).all()):
+                raise ValueError(f"expected finite losses, got {int((~torch.isfinite(f)).sum())} non-finite entries")
+            if not bool(torch.isfinite(lp).all()):
+                raise ValueError(
+                    f"expected finite log_probs (a sampled value always has a finite log-probability), got "
+                    f"{int(torch.isnan(lp).sum())} NaN and {int(torch.isinf(lp).sum())} infinite entries "
+                    f"in log_probs of shape {shape_str(lp.shape)}"
+                )
+            raise ValueError(f"expected a finite baseline, got {int((~torch.isfinite(b)).sum())} non-finite entries")
     score = log_probs - log_probs.detach()  # value 0, gradient grad log q
     return (losses + (f - b) * score).mean(dim)
 
@@ -115,22 +180,46 @@ class MovingAverageBaseline:
     """
 
     def __init__(self, decay: float = 0.9):
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"expected 0 <= decay < 1, got {decay}")
-        self.decay = float(decay)
+        self.decay = self._check_decay(decay)
         self.mean: float | None = None
+
+    @staticmethod
+    def _check_decay(decay) -> float:
+        try:
+            d = float(decay)
+        except (TypeError, ValueError):
+            raise TypeError(f"expected decay to be a float, got {type(decay).__name__}") from None
+        if not 0.0 <= d < 1.0:  # a chained comparison is False for NaN, so NaN is refused too
+            raise ValueError(f"expected 0 <= decay < 1, got {decay}")
+        return d
 
     def value(self, losses: torch.Tensor) -> torch.Tensor:
         m = 0.0 if self.mean is None else self.mean
         return torch.as_tensor(m, dtype=losses.dtype, device=losses.device)
 
     def update(self, losses: torch.Tensor) -> None:
-        cur = float(losses.detach().mean())
+        """Fold mean(losses) into the average; non-finite or empty losses raise, leaving the state unchanged."""
+        if isinstance(losses, torch.Tensor):
+            if losses.numel() == 0:
+                raise ValueError(f"expected at least one loss, got an empty tensor of shape {shape_str(losses.shape)}")
+            cur = float(losses.detach().float().mean())
+        elif isinstance(losses, numbers.Real) and not isinstance(losses, bool):
+            cur = float(losses)
+        else:
+            raise TypeError(f"expected losses to be a tensor or a float, got {type(losses).__name__}")
+        # One NaN would poison the average for good (every later value stays NaN).
+        if not math.isfinite(cur):
+            raise ValueError(f"expected finite losses, got a mean of {cur}")
         self.mean = cur if self.mean is None else self.decay * self.mean + (1 - self.decay) * cur
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "mean": self.mean}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay = float(state["decay"])
-        self.mean = state["mean"]
+        decay = self._check_decay(state["decay"])
+        mean = state["mean"]
+        if mean is not None:
+            mean = float(mean)
+            if not math.isfinite(mean):
+                raise ValueError(f"expected a finite mean in the state, got {mean}")
+        self.decay, self.mean = decay, mean

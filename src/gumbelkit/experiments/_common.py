@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
 import platform
+import struct
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
 __all__ = [
+    "MAX_THREADS",
+    "MIN_TAU",
     "UserError",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_write_json",
-    "atomic_torch_save",
-    "prepare_out_dir",
-    "markdown_table",
-    "progress",
-    "resolve_device",
-    "environment_info",
-    "save_figure",
-    "parse_list",
-    "mean_std",
     "add_progress_flags",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_float",
+    "check_int",
+    "check_path",
+    "environment_info",
+    "markdown_table",
+    "mean_std",
+    "parse_list",
+    "prepare_out_dir",
+    "progress",
+    "read_checked_bytes",
+    "read_checked_json",
+    "read_checked_torch",
+    "resolve_device",
+    "save_figure",
+    "write_checked_bytes",
+    "write_checked_json",
+    "write_checked_torch",
 ]
 
 
@@ -35,14 +50,28 @@ class UserError(Exception):
     """A problem with the user's input or environment: the CLI prints one line and exits non-zero."""
 
 
+#: Smallest temperature the vae and gradients experiments accept. Below it a float32 relaxed
+#: sample is one-hot to the last bit and its gradient underflows to exactly zero, so the measured
+#: quantities (relative bias against the relaxed gradient, training progress) say nothing.
+MIN_TAU = 1e-3
+
+#: Most CPU threads any command accepts (torch.set_num_threads(100000) crashes the interpreter).
+MAX_THREADS = 1024
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
     A reader (or a crash) never sees a half-written file: the rename is atomic on POSIX.
+    An OSError (a folder in the way, no permission, a full disk) becomes a one-line
+    :class:`UserError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -53,13 +82,30 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: some file systems cannot open or sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -81,24 +127,201 @@ def atomic_write_json(path, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path) -> Path:
-    import io
-
+    """``torch.save`` atomically, without a checksum (resume state uses :func:`write_checked_torch`)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def prepare_out_dir(path) -> Path:
-    """Create ``path`` if needed and check that it is a writable folder (UserError otherwise)."""
+# --------------------------------------------------------------------------- checked files
+#
+# Resume state (checkpoints, finished-run records, partial results) is written with a SHA-256
+# digest and verified before anything in it is trusted: a flipped bit must not silently change a
+# result. Binary files are one self-contained frame, written atomically in one piece:
+#
+#     MAGIC (8 bytes) | payload length (8 bytes, big-endian) | payload | SHA-256 of all before (32 bytes)
+#
+# JSON files stay plain JSON: the top-level object carries ``"checksum": "sha256:<hex>"``, the
+# digest of the canonical serialisation (sorted keys, no whitespace) of every other key.
+
+CHECKED_MAGIC = b"\x89GKSUM1\n"
+_LENGTH = struct.Struct(">Q")
+_DIGEST_BYTES = 32
+CHECKSUM_KEY = "checksum"
+
+
+class _Damaged(Exception):
+    """Why a checked file cannot be trusted (turned into a one-line UserError by the readers)."""
+
+
+def write_checked_bytes(path, payload: bytes) -> Path:
+    """Atomically write ``payload`` framed with a length and a SHA-256 digest (see above)."""
+    head = CHECKED_MAGIC + _LENGTH.pack(len(payload))
+    h = hashlib.sha256(head)
+    h.update(payload)
+    return atomic_write_bytes(path, b"".join((head, payload, h.digest())))
+
+
+def _unframe(data: bytes) -> bytes:
+    if not data:
+        raise _Damaged("is empty")
+    if not data.startswith(CHECKED_MAGIC):
+        if data.startswith(b"PK\x03\x04") or data[:1] == b"\x80":
+            raise _Damaged("has no checksum (written by an older gumbelkit or another program)")
+        raise _Damaged("is not a gumbelkit state file (unknown header)")
+    n_head = len(CHECKED_MAGIC) + _LENGTH.size
+    if len(data) < n_head + _DIGEST_BYTES:
+        raise _Damaged(f"is truncated ({len(data)} bytes, shorter than its header and checksum)")
+    (n,) = _LENGTH.unpack_from(data, len(CHECKED_MAGIC))
+    expected = n_head + n + _DIGEST_BYTES
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise _Damaged(f"is {what} ({len(data)} bytes, header says {expected})")
+    body, digest = data[: n_head + n], data[n_head + n :]
+    if hashlib.sha256(body).digest() != digest:
+        raise _Damaged("is damaged (SHA-256 checksum mismatch)")
+    return body[n_head:]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _Damaged(f"cannot be read ({exc.strerror or exc})") from None
+
+
+def _refuse(what: str, path, reason: str, hint: str | None) -> UserError:
+    return UserError(f"{what} {path} {reason}" + (f"; {hint}" if hint else ""))
+
+
+def read_checked_bytes(path, *, what: str = "state file", hint: str | None = None) -> bytes:
+    """The payload of a file written by :func:`write_checked_bytes`; UserError (one line naming
+    ``path`` and the reason) when it is empty, truncated, damaged or has no checksum."""
     path = Path(path)
+    try:
+        return _unframe(_read_bytes(path))
+    except _Damaged as exc:
+        raise _refuse(what, path, str(exc), hint) from None
+
+
+def write_checked_torch(obj: Any, path) -> Path:
+    """``torch.save`` ``obj`` into a checked frame, atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_checked_bytes(path, buf.getvalue())
+
+
+def read_checked_torch(path, *, what: str = "checkpoint", hint: str | None = None) -> Any:
+    """Verify the digest, then ``torch.load(..., weights_only=True)`` on CPU; UserError otherwise."""
+    payload = read_checked_bytes(path, what=what, hint=hint)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- torch.load raises many types; a verified frame that is no tensor pickle
+        raise _refuse(what, path, f"does not load ({type(exc).__name__})", hint) from None
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=True).encode()
+
+
+def write_checked_json(path, obj: dict) -> Path:
+    """Atomically write the dict ``obj`` as JSON with a ``"checksum"`` entry (see above)."""
+    plain = json.loads(json.dumps(obj, default=_json_default, allow_nan=True))
+    if not isinstance(plain, dict) or CHECKSUM_KEY in plain:
+        raise TypeError(f"expected a dict without a {CHECKSUM_KEY!r} key, got {type(obj).__name__}")
+    digest = hashlib.sha256(_canonical(plain)).hexdigest()
+    return atomic_write_json(path, {CHECKSUM_KEY: f"sha256:{digest}", **plain})
+
+
+def read_checked_json(path, *, what: str = "state file", hint: str | None = None) -> dict:
+    """The dict written by :func:`write_checked_json`, checksum removed; UserError (one line) when
+    the file is empty, not JSON, not an object, has no checksum or a wrong one."""
+    path = Path(path)
+    try:
+        data = _read_bytes(path)
+        if not data.strip():
+            raise _Damaged("is empty")
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError
+            raise _Damaged("is damaged (not valid JSON)") from None
+        if not isinstance(obj, dict):
+            raise _Damaged(f"is not a gumbelkit state file (a JSON {type(obj).__name__}, expected an object)")
+        stored = obj.pop(CHECKSUM_KEY, None)
+        if stored is None:
+            raise _Damaged("has no checksum (written by an older gumbelkit or another program)")
+        if not isinstance(stored, str) or stored != f"sha256:{hashlib.sha256(_canonical(obj)).hexdigest()}":
+            raise _Damaged("is damaged (SHA-256 checksum mismatch)")
+        return obj
+    except _Damaged as exc:
+        raise _refuse(what, path, str(exc), hint) from None
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def check_path(value, flag: str) -> str:
+    """A path option as text; UserError for empty or blank paths and NUL characters."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserError(f"expected a path for {flag}, got {value!r}")
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise UserError(f"expected a non-empty path for {flag}, got {text!r}")
+    if "\0" in text:
+        raise UserError(f"expected {flag} without NUL characters, got {text!r}")
+    return text
+
+
+def check_int(value, flag: str, minimum: int, maximum: int | None = None) -> int:
+    """An integer option in [minimum, maximum] (text or int; not a bool or a fractional float)."""
+    span = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    if isinstance(value, bool):
+        raise UserError(f"expected {flag} to be {span}, got {value!r}")
+    try:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError
+            v = int(value)
+        else:
+            v = value if isinstance(value, int) else int(str(value).strip())
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"expected {flag} to be {span}, got {value!r}") from None
+    if v < minimum or (maximum is not None and v > maximum):
+        raise UserError(f"expected {flag} to be {span}, got {v}")
+    return v
+
+
+def check_float(value, flag: str, *, minimum: float | None = None, maximum: float | None = None,
+                positive: bool = False) -> float:
+    """A finite number option, optionally > 0 and within [minimum, maximum]."""
+    try:
+        v = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"expected {flag} to be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise UserError(f"expected a finite {flag}, got {value!r}")
+    if positive and not v > 0:
+        raise UserError(f"expected {flag} > 0, got {value!r}")
+    if minimum is not None and v < minimum:
+        raise UserError(f"expected {flag} >= {minimum:g}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise UserError(f"expected {flag} <= {maximum:g}, got {value!r}")
+    return v
+
+
+def prepare_out_dir(path, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check that it is a writable folder (UserError naming ``flag`` otherwise)."""
+    path = Path(check_path(path, flag))
     if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} exists and is not a folder")
+        raise UserError(f"{flag} {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True):
+            pass
     except OSError as exc:
-        raise UserError(f"cannot write to --out {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write to {flag} {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -170,6 +393,8 @@ def resolve_device(name: str | None) -> torch.device:
         raise UserError(f"expected --device cpu, cuda or auto, got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"expected --device cpu, cuda or auto, got {name!r}")
     return dev
@@ -190,8 +415,6 @@ def environment_info(device: torch.device | None = None) -> dict:
 
 def save_figure(fig, path) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["DistContext", "init_distributed", "rank_seed", "shard_batch", "partition"]
+__all__ = ["DistContext", "init_distributed", "partition", "rank_seed", "shard_batch"]
 
 
 @dataclass
@@ -42,10 +43,10 @@ class DistContext:
         if self.enabled:
             torch.distributed.barrier()
 
-    def all_gather_object(self, obj: Any) -> List[Any]:
+    def all_gather_object(self, obj: Any) -> list[Any]:
         if not self.enabled:
             return [obj]
-        out: List[Any] = [None] * self.world_size
+        out: list[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
 

@@ -8,7 +8,7 @@ in the gradient lab is compared with.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -19,13 +19,15 @@ still held after the forward besides the output itself ("held"). A full categori
 step (784-512-256-(30*10) encoder, mirrored decoder, batch 100, Adam) is timed with each sampler.
 
 Outputs in ``--out``: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png`` (ratios).
-Each finished shape is checkpointed to ``checkpoint.json``; ``--resume`` skips finished shapes.
+Each finished shape is checkpointed to ``checkpoint.json`` (with a SHA-256 checksum); ``--resume``
+skips finished shapes, and refuses a checkpoint that is damaged or has no checksum.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -38,20 +40,24 @@ import gumbelkit
 from gumbelkit import kernels
 
 from ._common import (
-    add_progress_flags,
+    MAX_THREADS,
     UserError,
+    add_progress_flags,
     atomic_write_json,
     atomic_write_text,
+    check_path,
     environment_info,
     markdown_table,
     parse_list,
     prepare_out_dir,
     progress,
+    read_checked_json,
     resolve_device,
     save_figure,
+    write_checked_json,
 )
 
-__all__ = ["DEFAULTS", "IMPLS", "add_arguments", "config_from_args", "resolve_config", "main", "parse_shapes"]
+__all__ = ["DEFAULTS", "IMPLS", "add_arguments", "config_from_args", "main", "parse_shapes", "resolve_config"]
 
 IMPLS = ("builtin", "eager", "fused", "softmax", "clone")
 MODES = ("soft", "hard")
@@ -83,8 +89,29 @@ DEFAULTS = {
 # --------------------------------------------------------------------------- configuration
 
 
+#: Most elements one benchmarked tensor may have (2^31 - 1: beyond it some kernels index with
+#: 64-bit offsets and the numbers would not compare like with like).
+MAX_NUMEL = 2**31 - 1
+MAX_DIMS = 8
+#: float32 buffers of one shape alive at the worst moment, inputs and gradients included (the
+#: built-in hard path peaks at 5 beyond the inputs x and w; the margin covers the profiler).
+PEAK_BUFFERS = 10
+
+
+def _check_shape(dims, item) -> list:
+    if len(dims) < 2 or any(d < 1 for d in dims):
+        raise UserError(f"expected --shapes with at least two positive sizes (batch x categories), got {item!r}")
+    if len(dims) > MAX_DIMS:
+        raise UserError(f"expected --shapes with at most {MAX_DIMS} sizes, got {item!r}")
+    numel = math.prod(dims)
+    if numel > MAX_NUMEL:
+        raise UserError(f"expected --shapes of at most {MAX_NUMEL} elements, got {item!r} ({numel:.3g} elements)")
+    return dims
+
+
 def parse_shapes(text: str) -> list:
-    """``"4096x10,100x20x10"`` -> [[4096, 10], [100, 20, 10]]; UserError for anything else."""
+    """``"4096x10,100x20x10"`` -> [[4096, 10], [100, 20, 10]]; UserError for anything else,
+    including shapes of more than :data:`MAX_NUMEL` elements."""
     shapes = []
     for item in parse_list(text, "--shapes"):
         parts = item.lower().split("x")
@@ -92,30 +119,62 @@ def parse_shapes(text: str) -> list:
             dims = [int(p) for p in parts]
         except ValueError:
             raise UserError(f"expected --shapes like 1024x1000,100x20x10, got {item!r}") from None
-        if len(dims) < 2 or any(d < 1 for d in dims):
-            raise UserError(f"expected --shapes with at least two positive sizes (batch x categories), got {item!r}")
-        shapes.append(dims)
+        shapes.append(_check_shape(dims, item))
     return shapes
 
 
-def _as_int(value, flag: str, minimum: int) -> int:
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes that can be allocated now on ``device`` (None when unknown)."""
     try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+
+
+def _check_memory(shapes: list, device: torch.device) -> None:
+    """UserError when the largest shape cannot be allocated: PEAK_BUFFERS float32 buffers of it."""
+    if not shapes:
+        return
+    big = max(shapes, key=math.prod)
+    need = PEAK_BUFFERS * 4 * math.prod(big)
+    have = _available_memory(device)
+    if have is not None and need > have:
+        raise UserError(
+            f"--shapes {'x'.join(map(str, big))} needs about {need / 2**30:.1f} GiB ({PEAK_BUFFERS} float32 buffers) "
+            f"but {device.type} has {have / 2**30:.1f} GiB available"
+        )
+
+
+def _as_int(value, flag: str, minimum: int, maximum: int | None = None) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
         v = int(value)
         if isinstance(value, float) and v != value:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"expected {flag} to be an integer >= {minimum}, got {value!r}") from None
     if v < minimum:
         raise UserError(f"expected {flag} >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise UserError(f"expected {flag} <= {maximum}, got {v}")
     return v
 
 
 def _as_float(value, flag: str, positive: bool = True) -> float:
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"expected {flag} to be a number, got {value!r}") from None
-    if not math.isfinite(v) or (positive and v <= 0):
+    if not math.isfinite(v):
+        raise UserError(f"expected a finite {flag}, got {value!r}")
+    if positive and v <= 0:
         raise UserError(f"expected {flag} > 0, got {value!r}")
     return v
 
@@ -127,7 +186,15 @@ def resolve_config(config: dict) -> dict:
         raise UserError(f"unknown bench option {unknown[0]!r}")
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k == "progress"}}
     shapes = cfg["shapes"]
-    cfg["shape_list"] = parse_shapes(shapes) if isinstance(shapes, str) else [list(map(int, s)) for s in shapes]
+    if isinstance(shapes, str):
+        cfg["shape_list"] = parse_shapes(shapes)
+    else:
+        try:
+            cfg["shape_list"] = [_check_shape([int(d) for d in s], s) for s in shapes]
+        except (TypeError, ValueError):
+            raise UserError(f"expected shapes as lists of positive integers, got {shapes!r}") from None
+        if not cfg["shape_list"]:
+            raise UserError("expected at least one shape in --shapes")
     cfg["shapes"] = ",".join("x".join(str(d) for d in s) for s in cfg["shape_list"])
     for key, flag, allowed in (("impls", "--impls", IMPLS), ("modes", "--modes", MODES)):
         v = cfg[key]
@@ -137,17 +204,21 @@ def resolve_config(config: dict) -> dict:
             raise UserError(f"unknown {flag} {bad[0] if bad else ''!r}; expected some of {', '.join(allowed)}")
         cfg[key] = ",".join(dict.fromkeys(items))
     cfg["tau"] = _as_float(cfg["tau"], "--tau")
-    cfg["repeats"] = _as_int(cfg["repeats"], "--repeats", 0)
+    cfg["repeats"] = _as_int(cfg["repeats"], "--repeats", 0, 100_000)
     if cfg["repeats"] in (1, 2):
         raise UserError(f"expected --repeats 0 (automatic) or >= 3 for a median, got {cfg['repeats']}")
     cfg["min_time"] = _as_float(cfg["min_time"], "--min-time")
-    cfg["vae_steps"] = _as_int(cfg["vae_steps"], "--vae-steps", 1)
-    cfg["threads"] = _as_int(cfg["threads"], "--threads", 0)
-    cfg["seed"] = _as_int(cfg["seed"], "--seed", 0)
+    if cfg["min_time"] > 60:
+        raise UserError(f"expected --min-time <= 60 seconds, got {cfg['min_time']:g}")
+    cfg["vae_steps"] = _as_int(cfg["vae_steps"], "--vae-steps", 1, 100_000)
+    cfg["threads"] = _as_int(cfg["threads"], "--threads", 0, MAX_THREADS)
+    cfg["seed"] = _as_int(cfg["seed"], "--seed", 0, 2**63 - 1)
     for key in ("memory", "vae", "cold_compile", "resume"):
         cfg[key] = bool(cfg[key])
-    cfg["device"] = str(resolve_device(cfg["device"]))
-    cfg["out"] = str(cfg["out"])
+    device = resolve_device(cfg["device"])
+    cfg["device"] = str(device)
+    _check_memory(cfg["shape_list"], device)
+    cfg["out"] = check_path(cfg["out"], "--out")
     return cfg
 
 
@@ -155,21 +226,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gumbelkit bench`` flags (validated in :func:`resolve_config`)."""
     d = DEFAULTS
     a = parser.add_argument
-    a("--shapes", default=d["shapes"], help=f"comma-separated BxK (or BxNxK) shapes, categories last (default {d['shapes']})")
+    a("--shapes", default=d["shapes"], help="comma-separated BxK (or BxNxK) shapes, categories last; each at most "
+      f"2^31-1 elements and {PEAK_BUFFERS} float32 buffers of it must fit in memory (default {d['shapes']})")
     a("--impls", default=d["impls"], help=f"implementations, from {', '.join(IMPLS)} (default: all)")
     a("--modes", default=d["modes"], help="soft, hard or both (default both)")
-    a("--tau", default=d["tau"], help="temperature (default 1.0)")
-    a("--repeats", default=d["repeats"], help="timing rounds per shape, >= 3 (default 0: 15, 7 or 5 by size)")
-    a("--min-time", default=d["min_time"], help="seconds per timed sample; small shapes loop inside it (default 0.002)")
+    a("--tau", default=d["tau"], help="temperature, any finite tau > 0 (speed only; default 1.0)")
+    a("--repeats", default=d["repeats"], help="timing rounds per shape, 3..100000 (default 0: 15, 7 or 5 by size)")
+    a("--min-time", default=d["min_time"], help="seconds per timed sample, > 0 and <= 60; small shapes loop inside it (default 0.002)")
     a("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
     a("--no-vae", dest="vae", action="store_false", help="skip the categorical-VAE training-step timing")
-    a("--vae-steps", default=d["vae_steps"], help="timed VAE steps per sampler (default 30)")
+    a("--vae-steps", default=d["vae_steps"], help="timed VAE steps per sampler, 1..100000 (default 30)")
     a("--cold-compile", action="store_true", help="disable Inductor's on-disk caches to time a cold first compile")
-    a("--threads", default=d["threads"], help="torch CPU threads (default 1; 0 keeps PyTorch's default)")
+    a("--threads", default=d["threads"], help=f"torch CPU threads, 0..{MAX_THREADS} (default 1; 0 keeps PyTorch's default)")
     a("--device", default=d["device"], help="cpu (default), cuda or auto")
     a("--seed", default=d["seed"], help="seed of the random logits and weights (default 0)")
     a("--out", default=d["out"], help="output folder (default runs/bench)")
-    a("--resume", action="store_true", help="reuse the finished shapes in --out/checkpoint.json")
+    a("--resume", action="store_true", help="reuse the finished shapes in --out/checkpoint.json (refused if it fails its SHA-256 check)")
     add_progress_flags(parser)
 
 
@@ -468,8 +540,8 @@ def _tables(results: dict) -> str:
         lines += [
             "## Peak memory (forward + backward), in B x K float32 buffers beyond the inputs",
             "",
-            "peak: everything allocated at the worst moment, incoming gradient and output included; "
-            "held: kept by the autograd graph between forward and backward, besides the output.",
+            ("peak: everything allocated at the worst moment, incoming gradient and output included; "
+             "held: kept by the autograd graph between forward and backward, besides the output."),
             "",
         ]
         rows = []
@@ -523,24 +595,60 @@ def _figure(results: dict, path: Path) -> None:
 
 # --------------------------------------------------------------------------- main
 
+_RESUME_HINT = "delete it or run without --resume"
+_ROW_NUMBERS = ("median_ms", "min_ms", "ratio_vs_builtin", "gb_per_s", "rounds", "calls_per_sample")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_checkpoint(ckpt: dict) -> str | None:
+    """What is wrong with the layout of a (checksum-verified) bench checkpoint, or None."""
+    if not isinstance(ckpt.get("settings"), dict) or not isinstance(ckpt.get("shapes"), list):
+        return "it has no settings or shapes"
+    for s in ckpt["shapes"]:
+        if not isinstance(s, dict) or not isinstance(s.get("shape"), str) or not isinstance(s.get("rows"), list):
+            return "a shape entry has no shape name or rows"
+        name = s["shape"]
+        for r in s["rows"]:
+            if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("impl", "mode", "pass")) or not all(
+                _num(r.get(k)) for k in _ROW_NUMBERS
+            ):
+                return f"a row of shape {name} lacks a field it needs"
+        if not isinstance(s.get("fused_first_calls", []), list) or not all(
+            isinstance(c, dict) and _num(c.get("seconds")) and isinstance(c.get("compiled"), list)
+            and isinstance(c.get("mode"), str) and isinstance(c.get("pass"), str)
+            and all(isinstance(v, list) and len(v) == 2 and _num(v[1]) for v in c["compiled"])
+            for c in s.get("fused_first_calls", [])
+        ):
+            return f"the fused first calls of shape {name} are malformed"
+        for m in s.get("memory", []) if isinstance(s.get("memory", []), list) else [None]:
+            if not isinstance(m, dict) or not all(_num(m.get(k)) for k in ("peak_buffers", "held_buffers")) or not all(
+                isinstance(m.get(k), str) for k in ("impl", "mode")
+            ):
+                return f"the memory entry of shape {name} is malformed"
+    return None
+
 
 def main(config: dict) -> dict:
     """Run the benchmark described by ``config`` (see :data:`DEFAULTS`); returns the results dict."""
     cfg = resolve_config(config)
-    out = prepare_out_dir(cfg["out"])
+    out = prepare_out_dir(cfg["out"], "--out")
     device = torch.device(cfg["device"])
     ckpt_path = out / "checkpoint.json"
     done = {}
     comparable = {k: v for k, v in cfg.items() if k not in ("shapes", "shape_list", "out", "resume", "progress", "vae", "vae_steps")}
     if cfg["resume"] and ckpt_path.exists():
-        import json
-
-        try:
-            ckpt = json.loads(ckpt_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {ckpt_path}: {exc}") from None
-        if ckpt.get("settings") == comparable:
-            done = {s["shape"]: s for s in ckpt.get("shapes", [])}
+        ckpt = read_checked_json(ckpt_path, what="checkpoint", hint=_RESUME_HINT)
+        why = _check_checkpoint(ckpt)
+        if why:
+            raise UserError(f"checkpoint {ckpt_path} is unusable: {why}; {_RESUME_HINT}")
+        if ckpt["settings"] == comparable:
+            done = {s["shape"]: s for s in ckpt["shapes"]}
+        else:
+            print(f"gumbelkit bench: {ckpt_path} was written with other settings; timing every shape again",
+                  file=sys.stderr)
     if cfg["cold_compile"]:
         # A fresh, empty Inductor cache folder (kernels are cached on disk by source hash) and no
         # FX-graph cache: the first calls then include the whole compilation.
@@ -564,7 +672,7 @@ def main(config: dict) -> dict:
                 key = "x".join(map(str, shape))
                 if key not in done:
                     done[key] = _time_shape(shape, cfg, device, bar)
-                    atomic_write_json(ckpt_path, {"settings": comparable, "shapes": list(done.values())})
+                    write_checked_json(ckpt_path, {"settings": comparable, "shapes": list(done.values())})
                 shapes.append(done[key])
             vae = time_vae_step(cfg, device, bar) if cfg["vae"] else None
         finally:

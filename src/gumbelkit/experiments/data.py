@@ -37,22 +37,22 @@ import torch
 from ._common import UserError
 
 __all__ = [
-    "DataError",
-    "Dataset",
     "DATA_SOURCES",
     "FASHION_MNIST_DIR",
     "IDX_DTYPES",
     "MAX_IDX_BYTES",
     "SPLIT_SEED",
-    "read_idx",
-    "read_idx_images",
-    "find_idx_file",
-    "carve_split",
-    "validation_size",
-    "load_dataset",
-    "parse_data_spec",
+    "DataError",
+    "Dataset",
     "binarize",
     "binarize_dataset",
+    "carve_split",
+    "find_idx_file",
+    "load_dataset",
+    "parse_data_spec",
+    "read_idx",
+    "read_idx_images",
+    "validation_size",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts its files.
@@ -100,7 +100,7 @@ def _open_maybe_gzip(path: Path):
     The gzip check looks at the bytes, not the name: a ``.gz`` name on a plain file (or the
     reverse) still reads correctly.
     """
-    fh = open(path, "rb")
+    fh = open(path, "rb")  # noqa: SIM115 -- returned to the caller, who closes it
     head = fh.read(2)
     fh.seek(0)
     if head == _GZIP_MAGIC:
@@ -223,7 +223,7 @@ def find_idx_file(folder, names) -> Path | None:
 def validation_size(n_train: int, fraction: float = 0.1, cap: int = 5000) -> int:
     """Images held out for validation: 10% of the training images, at most 5,000 (as in the
     standard 55,000 / 5,000 MNIST split), at least one."""
-    return max(1, min(cap, int(round(fraction * n_train))))
+    return max(1, min(cap, round(fraction * n_train)))
 
 
 def carve_split(n: int, size: int, *, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -294,7 +294,7 @@ def _split(name, images: np.ndarray, scale: float, image_shape, source, test_ima
         n = images.shape[0]
         if n < 3:
             raise DataError(f"--data {name}: need at least 3 images to carve test and validation splits, got {n}")
-        n_test = max(1, int(round(test_fraction * n)))
+        n_test = max(1, round(test_fraction * n))
         train_idx, test_idx = carve_split(n, n_test)
         test_images = images[test_idx]
         images = images[train_idx]
@@ -401,7 +401,7 @@ def _version(module: str) -> str:
         from importlib.metadata import version
 
         return version({"sklearn": "scikit-learn"}.get(module, module))
-    except Exception:  # metadata missing: the version is informational only
+    except Exception:  # noqa: BLE001 -- metadata missing or broken: the version is informational only
         return "?"
 
 

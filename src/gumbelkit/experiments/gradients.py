@@ -19,7 +19,9 @@ Problems (``--problems``):
   probabilities and is minimised by a point mass, so the pair is the smallest honest form.
 
 Also: a training demonstration on ``70_30`` (softmax collapses to a constant blend; Gumbel
-methods reproduce 70/30) and plots. Entry points for :mod:`gumbelkit.cli`: ``add_arguments``,
+methods reproduce 70/30) and plots. Finished cells are checkpointed to ``--out/checkpoint.json``
+with a SHA-256 checksum and reused by the next run of the same configuration; a damaged or
+unchecksummed checkpoint is refused (``--fresh`` starts over). Entry points for :mod:`gumbelkit.cli`: ``add_arguments``,
 ``config_from_args``, ``main``.
 """
 
@@ -33,42 +35,47 @@ import re
 import statistics
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 import gumbelkit
 
 from ._common import (
+    MAX_THREADS,
+    MIN_TAU,
     UserError,
     atomic_write_json,
     atomic_write_text,
+    check_path,
     environment_info,
     markdown_table,
     mean_std,
     parse_list,
     prepare_out_dir,
     progress,
+    read_checked_json,
     resolve_device,
     save_figure,
+    write_checked_json,
 )
 from ._enumerate import exact_expectation, exact_gradient
 
 __all__ = [
-    "PROBLEMS",
-    "DEFAULT_METHODS",
     "DEFAULTS",
+    "DEFAULT_METHODS",
+    "PROBLEMS",
     "Problem",
-    "make_problem",
-    "estimator_gradients",
-    "estimate",
-    "equal_work_errors",
-    "validate_config",
     "add_arguments",
     "config_from_args",
+    "equal_work_errors",
+    "estimate",
+    "estimator_gradients",
     "main",
+    "make_problem",
+    "validate_config",
 ]
 
 PROBLEMS = ("quadratic", "decoder", "70_30")
@@ -276,12 +283,18 @@ def _parse_method(label: str) -> tuple[str, dict]:
     )
 
 
+#: Largest k of gumbel_rao_k<k> and n of reinforce_n<n> (each multiplies the memory of a chunk).
+MAX_DRAWS = 1000
+
+
 def _check_method(label: str) -> str:
     base, opt = _parse_method(label)
-    if base == "gumbel_rao" and opt["k"] < 1:
-        raise UserError(f"expected gumbel_rao_k<k> with k >= 1, got {label!r}")
+    if base == "gumbel_rao" and not 1 <= opt["k"] <= MAX_DRAWS:
+        raise UserError(f"expected gumbel_rao_k<k> with 1 <= k <= {MAX_DRAWS}, got {label!r}")
     if base == "reinforce" and opt["n"] < 2:
         raise UserError(f"expected reinforce_n<n> with n >= 2 (leave-one-out baseline), got {label!r}")
+    if base == "reinforce" and opt["n"] > MAX_DRAWS:
+        raise UserError(f"expected reinforce_n<n> with n <= {MAX_DRAWS}, got {label!r}")
     return label
 
 
@@ -450,7 +463,7 @@ def estimate(
             need = 1.05 * v / (target_stderr * scale) ** 2 if scale > 0 else float(max_samples)
             total = int(min(max(math.ceil(need), min_samples), max_samples))
             if max_seconds is not None:
-                total = min(total, int(max_seconds / statistics.median(times)))
+                total = min(total, int(max_seconds / max(statistics.median(times), 1e-9)))
             if mom.count >= total:
                 break
             while mom.count < total:
@@ -475,6 +488,11 @@ def _norm(x: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(x))
 
 
+def _div(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (e.g. a relaxed gradient that underflowed to exactly zero)."""
+    return a / b if b != 0 else float("nan")
+
+
 def _row(problem_name, label, tau, truth, res, ref=None) -> dict:
     mom = res["moments"]
     s = res["samples"]
@@ -489,21 +507,21 @@ def _row(problem_name, label, tau, truth, res, ref=None) -> dict:
         "problem": problem_name,
         "method": label,
         "tau": tau,
-        "rel_bias": _norm(m - truth) / g_norm,
+        "rel_bias": _div(_norm(m - truth), g_norm),
         "variance": var,
         "cosine": cosine,
         "mse": mse,
         # Root-mean-square Monte Carlo error of the mean gradient, relative to ||g||: an unbiased
         # estimator shows rel_bias of about this size.
-        "stderr_bias": math.sqrt(var / s) / g_norm,
+        "stderr_bias": _div(math.sqrt(var / s), g_norm),
         "us_per_grad": res["us_per_grad"],
         "samples": s,
         "f_evals": f_evals(label),
-        "rel_variance": var / g_norm**2,
-        "rel_mse": mse / g_norm**2,
+        "rel_variance": _div(var, g_norm**2),
+        "rel_mse": _div(mse, g_norm**2),
         # Variance per unit of work: averaging m independent estimates divides the variance by m,
         # so rel_variance x f_evals compares estimators at an equal number of f evaluations.
-        "rel_variance_x_evals": var / g_norm**2 * f_evals(label),
+        "rel_variance_x_evals": _div(var, g_norm**2) * f_evals(label),
         "estimator": base,
         "options": opt,
         "rel_bias_relaxed": None,
@@ -513,8 +531,8 @@ def _row(problem_name, label, tau, truth, res, ref=None) -> dict:
     if ref is not None and base in RELAXED_FAMILY:
         g_rel = ref["grad"]
         r_norm = _norm(g_rel)
-        row["rel_bias_relaxed"] = _norm(m - g_rel) / r_norm
-        row["stderr_bias_relaxed"] = math.sqrt(var / s + ref["variance"] / ref["samples"]) / r_norm
+        row["rel_bias_relaxed"] = _div(_norm(m - g_rel), r_norm)
+        row["stderr_bias_relaxed"] = _div(math.sqrt(var / s + ref["variance"] / ref["samples"]), r_norm)
     return row
 
 
@@ -535,7 +553,7 @@ def equal_work_errors(rows: list, budgets=BUDGETS) -> list:
         for label in dict.fromkeys(r["method"] for r in rows if r["problem"] == problem):
             cand = [r for r in rows if r["problem"] == problem and r["method"] == label]
             for e in budgets:
-                def err(r):
+                def err(r, e=e):
                     bias2 = max(r["rel_bias"] ** 2 - r["stderr_bias"] ** 2, 0.0)
                     return bias2 + r["rel_variance"] * r["f_evals"] / e
                 best = min(cand, key=err)
@@ -549,19 +567,76 @@ def _config_key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_ROW_FIELDS = (
+    "rel_bias", "variance", "cosine", "mse", "stderr_bias", "us_per_grad", "samples", "f_evals", "rel_variance",
+    "rel_mse", "rel_variance_x_evals", "wall_s",
+)
+_REF_FIELDS = ("variance", "samples", "value", "value_stderr", "rel_dist_true", "stderr_rel_dist", "wall_s")
+_DEMO_FIELDS = ("mmd2_hard", "final_loss", "wall_s")
+_CKPT_HINT = "delete it or pass --fresh to start over"
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_checkpoint(data: dict) -> str | None:
+    """What is wrong with the layout of a (checksum-verified) checkpoint, or None."""
+    if not isinstance(data.get("key"), str):
+        return "has no configuration key"
+    for part in ("cells", "refs"):
+        if not isinstance(data.get(part), dict):
+            return f"has no {part!r} table"
+    for cid, row in data["cells"].items():
+        if not isinstance(row, dict) or not all(_num(row.get(f)) for f in _ROW_FIELDS):
+            return f"cell {cid!r} lacks a number it needs"
+        if not all(isinstance(row.get(f), str) for f in ("problem", "method", "estimator")) or not (
+            row.get("tau") is None or _num(row.get("tau"))
+        ):
+            return f"cell {cid!r} has no problem, method or tau"
+        if not all(row.get(f) is None or _num(row.get(f)) for f in ("rel_bias_relaxed", "stderr_bias_relaxed")):
+            return f"cell {cid!r} has a relaxed bias that is not a number"
+        if not isinstance(row.get("options"), dict):
+            return f"cell {cid!r} has no options"
+    for cid, ref in data["refs"].items():
+        if not isinstance(ref, dict) or not all(_num(ref.get(f)) for f in _REF_FIELDS) or not _num(ref.get("tau")):
+            return f"reference {cid!r} lacks a number it needs"
+        if not isinstance(ref.get("problem"), str) or not isinstance(ref.get("grad"), list) or not all(
+            _num(v) for v in ref["grad"]
+        ):
+            return f"reference {cid!r} has no gradient"
+    demo = data.get("demo")
+    if demo is not None:
+        if not isinstance(demo, dict) or not isinstance(demo.get("runs"), dict):
+            return "has a demo entry without runs"
+        for rid, run in demo["runs"].items():
+            if not isinstance(run, dict) or not all(_num(run.get(f)) for f in _DEMO_FIELDS):
+                return f"demo run {rid!r} lacks a number it needs"
+            for view in ("as_trained", "hard"):
+                if not isinstance(run.get(view), dict) or not all(_num(run[view].get(k)) for k in ("x1", "x2", "other")):
+                    return f"demo run {rid!r} has no {view} fractions"
+            for f in ("code_probs", "mean_output", "proj_hist"):
+                if not isinstance(run.get(f), list) or not all(_num(v) for v in run[f]):
+                    return f"demo run {rid!r} has no {f} list"
+    return None
+
+
 def _load_checkpoint(path: Path, key: str, fresh: bool) -> dict:
+    """The finished cells of an earlier run of the same configuration (empty for another one).
+
+    The file is verified first (SHA-256, then layout): a damaged or unchecksummed checkpoint is
+    refused with one line (``--fresh`` ignores it), never silently reused.
+    """
     empty = {"key": key, "cells": {}, "refs": {}, "demo": None}
     if fresh or not path.exists():
         return empty
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return empty
-    if data.get("key") != key:
-        return empty
-    data.setdefault("cells", {})
-    data.setdefault("refs", {})
+    data = read_checked_json(path, what="checkpoint", hint=_CKPT_HINT)
     data.setdefault("demo", None)
+    why = _check_checkpoint(data)
+    if why:
+        raise UserError(f"checkpoint {path} is unusable: it {why}; {_CKPT_HINT}")
+    if data["key"] != key:
+        return empty
     return data
 
 
@@ -825,58 +900,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fig-dir", default=None, help="folder for the PNG plots (default: the --out folder)")
     parser.add_argument("--problems", default=",".join(d["problems"]), help=f"comma list of {', '.join(PROBLEMS)}")
     parser.add_argument("--methods", default=",".join(d["methods"]),
-                        help="comma list: softmax, gumbel_softmax, st, st_gumbel, reinmax, gumbel_rao_k<k>, "
-                             "reinforce_n<n> (default: %(default)s)")
+                        help="comma list: softmax, gumbel_softmax, st, st_gumbel, reinmax, gumbel_rao_k<k> "
+                             f"(1 <= k <= {MAX_DRAWS}), reinforce_n<n> (2 <= n <= {MAX_DRAWS}) (default: %(default)s)")
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in d["taus"]),
-                        help="temperatures (default: %(default)s)")
+                        help=f"temperatures, each finite and >= {MIN_TAU:g}: below that a float32 relaxed sample is "
+                             "one-hot to the last bit and its gradient underflows to zero (default: %(default)s)")
     parser.add_argument("--samples", default=d["samples"],
-                        help="gradient estimates per cell, or 'auto': enough for a standard error of "
+                        help=f"gradient estimates per cell (2..{MAX_SAMPLES:.0e}), or 'auto': enough for a standard error of "
                              "--target-stderr x ||g|| (default: %(default)s)")
-    parser.add_argument("--target-stderr", type=float, default=d["target_stderr"], help="(default: %(default)s)")
+    parser.add_argument("--target-stderr", type=float, default=d["target_stderr"],
+                        help="finite, > 0 (default: %(default)s)")
     parser.add_argument("--min-samples", type=int, default=d["min_samples"],
-                        help="pilot size for 'auto' (default: %(default)s)")
+                        help=f"pilot size for 'auto', 2..{MAX_SAMPLES:.0e} (default: %(default)s)")
     parser.add_argument("--max-samples", type=int, default=d["max_samples"],
-                        help="cap for 'auto' (default: %(default)s)")
+                        help=f"cap for 'auto', --min-samples..{MAX_SAMPLES:.0e} (default: %(default)s)")
     parser.add_argument("--chunk", type=int, default=d["chunk"],
-                        help="estimates per vectorised batch (default: %(default)s)")
+                        help=f"estimates per vectorised batch, 1..{MAX_CHUNK} (default: %(default)s)")
     parser.add_argument("--cell-seconds", type=float, default=d["cell_seconds"],
                         help="with --samples auto, time cap per (method, tau) cell except REINFORCE "
                              "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=d["seed"], help="(default: %(default)s)")
     parser.add_argument("--device", default=d["device"], help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=d["threads"],
-                        help="torch CPU threads while measuring (default: %(default)s, for stable timings)")
+                        help=f"torch CPU threads while measuring, 1..{MAX_THREADS} (default: %(default)s, for stable timings)")
     parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the 70/30 training demonstration")
     parser.add_argument("--demo-methods", default=",".join(d["demo_methods"]), help="(default: %(default)s)")
-    parser.add_argument("--demo-tau", type=float, default=d["demo_tau"], help="(default: %(default)s)")
-    parser.add_argument("--demo-steps", type=int, default=d["demo_steps"], help="(default: %(default)s)")
-    parser.add_argument("--demo-batch", type=int, default=d["demo_batch"], help="(default: %(default)s)")
-    parser.add_argument("--demo-seeds", type=int, default=d["demo_seeds"], help="(default: %(default)s)")
-    parser.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
+    parser.add_argument("--demo-tau", type=float, default=d["demo_tau"], help=f">= {MIN_TAU:g} (default: %(default)s)")
+    parser.add_argument("--demo-steps", type=int, default=d["demo_steps"], help="1..1e7 (default: %(default)s)")
+    parser.add_argument("--demo-batch", type=int, default=d["demo_batch"],
+                        help=f"2..{MAX_DEMO_BATCH} (default: %(default)s)")
+    parser.add_argument("--demo-seeds", type=int, default=d["demo_seeds"], help="1..1000 (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="write results.json/.md only")
 
 
-def _positive_float(text, name):
+def _positive_float(text, name, minimum=None):
     try:
         v = float(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"expected a number for {name}, got {text!r}") from None
     if not v > 0 or math.isinf(v):
         raise UserError(f"expected {name} > 0, got {v}")
+    if minimum is not None and v < minimum:
+        raise UserError(f"expected {name} >= {minimum:g} (the supported range), got {v:g}")
     return v
 
 
-def _int_at_least(v, name, low):
+def _int_at_least(v, name, low, high=None):
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise UserError(f"expected {name} >= {low}, got {v!r}")
+    if high is not None and v > high:
+        raise UserError(f"expected {name} <= {high}, got {v!r}")
     return v
+
+
+#: Upper limits of the count options (far above a useful lab; a typo must not exhaust memory).
+MAX_SAMPLES = 10**9
+MAX_CHUNK = 65536
+MAX_DEMO_BATCH = 8192
 
 
 def validate_config(config: dict) -> dict:
     """Fill defaults and check every field; UserError with one clear line otherwise."""
     unknown = set(config) - set(DEFAULTS)
     if unknown:
-        raise UserError(f"unknown config key {sorted(unknown)[0]!r}")
+        raise UserError(f"unknown config key {min(unknown)!r}")
     cfg = {**DEFAULTS, **config}
     for key in ("problems", "methods", "demo_methods"):
         if isinstance(cfg[key], str):
@@ -891,31 +980,31 @@ def validate_config(config: dict) -> dict:
     taus = cfg["taus"]
     if isinstance(taus, str):
         taus = parse_list(taus, "--taus")
-    cfg["taus"] = [_positive_float(t, "tau") for t in taus]
+    cfg["taus"] = [_positive_float(t, "tau", MIN_TAU) for t in taus]
     s = cfg["samples"]
     if isinstance(s, str) and s.strip() == "auto":
         cfg["samples"] = "auto"
     else:
         try:
             s = int(s)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"expected --samples 'auto' or an integer >= 2, got {s!r}") from None
-        cfg["samples"] = _int_at_least(s, "--samples", 2)
+        cfg["samples"] = _int_at_least(s, "--samples", 2, MAX_SAMPLES)
     cfg["target_stderr"] = _positive_float(cfg["target_stderr"], "--target-stderr")
     cfg["cell_seconds"] = _positive_float(cfg["cell_seconds"], "--cell-seconds")
-    _int_at_least(cfg["min_samples"], "--min-samples", 2)
-    _int_at_least(cfg["max_samples"], "--max-samples", cfg["min_samples"])
-    _int_at_least(cfg["chunk"], "--chunk", 1)
+    _int_at_least(cfg["min_samples"], "--min-samples", 2, MAX_SAMPLES)
+    _int_at_least(cfg["max_samples"], "--max-samples", cfg["min_samples"], MAX_SAMPLES)
+    _int_at_least(cfg["chunk"], "--chunk", 1, MAX_CHUNK)
     _int_at_least(cfg["seed"], "--seed", 0)
-    _int_at_least(cfg["threads"], "--threads", 1)
-    _int_at_least(cfg["demo_steps"], "--demo-steps", 1)
-    _int_at_least(cfg["demo_batch"], "--demo-batch", 2)
-    _int_at_least(cfg["demo_seeds"], "--demo-seeds", 1)
-    cfg["demo_tau"] = _positive_float(cfg["demo_tau"], "--demo-tau")
+    _int_at_least(cfg["threads"], "--threads", 1, MAX_THREADS)
+    _int_at_least(cfg["demo_steps"], "--demo-steps", 1, 10**7)
+    _int_at_least(cfg["demo_batch"], "--demo-batch", 2, MAX_DEMO_BATCH)
+    _int_at_least(cfg["demo_seeds"], "--demo-seeds", 1, 1000)
+    cfg["demo_tau"] = _positive_float(cfg["demo_tau"], "--demo-tau", MIN_TAU)
     cfg["demo"] = bool(cfg["demo"])
     cfg["plots"] = bool(cfg["plots"])
-    cfg["out"] = str(cfg["out"])
-    cfg["fig_dir"] = None if cfg["fig_dir"] is None else str(cfg["fig_dir"])
+    cfg["out"] = check_path(cfg["out"], "--out")
+    cfg["fig_dir"] = None if cfg["fig_dir"] is None else check_path(cfg["fig_dir"], "--fig-dir")
     return cfg
 
 
@@ -929,8 +1018,8 @@ def main(config: dict) -> dict:
     cfg = validate_config(config)
     t_start = time.perf_counter()
     device = resolve_device(cfg["device"])
-    out = prepare_out_dir(cfg["out"])
-    fig_dir = prepare_out_dir(cfg["fig_dir"]) if cfg["fig_dir"] and cfg["plots"] else out
+    out = prepare_out_dir(cfg["out"], "--out")
+    fig_dir = prepare_out_dir(cfg["fig_dir"], "--fig-dir") if cfg["fig_dir"] is not None and cfg["plots"] else out
     ckpt_path = out / "checkpoint.json"
     key = _config_key(cfg)
     ckpt = _load_checkpoint(ckpt_path, key, cfg["fresh"])
@@ -990,8 +1079,11 @@ def main(config: dict) -> dict:
                             "wall_s": res["wall_s"],
                         }
                         fresh_cells += 1
-                        atomic_write_json(ckpt_path, ckpt)
+                        write_checked_json(ckpt_path, ckpt)
                     entry = ckpt["refs"][cid]
+                    if len(entry["grad"]) != truth.numel():
+                        raise UserError(f"checkpoint {ckpt_path} is unusable: reference {cid!r} has a gradient of "
+                                        f"{len(entry['grad'])} numbers, expected {truth.numel()}; {_CKPT_HINT}")
                     ref_by_tau[tau] = {**entry, "grad": torch.tensor(entry["grad"], dtype=torch.float64, device=device)}
                     refs.append({k: v for k, v in entry.items() if k != "grad"})
                     bar.update(1)
@@ -1003,7 +1095,7 @@ def main(config: dict) -> dict:
                         res = estimate(problem, label, tau, g_norm, generator=gen, max_seconds=budget(label), **est_kw)
                         ckpt["cells"][cid] = _row(pname, label, tau, truth, res, ref_by_tau.get(tau))
                         fresh_cells += 1
-                        atomic_write_json(ckpt_path, ckpt)
+                        write_checked_json(ckpt_path, ckpt)
                     rows.append(ckpt["cells"][cid])
                     bar.update(1)
 
@@ -1021,7 +1113,7 @@ def main(config: dict) -> dict:
                                               cfg["demo_batch"], device)
                         runs[rid]["wall_s"] = time.perf_counter() - t_run
                         fresh_cells += 1
-                        atomic_write_json(ckpt_path, ckpt)
+                        write_checked_json(ckpt_path, ckpt)
                     bar.update(1)
             by_method = {m: [runs[f"{m}|{s}"] for s in range(cfg["demo_seeds"])] for m in cfg["demo_methods"]}
             demo = {
@@ -1082,10 +1174,6 @@ def main(config: dict) -> dict:
 if __name__ == "__main__":  # python -m gumbelkit.experiments.gradients ... == gumbelkit gradients ...
     import sys
 
-    _parser = argparse.ArgumentParser(prog="gumbelkit gradients", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    try:
-        main(config_from_args(_parser.parse_args()))
-    except UserError as _exc:
-        print(f"gumbelkit gradients: error: {_exc}", file=sys.stderr)
-        sys.exit(2)
+    from gumbelkit.cli import main as _cli_main
+
+    sys.exit(_cli_main(["gradients", *sys.argv[1:]]))

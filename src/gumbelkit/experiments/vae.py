@@ -24,7 +24,10 @@ Reproducibility: one ``torch.Generator`` for the estimator noise and one for the
 dynamic binarisation), both seeded from the run seed; evaluation uses a freshly seeded generator
 each time, so evaluating never disturbs training. The global RNG is not used (model initialisation
 runs under ``torch.random.fork_rng``). Checkpoints hold the model, optimiser, both generator states,
-the sampler position and the logs, so ``--resume`` continues bit-identically.
+the sampler position and the logs, so ``--resume`` continues bit-identically. Checkpoints and the
+finished-run records carry a SHA-256 digest (:func:`._common.write_checked_torch`); on ``--resume``
+every one is verified, then checked against the model's tensor shapes and the configuration, before
+anything trains; a damaged, unchecksummed or ill-fitting file is refused in one line.
 
 Structure for torch.distributed: :func:`build_model` (construction), :class:`EpochSampler` plus
 ``shard_batch`` (data sharding), :func:`train_step` (one optimiser step, the model's ``forward``
@@ -35,7 +38,6 @@ returns the per-example objective so a DDP wrapper sees the call), and ``DistCon
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -49,40 +51,59 @@ import torch.nn.functional as F
 import gumbelkit
 
 from ._common import (
-    add_progress_flags,
+    MAX_THREADS,
+    MIN_TAU,
     UserError,
-    atomic_torch_save,
+    add_progress_flags,
     atomic_write_json,
     atomic_write_text,
+    check_path,
     environment_info,
     markdown_table,
     mean_std,
     parse_list,
     prepare_out_dir,
     progress,
+    read_checked_json,
+    read_checked_torch,
     resolve_device,
     save_figure,
+    write_checked_json,
+    write_checked_torch,
 )
-from ._distributed import DistContext, init_distributed, partition, rank_seed, shard_batch
+from ._distributed import (
+    DistContext,
+    init_distributed,
+    partition,
+    rank_seed,
+    shard_batch,
+)
 from ._enumerate import all_one_hot
-from .data import Dataset, DataError, binarize, binarize_dataset, load_dataset, parse_data_spec
+from .data import (
+    DataError,
+    Dataset,
+    binarize,
+    binarize_dataset,
+    load_dataset,
+    parse_data_spec,
+)
 
 __all__ = [
-    "DEFAULT_METHODS",
     "ALL_METHODS",
     "DEFAULTS",
+    "DEFAULT_METHODS",
     "DEFAULT_STEPS",
     "MAX_ENUMERATE",
     "CategoricalVAE",
     "EpochSampler",
-    "build_model",
-    "train_step",
-    "evaluate",
-    "run_one",
-    "resolve_config",
     "add_arguments",
+    "build_model",
     "config_from_args",
+    "evaluate",
     "main",
+    "resolve_config",
+    "run_one",
+    "train_step",
 ]
 
 #: The methods the issue asks for, in the order of the tables.
@@ -132,7 +153,10 @@ DEFAULTS = {
 
 # Config keys that do not change what a run computes (everything else must match to resume).
 _NOT_FINGERPRINTED = ("out", "resume", "progress", "threads", "methods", "seeds", "device", "sweep_parallel", "dist_timeout")
-_CHECKPOINT_FORMAT = 1
+# 2: the torch.save payload inside a SHA-256-checked frame (see _common.write_checked_bytes).
+_CHECKPOINT_FORMAT = 2
+_CHECKPOINT_KEYS = ("format", "fingerprint", "model", "optimizer", "rng", "sampler", "state")
+_RESUME_HINT = "delete it or run without --resume"
 
 
 # --------------------------------------------------------------------------- model
@@ -403,10 +427,218 @@ def _describe_mismatch(a: dict, b: dict) -> str:
 
 
 def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint dict after its SHA-256 digest and top-level layout are verified (UserError otherwise)."""
+    ckpt = read_checked_torch(path, what="checkpoint", hint=_RESUME_HINT)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable/corrupt file: one clear line instead of a traceback
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it or run without --resume") from None
+        if not isinstance(ckpt, dict):
+            raise _Bad(f"holds a {type(ckpt).__name__}, expected a dict")
+        missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+        if missing:
+            raise _Bad(f"has no {missing[0]!r} entry")
+        if ckpt["format"] != _CHECKPOINT_FORMAT:
+            raise _Bad(f"has format {ckpt['format']!r}, expected {_CHECKPOINT_FORMAT}")
+        if not isinstance(ckpt["fingerprint"], dict):
+            raise _Bad("has no configuration fingerprint")
+    except _Bad as exc:
+        raise UserError(f"checkpoint {path} is unusable: {exc}; {_RESUME_HINT}") from None
+    return ckpt
+
+
+class _Bad(Exception):
+    """A structural problem in a resume file (the message says what)."""
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_tensors(saved, expected: dict, where: str) -> None:
+    """``saved`` must be a dict with exactly ``expected``'s keys, tensors of the same shape and dtype."""
+    if not isinstance(saved, dict):
+        raise _Bad(f"{where} is a {type(saved).__name__}, expected a dict of tensors")
+    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected), key=str)
+    if missing or extra:
+        raise _Bad(f"{where} has {'no ' + repr(missing[0]) if missing else 'an unexpected ' + repr(extra[0])} entry")
+    for key, want in expected.items():
+        got = saved[key]
+        if not isinstance(got, torch.Tensor):
+            raise _Bad(f"{where}[{key!r}] is a {type(got).__name__}, expected a tensor")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise _Bad(f"{where}[{key!r}] is {got.dtype} {_shape(got)}, the model needs {want.dtype} {_shape(want)}")
+
+
+def _check_curve(curve, where: str) -> None:
+    if not isinstance(curve, list) or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and _is_int(p[0]) and _is_num(p[1]) for p in curve
+    ):
+        raise _Bad(f"{where} is not a list of [step, value] pairs")
+
+
+def _check_rng_state(state, where: str) -> None:
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+        raise _Bad(f"{where} is not a generator state (a 1-d uint8 tensor)")
+
+
+def _validate_checkpoint(ckpt: dict, model, optimizer, *, n_train: int, world_size: int, steps: int,
+                         initial_keys: set) -> None:
+    """Everything ``run_one`` takes from a checkpoint has the type and shape this run needs (_Bad otherwise)."""
+    _check_tensors(ckpt["model"], model.state_dict(), "model")
+    opt = ckpt["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        raise _Bad("optimizer is not an optimizer state (state and param_groups)")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    groups = opt["param_groups"]
+    if len(groups) != len(optimizer.param_groups) or not all(isinstance(g, dict) for g in groups):
+        raise _Bad(f"optimizer has {len(groups)} parameter group(s), expected {len(optimizer.param_groups)}")
+    for g, mine in zip(groups, optimizer.param_groups):
+        ids = g.get("params")
+        if not isinstance(ids, list) or len(ids) != len(mine["params"]) or not all(_is_int(i) for i in ids):
+            raise _Bad(f"optimizer parameter group lists {len(ids) if isinstance(ids, list) else 'no'} parameters, "
+                       f"expected {len(mine['params'])}")
+    ids = [i for g in groups for i in g["params"]]
+    if sorted(ids) != list(range(len(params))):
+        raise _Bad("optimizer parameter ids are not 0..n-1")
+    by_id = dict(zip(ids, params))
+    for i, st in opt["state"].items():
+        if i not in by_id or not isinstance(st, dict):
+            raise _Bad(f"optimizer state has an entry for unknown parameter {i!r}")
+        p = by_id[i]
+        for key, v in st.items():
+            if not isinstance(v, torch.Tensor):
+                raise _Bad(f"optimizer state {i}[{key!r}] is a {type(v).__name__}, expected a tensor")
+            if key != "step" and v.shape != p.shape:
+                raise _Bad(f"optimizer state {i}[{key!r}] has shape {_shape(v)}, the parameter has {_shape(p)}")
+    rng = ckpt["rng"]
+    if not isinstance(rng, dict) or "noise" not in rng or "data" not in rng:
+        raise _Bad("rng is not a dict with the noise and data generator states")
+    noise = rng["noise"]
+    if world_size > 1:
+        if not isinstance(noise, list) or len(noise) != world_size:
+            raise _Bad(f"rng['noise'] does not hold one state for each of the {world_size} ranks")
+        for r, st in enumerate(noise):
+            _check_rng_state(st, f"rng['noise'][{r}]")
+    else:
+        _check_rng_state(noise, "rng['noise']")
+    _check_rng_state(rng["data"], "rng['data']")
+    smp = ckpt["sampler"]
+    if not isinstance(smp, dict) or not {"perm", "pos", "epoch"} <= set(smp):
+        raise _Bad("sampler is not a dict with perm, pos and epoch")
+    perm = smp["perm"]
+    if not isinstance(perm, torch.Tensor) or perm.dtype != torch.long or perm.dim() != 1 or perm.numel() not in (0, n_train):
+        raise _Bad(f"sampler['perm'] is not a permutation of the {n_train} training images")
+    if perm.numel() and not torch.equal(perm.sort().values, torch.arange(n_train)):
+        raise _Bad(f"sampler['perm'] is not a permutation of the {n_train} training images")
+    if not (_is_int(smp["pos"]) and 0 <= smp["pos"] <= perm.numel() and _is_int(smp["epoch"]) and smp["epoch"] >= 0):
+        raise _Bad("sampler position or epoch is out of range")
+    st = ckpt["state"]
+    want = {"step", "train_curve", "val_curve", "window", "train_seconds", "initial"}
+    if not isinstance(st, dict) or not want <= set(st):
+        raise _Bad(f"state is not a dict with {', '.join(sorted(want))}")
+    if not (_is_int(st["step"]) and 0 <= st["step"] <= steps):
+        raise _Bad(f"state['step'] is {st['step']!r}, expected an integer from 0 to {steps}")
+    _check_curve(st["train_curve"], "state['train_curve']")
+    _check_curve(st["val_curve"], "state['val_curve']")
+    w = st["window"]
+    if not (isinstance(w, list) and len(w) == 2 and _is_num(w[0]) and _is_int(w[1])):
+        raise _Bad("state['window'] is not [loss sum, count]")
+    if not _is_num(st["train_seconds"]):
+        raise _Bad("state['train_seconds'] is not a number")
+    init = st["initial"]
+    if init is not None and not (isinstance(init, dict) and set(init) == initial_keys and all(_is_num(v) for v in init.values())):
+        raise _Bad(f"state['initial'] is not the evaluation numbers {', '.join(sorted(initial_keys))}")
+    if st["step"] == steps and not st["val_curve"]:
+        raise _Bad("state says training finished but holds no validation number")
+
+
+_RECORD_NUMBERS = ("test_neg_elbo", "initial_test_neg_elbo", "val_neg_elbo", "seconds", "steps_per_second")
+
+
+def _load_record(path: Path, fp: dict) -> dict | None:
+    """The finished-run record at ``path`` if it belongs to this configuration (None if it does not);
+    UserError when it is damaged, has no checksum, or lacks what the results table needs."""
+    rec = read_checked_json(path, what="run record", hint=_RESUME_HINT)
+    if rec.get("fingerprint") != fp:
+        return None
+    bad = [k for k in _RECORD_NUMBERS if not _is_num(rec.get(k))]
+    bad += [k for k in ("train_curve", "val_curve") if not isinstance(rec.get(k), list)]
+    bad += [k for k in ("test_iw_bound",) if k not in rec or not (rec[k] is None or _is_num(rec[k]))]
+    if bad:
+        raise UserError(f"run record {path} is unusable: {bad[0]!r} is missing or not a number; {_RESUME_HINT}")
+    return rec
+
+
+def _paths(out: Path, method: str, seed: int) -> tuple[str, Path, Path]:
+    tag = f"{method}-seed{seed}"
+    return tag, out / "runs" / f"{tag}.json", out / "checkpoints" / f"{tag}.pt"
+
+
+def _fresh_run(cfg: dict, ds: Dataset, seed: int, ctx: DistContext):
+    """The model, optimiser, both generators and the sampler of a run at step 0."""
+    device = ctx.device
+    n_latent, n_classes = cfg["latent_nk"]
+    model = build_model(ds.input_dim, n_latent, n_classes, cfg["hidden_sizes"], seed, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    noise_gen = torch.Generator(device=device).manual_seed(rank_seed(seed, ctx.rank, _STREAMS["noise"]))
+    # Data order is global (every rank draws the same permutation and takes its own share).
+    data_gen = torch.Generator().manual_seed(rank_seed(seed, 0, _STREAMS["data"]))
+    sampler = EpochSampler(ds.train.shape[0], cfg["batch_size"], data_gen)
+    return model, optimizer, noise_gen, data_gen, sampler
+
+
+def _restore(cfg: dict, ds: Dataset, ctx: DistContext, ckpt_path: Path, fp: dict, run) -> dict:
+    """Load the verified checkpoint at ``ckpt_path`` into ``run`` (the objects of :func:`_fresh_run`);
+    returns the saved training state. UserError (one line) if it is damaged, belongs to another
+    configuration, or does not fit this run."""
+    model, optimizer, noise_gen, data_gen, sampler = run
+    ckpt = _load_checkpoint(ckpt_path)
+    if ckpt["fingerprint"] != fp:
+        why = _describe_mismatch(ckpt["fingerprint"], fp)
+        raise UserError(
+            f"checkpoint {ckpt_path} was written by a different configuration ({why}); "
+            "run without --resume or use another --out"
+        )
+    n_latent, n_classes = cfg["latent_nk"]
+    initial_keys = {"neg_elbo"} | ({"iw_bound"} if cfg["eval_samples"] else set())
+    initial_keys |= {"exact_neg_elbo", "exact_nll"} if n_classes**n_latent <= MAX_ENUMERATE else set()
+    try:
+        _validate_checkpoint(ckpt, model, optimizer, n_train=ds.train.shape[0], world_size=ctx.world_size,
+                             steps=cfg["steps"], initial_keys=initial_keys)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        noise_states = ckpt["rng"]["noise"]
+        # Each rank saved its own noise stream (a list indexed by rank); one process: one state.
+        noise_gen.set_state(noise_states[ctx.rank] if isinstance(noise_states, list) else noise_states)
+        data_gen.set_state(ckpt["rng"]["data"])
+        sampler.load_state_dict(ckpt["sampler"])
+    except _Bad as exc:
+        raise UserError(f"checkpoint {ckpt_path} is unusable: {exc}; {_RESUME_HINT}") from None
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. a generator state of the wrong size
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"checkpoint {ckpt_path} is unusable: {type(exc).__name__}: {first}; {_RESUME_HINT}") from None
+    return ckpt["state"]
+
+
+def check_resume(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path) -> None:
+    """Verify the resume files of one (method, seed) without training: the run record if there is
+    one, else the checkpoint, loaded into a throwaway model. UserError (one line) when damaged.
+
+    :func:`_main` calls this for every run before the first one starts, so a damaged checkpoint
+    of the last method is reported at once, not after the earlier methods have trained.
+    """
+    _, run_path, ckpt_path = _paths(out, method, seed)
+    fp = _fingerprint(cfg, ds, method, seed, ctx.device, ctx.world_size)
+    if run_path.exists() and _load_record(run_path, fp) is not None:
+        return
+    if ckpt_path.exists():
+        _restore(cfg, ds, ctx, ckpt_path, fp, _fresh_run(cfg, ds, seed, ctx))
 
 
 def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path, log=None) -> dict:
@@ -415,8 +647,7 @@ def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, ou
     Returns the run's record for results.json. Files are written by the main process only.
     """
     device = ctx.device
-    tag = f"{method}-seed{seed}"
-    run_path, ckpt_path = out / "runs" / f"{tag}.json", out / "checkpoints" / f"{tag}.pt"
+    tag, run_path, ckpt_path = _paths(out, method, seed)
     fp = _fingerprint(cfg, ds, method, seed, device, ctx.world_size)
     n_latent, n_classes = cfg["latent_nk"]
     enumerable = n_classes**n_latent <= MAX_ENUMERATE
@@ -424,24 +655,17 @@ def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, ou
     schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
 
     if cfg["resume"] and run_path.exists():
-        try:
-            done = json.loads(run_path.read_text())
-        except (OSError, ValueError):
-            done = None
-        if done is not None and done.get("fingerprint") == fp:
+        done = _load_record(run_path, fp)
+        if done is not None:
             if log:
                 log(f"{tag}: already complete, reusing {run_path}")
             return done
 
-    model = build_model(ds.input_dim, n_latent, n_classes, cfg["hidden_sizes"], seed, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    run = _fresh_run(cfg, ds, seed, ctx)
+    model, optimizer, noise_gen, data_gen, sampler = run
     # Under torchrun: DDP averages the gradients of the ranks' shares of each global batch, so
     # every rank applies the same update and the parameters stay identical.
     trainer = _ddp(model, ctx) if ctx.enabled else model
-    noise_gen = torch.Generator(device=device).manual_seed(rank_seed(seed, ctx.rank, _STREAMS["noise"]))
-    # Data order is global (every rank draws the same permutation and takes its own share).
-    data_gen = torch.Generator().manual_seed(rank_seed(seed, 0, _STREAMS["data"]))
-    sampler = EpochSampler(ds.train.shape[0], cfg["batch_size"], data_gen)
 
     def eval_gen(stream):
         return torch.Generator(device=device).manual_seed(rank_seed(seed, 0, _STREAMS[stream]))
@@ -449,21 +673,7 @@ def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, ou
     state = {"step": 0, "train_curve": [], "val_curve": [], "window": [0.0, 0], "train_seconds": 0.0, "initial": None}
     resumed_from = None
     if cfg["resume"] and ckpt_path.exists():
-        ckpt = _load_checkpoint(ckpt_path)
-        if ckpt.get("format") != _CHECKPOINT_FORMAT or ckpt.get("fingerprint") != fp:
-            why = _describe_mismatch(ckpt.get("fingerprint") or {}, fp)
-            raise UserError(
-                f"checkpoint {ckpt_path} was written by a different configuration ({why}); "
-                "run without --resume or use another --out"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        noise_states = ckpt["rng"]["noise"]
-        # Each rank saved its own noise stream (a list indexed by rank); one process: one state.
-        noise_gen.set_state(noise_states[ctx.rank] if isinstance(noise_states, list) else noise_states)
-        data_gen.set_state(ckpt["rng"]["data"])
-        sampler.load_state_dict(ckpt["sampler"])
-        state = ckpt["state"]
+        state = _restore(cfg, ds, ctx, ckpt_path, fp, run)
         resumed_from = state["step"]
         if log:
             log(f"{tag}: resuming from step {resumed_from}")
@@ -480,7 +690,7 @@ def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, ou
         noise_states = ctx.all_gather_object(noise_gen.get_state()) if ctx.enabled else noise_gen.get_state()
         if not ctx.is_main:
             return
-        atomic_torch_save(
+        write_checked_torch(
             {
                 "format": _CHECKPOINT_FORMAT,
                 "fingerprint": fp,
@@ -569,23 +779,26 @@ def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, ou
         record["param_digest_per_rank"] = ctx.all_gather_object(_param_digest(model))
         record["noise_digest_per_rank"] = ctx.all_gather_object(noise_digest)
     if ctx.is_main:
-        atomic_write_json(run_path, record)
+        write_checked_json(run_path, record)
     return record
 
 
 # --------------------------------------------------------------------------- config
 
 
-def _pos_int(cfg, key, flag, minimum=1):
+def _pos_int(cfg, key, flag, minimum=1, maximum=None):
     v = cfg[key]
-    if isinstance(v, bool) or isinstance(v, float):
-        raise UserError(f"expected {flag} to be an integer >= {minimum}, got {v!r}")
+    span = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    if isinstance(v, (bool, float)):
+        raise UserError(f"expected {flag} to be {span}, got {v!r}")
     try:
         iv = v if isinstance(v, int) else int(str(v).strip())
     except ValueError:
-        raise UserError(f"expected {flag} to be an integer >= {minimum}, got {v!r}") from None
+        raise UserError(f"expected {flag} to be {span}, got {v!r}") from None
     if iv < minimum:
         raise UserError(f"expected {flag} >= {minimum}, got {v!r}")
+    if maximum is not None and iv > maximum:
+        raise UserError(f"expected {flag} <= {maximum}, got {v!r}")
     return iv
 
 
@@ -598,6 +811,20 @@ def _float(cfg, key, flag):
     if not math.isfinite(fv):
         raise UserError(f"expected a finite {flag}, got {v!r}")
     return fv
+
+
+#: Upper limits of the count options: far above any useful run, low enough that a typo cannot
+#: ask for an allocation that takes the machine down (or a thread count that crashes torch).
+_MAXIMA = {
+    "steps": 10**9,
+    "seeds": 10_000,
+    "eval_samples": 100_000,
+    "reinforce_samples": 10_000,
+    "gumbel_rao_k": 10_000,
+    "threads": MAX_THREADS,
+    "dist_timeout": 7 * 24 * 3600,
+}
+MAX_HIDDEN = 65536
 
 
 def parse_latent(text) -> tuple[int, int]:
@@ -644,7 +871,7 @@ def resolve_config(config: dict) -> dict:
         ("threads", "--threads", 0),
         ("dist_timeout", "--dist-timeout", 1),
     ):
-        cfg[key] = _pos_int(cfg, key, flag, minimum)
+        cfg[key] = _pos_int(cfg, key, flag, minimum, _MAXIMA.get(key))
     cfg["lr"] = _float(cfg, "lr", "--lr")
     if not cfg["lr"] > 0:
         raise UserError(f"expected --lr > 0, got {cfg['lr']}")
@@ -654,18 +881,30 @@ def resolve_config(config: dict) -> dict:
     if cfg["binarize"] not in ("fixed", "dynamic"):
         raise UserError(f"expected --binarize fixed or dynamic, got {cfg['binarize']!r}")
     try:
-        cfg["tau_schedule"] = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"]).spec
-    except ValueError as exc:
+        schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
+        cfg["tau_schedule"] = schedule.spec
+        # The schedules are monotone, so the ends decide; 1000 steps in between guard the rest.
+        last = cfg["steps"] - 1
+        taus = [schedule(t) for t in sorted({0, last, *range(0, last, max(1, last // 1000))})]
+    except (ValueError, TypeError, OverflowError) as exc:
         raise UserError(f"--tau-schedule: {exc}") from None
+    if not all(math.isfinite(t) and t >= MIN_TAU for t in taus):
+        low = min(taus, key=lambda t: t if math.isfinite(t) else -math.inf)
+        raise UserError(
+            f"expected --tau-schedule to stay finite and >= {MIN_TAU:g} over the {cfg['steps']} steps, "
+            f"got tau from {taus[0]:g} to {taus[-1]:g} (lowest {low:g})"
+        )
     try:
         sizes = [int(h) for h in parse_list(cfg["hidden"], "--hidden")] if isinstance(cfg["hidden"], str) else [int(h) for h in cfg["hidden"]]
     except ValueError:
         raise UserError(f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {cfg['hidden']!r}") from None
     if not sizes or any(h < 1 for h in sizes):
         raise UserError(f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {cfg['hidden']!r}")
+    if len(sizes) > 16 or max(sizes) > MAX_HIDDEN:
+        raise UserError(f"expected --hidden with at most 16 layers of at most {MAX_HIDDEN} units, got {cfg['hidden']!r}")
     cfg["hidden_sizes"] = sizes
     cfg["hidden"] = ",".join(map(str, sizes))
-    cfg["out"] = str(cfg["out"])
+    cfg["out"] = check_path(cfg["out"], "--out")
     cfg["resume"] = bool(cfg["resume"])
     cfg["sweep_parallel"] = bool(cfg["sweep_parallel"])
     cfg["device"] = str(cfg["device"])
@@ -679,27 +918,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--data", default=d["data"], help="mnist5k (default), digits, fashion-mnist or idx:FOLDER")
     a("--latent", default=d["latent"], help="N x K categorical latents (default 30x10)")
-    a("--steps", default=d["steps"], help=f"training steps per run (default {d['steps']}: ~10 min for all methods on 2 CPU cores)")
+    a("--steps", default=d["steps"], help=f"training steps per run, 1..1e9 (default {d['steps']}: ~10 min for all methods on 2 CPU cores)")
     a("--methods", default=",".join(d["methods"]), help=f"comma-separated, from {', '.join(ALL_METHODS)} (default: the first six)")
-    a("--seeds", default=d["seeds"], help="number of seeds, 0..R-1 (default 1)")
-    a("--tau-schedule", default=d["tau_schedule"], help="temperature schedule spec (default: Jang et al.'s max(0.5, exp(-3e-5 t)) every 1000 steps)")
+    a("--seeds", default=d["seeds"], help="number of seeds R (runs seeds 0..R-1), 1..10000 (default 1)")
+    a("--tau-schedule", default=d["tau_schedule"], help=f"temperature schedule spec; tau must stay >= {MIN_TAU:g} (default: Jang et al.'s max(0.5, exp(-3e-5 t)) every 1000 steps)")
     a("--batch-size", default=d["batch_size"], help="images per step (default 100)")
-    a("--lr", default=d["lr"], help="Adam learning rate (default 1e-3)")
-    a("--eval-samples", default=d["eval_samples"], help="m of the importance-weighted test bound (default 100; 0 skips it)")
+    a("--lr", default=d["lr"], help="Adam learning rate, finite and > 0 (default 1e-3)")
+    a("--eval-samples", default=d["eval_samples"], help="m of the importance-weighted test bound, 0..100000 (default 100; 0 skips it)")
     a("--out", default=d["out"], help="output folder (default runs/vae)")
-    a("--resume", action="store_true", help="continue from the checkpoints in --out (bit-identical to an uninterrupted run)")
+    a("--resume", action="store_true", help="continue from the checkpoints in --out (bit-identical to an uninterrupted run); "
+      "a checkpoint that fails its SHA-256 check or does not fit the model is refused")
     a("--device", default=d["device"], help="cpu, cuda or auto (default auto: CUDA when available)")
-    a("--hidden", default=d["hidden"], help="encoder hidden sizes; the decoder mirrors them (default 512,256)")
+    a("--hidden", default=d["hidden"], help=f"encoder hidden sizes (1..{MAX_HIDDEN} each); the decoder mirrors them (default 512,256)")
     a("--binarize", default=d["binarize"], help="fixed (threshold, default) or dynamic (Bernoulli draw at every use)")
     a("--threshold", default=d["threshold"], help="fixed binarisation threshold on grey levels in [0,1] (default 0.5)")
-    a("--reinforce-samples", default=d["reinforce_samples"], help="samples per image for reinforce's leave-one-out baseline (default 4)")
-    a("--gumbel-rao-k", default=d["gumbel_rao_k"], help="conditional noise draws of gumbel_rao (default 10)")
+    a("--reinforce-samples", default=d["reinforce_samples"], help="samples per image for reinforce's leave-one-out baseline, 2..10000 (default 4)")
+    a("--gumbel-rao-k", default=d["gumbel_rao_k"], help="conditional noise draws of gumbel_rao, 1..10000 (default 10)")
     a("--log-every", default=d["log_every"], help="steps per point of the training curve (default 100)")
     a("--val-every", default=d["val_every"], help="steps between validation -ELBO evaluations (default 500)")
     a("--checkpoint-every", default=d["checkpoint_every"], help="steps between checkpoints (default 500)")
-    a("--threads", default=d["threads"], help="torch CPU threads (default 1; 0 keeps PyTorch's default)")
+    a("--threads", default=d["threads"], help=f"torch CPU threads, 0..{MAX_THREADS} (default 1; 0 keeps PyTorch's default)")
     a("--sweep-parallel", action="store_true", help="under torchrun: spread whole (method, seed) runs over the ranks instead of DDP")
-    a("--dist-timeout", default=d["dist_timeout"], help="seconds a rank waits in a collective before failing (default 1800)")
+    a("--dist-timeout", default=d["dist_timeout"], help="seconds a rank waits in a collective before failing, 1..604800 (default 1800)")
     add_progress_flags(parser)
 
 
@@ -871,6 +1111,13 @@ def _main(cfg: dict, ctx: DistContext) -> dict:
             raise UserError(f"expected --batch-size <= {ds.train.shape[0]} (training images), got {cfg['batch_size']}")
         # In a sweep every rank writes its own runs' checkpoints; in DDP only the main process writes.
         out = _agree(ctx, lambda: prepare_out_dir(cfg["out"]) if (ctx.is_main or sweep) else Path(cfg["out"]))
+        grid = [(method, seed) for method in cfg["methods"] for seed in range(cfg["seeds"])]
+        # --sweep-parallel: each rank trains its round-robin share of whole runs as a one-process
+        # job (same numbers as a serial run of that (method, seed)); rank 0 gathers the records.
+        mine = partition(grid, ctx.rank, ctx.world_size) if sweep else grid
+        run_ctx = DistContext(device=device) if sweep else ctx
+        if cfg["resume"]:  # every resume file is verified before anything trains
+            _agree(ctx, lambda: [check_resume(cfg, ds, method, seed, run_ctx, out) for method, seed in mine])
         env = environment_info(device)
         if log:
             s = ds.summary()
@@ -879,11 +1126,6 @@ def _main(cfg: dict, ctx: DistContext) -> dict:
                 f"{len(cfg['methods'])} method(s) x {cfg['seeds']} seed(s) x {cfg['steps']} steps; "
                 f"{env['threads']} thread(s) on {device}"
             )
-        grid = [(method, seed) for method in cfg["methods"] for seed in range(cfg["seeds"])]
-        # --sweep-parallel: each rank trains its round-robin share of whole runs as a one-process
-        # job (same numbers as a serial run of that (method, seed)); rank 0 gathers the records.
-        mine = partition(grid, ctx.rank, ctx.world_size) if sweep else grid
-        run_ctx = DistContext(device=device) if sweep else ctx
 
         def run_share():
             done = []
@@ -935,10 +1177,10 @@ def _markdown(cfg: dict, results: dict, table: str) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
-        f"Data: {d['source']}; {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images "
-        f"({d['test_split']}); binarisation {d['binarization']}.",
-        f"Training: {cfg['steps']} steps of batch {cfg['batch_size']}, Adam lr {cfg['lr']}, τ {cfg['tau_schedule']}, "
-        f"reinforce with {cfg['reinforce_samples']} samples + leave-one-out baseline, gumbel_rao k={cfg['gumbel_rao_k']}.",
+        (f"Data: {d['source']}; {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images "
+         f"({d['test_split']}); binarisation {d['binarization']}."),
+        (f"Training: {cfg['steps']} steps of batch {cfg['batch_size']}, Adam lr {cfg['lr']}, τ {cfg['tau_schedule']}, "
+         f"reinforce with {cfg['reinforce_samples']} samples + leave-one-out baseline, gumbel_rao k={cfg['gumbel_rao_k']}."),
         f"Machine: torch {env['torch']} on {env['device']}, {env['threads']} thread(s); job wall time {results['wall_seconds']:.0f} s.",
         "",
         "Test numbers in nats per image (lower is better), discrete latents, mean ± std over "
