@@ -773,3 +773,17 @@ def test_fused_sampler_draws_classes_19_nats_down_at_the_exact_rate():
         hits += int((y[:, 0] == 0).sum())
     assert K.is_available()
     assert stats.binomtest(hits, N, p).pvalue > ALPHA, (hits, N * p)
+
+
+def test_kernels_take_the_drop_in_signature_with_eps():
+    import inspect
+
+    want = inspect.signature(gk.gumbel_softmax)
+    for fn in (K.gumbel_softmax, K.gumbel_softmax_reference):
+        assert list(inspect.signature(fn).parameters) == list(want.parameters)
+    x = torch.randn(4, 6)
+    a = K.gumbel_softmax_reference(x, 0.5, True, 1e-10, 0, generator=torch.Generator().manual_seed(3))
+    b = K.gumbel_softmax_reference(x, 0.5, True, dim=0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and bool((a.sum(0) == 1).all())
+    with pytest.warns(DeprecationWarning, match="eps"):
+        K.gumbel_softmax_reference(x, 0.5, False, 1e-3, generator=torch.Generator().manual_seed(3))

@@ -473,10 +473,16 @@ def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
     return out2d.reshape(moved.shape).movedim(-1, dim)
 
 
+def _warn_eps(eps) -> None:
+    if eps != 1e-10:  # torch.nn.functional.gumbel_softmax's own rule and message
+        warnings.warn("`eps` parameter is deprecated and has no effect.", DeprecationWarning, stacklevel=3)
+
+
 def gumbel_softmax(
     logits: torch.Tensor,
     tau: Tau = 1.0,
     hard: bool = False,
+    eps: float = 1e-10,
     dim: int = -1,
     *,
     generator: torch.Generator | None = None,
@@ -513,6 +519,7 @@ def gumbel_softmax(
         logits: unnormalised log-probabilities (float16, bfloat16, float32, float64).
         tau: temperature > 0 (float or one-element tensor for the fused path).
         hard: one-hot forward with the soft gradient (straight-through Gumbel-Softmax).
+        eps: ignored, as in torch and :func:`gumbelkit.gumbel_softmax` (the same signature).
         dim: the category dimension.
         generator: optional ``torch.Generator`` (keyword-only); 128 bits are drawn from it per call.
 
@@ -526,6 +533,7 @@ def gumbel_softmax(
     Reference: Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017; Salmon, Moraes, Dror,
     Shaw, "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011 (Philox).
     """
+    _warn_eps(eps)
     return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=True)
 
 
@@ -533,6 +541,7 @@ def gumbel_softmax_reference(
     logits: torch.Tensor,
     tau: Tau = 1.0,
     hard: bool = False,
+    eps: float = 1e-10,
     dim: int = -1,
     *,
     generator: torch.Generator | None = None,
@@ -542,4 +551,5 @@ def gumbel_softmax_reference(
     Same arguments and results as :func:`gumbel_softmax` (up to float rounding of the compiled
     kernel); slow, since every Philox round is a separate pass over memory.
     """
+    _warn_eps(eps)
     return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=False)
