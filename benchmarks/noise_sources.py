@@ -85,7 +85,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n = {n}, CPU: {cpu}")
     for k in names:
         m = statistics.median(times[k])
-        print(f"{k:>16}: {m / n * 1e9:6.2f} ns/element   exponential_ / this = {base / m:5.2f}x")
+        print(f"{k:>16}: {m / n * 1e9:8.4f} ns/element   exponential_ / this = {base / m:5.2f}x")
 
 
 if __name__ == "__main__":

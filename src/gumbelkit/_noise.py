@@ -142,10 +142,14 @@ def uniform_open(
 # near U = 1 the grid step 2^-24 caps E >= 6e-8 and g <= 16.6; near U = 0 it caps E <= 16.6 and
 # g >= -2.8. Two constructions below keep both tails exact:
 #
-# * _exp_from_words32 / _exp_from_words64 (pure torch ops: any device, torch.compile, the fused
-#   kernel): one bit of the word picks the half of the unit interval, the other bits give
-#   v in (0, 1/2] on a 2^-32 (2^-64) grid, and E = -log(v) on one half, -log1p(-v) on the other,
-#   so each tail is computed from the small number v itself, never from 1 - v rounded.
+# * _exp_from_words32 / _exp_from_words64 (pure torch ops: torch.compile and the fused kernel):
+#   one bit of the word picks the half of the unit interval, the other bits give v in (0, 1/2]
+#   on a 2^-32 (2^-64) grid, and E = -log(v) on one half, -log1p(-v) on the other, so each tail
+#   is computed from the small number v itself, never from 1 - v rounded.
+# * _exp_cuda (CUDA, eager): CUDA's float64 exponential_ (53-bit uniforms, float64 log) in one
+#   launch, then a cast: its float32 version stops at g = 16.6, the float64 one does not.
+# * _exp_from_rand64 (CPU float64 and other devices, eager): a 53-bit float64 uniform u and
+#   -log1p(-u), exact at both ends.
 # * _exp_cpu32 (the eager CPU float32 path, the library default): the 23-bit construction
 #   above is exact in the body, where the grid step is far below float32 resolution relative
 #   to E, and cheap (three integer/float passes and one log). Only the rare elements that fall
@@ -270,18 +274,58 @@ def _words(n: int, bits: int, generator, device: torch.device) -> torch.Tensor:
     ).view(torch.int32)[:n]
 
 
+def _exp_from_rand64(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Tensor:
+    """E ~ Exp(1) (or log E) from one float64 ``torch.rand``: exact tails in a few vectorised passes.
+
+    torch.rand's float64 uniforms are u = k 2^-53 (53 random bits), exact, and 1 - u is exact too,
+    so E = -log1p(-u) is right to float64 precision at both ends: small u gives small E (g up to
+    37.43, with u = 0 raised to 2^-54) and u next to 1 gives E up to 53 log 2 (g down to -3.60),
+    with grid steps far below float32 resolution in both tails. On a GPU this is 5 elementwise
+    launches against ~12 for the word construction, and reads no int64 temporaries.
+    """
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64).clamp_min_(2.0**-54)
+    e = u.neg_().log1p_().neg_()
+    if ndt != torch.float64:
+        e = e.to(ndt)  # E keeps its relative precision in float32; the outer log is float32
+    return e.log_() if log else e
+
+
+def _exp_cuda(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Tensor:
+    """E ~ Exp(1) (or log E) on a CUDA device: one float64 ``exponential_`` launch, then cast and log.
+
+    CUDA's float64 ``exponential_`` is -log u with u = (z + 1/2) 2^-53 from 53 Philox bits and a
+    float64 log, so E is right in both tails (down to ~1.1e-16: g up to 36.7; up to 53 log 2:
+    g down to -3.60). Its float32 version is not: u has 24 bits and E stops at 6e-8 (g <= 16.6).
+    One launch writing 8 bytes per element, against five passes for :func:`_exp_from_rand64`.
+    """
+    e = torch.empty(shape, device=device, dtype=torch.float64).exponential_(generator=generator)
+    if ndt != torch.float64:
+        e = e.to(ndt)  # E keeps its relative precision in float32; the outer log is float32
+    return e.log_() if log else e
+
+
 def _exponential(shape, generator, device, dtype, *, log: bool) -> torch.Tensor:
-    """E ~ Exp(1), or log E, in the noise dtype (float32 / float64), exact tails, fresh buffer."""
+    """E ~ Exp(1), or log E, in the noise dtype (float32 / float64), exact tails, fresh buffer.
+
+    Four constructions, one law: the CPU float32 default (:func:`_exp_cpu32`, the fastest there),
+    the word construction under torch.compile (Dynamo traces ``randint`` but not in-place draws;
+    Inductor fuses the passes), CUDA's float64 ``exponential_`` on CUDA, and float64
+    ``torch.rand`` everywhere else (CPU float64, other devices).
+    """
     device = _resolve_device(generator, device)
     check_generator(generator, device)
     ndt = _noise_dtype(dtype)
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)
-    if ndt == torch.float32 and device.type == "cpu" and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        if ndt == torch.float64:
+            return _exp_from_words64(_words(n, 64, generator, device), log).view(shape)
+        return _exp_from_words32(_words(n, 32, generator, device), log).view(shape)
+    if ndt == torch.float32 and device.type == "cpu":
         return _exp_cpu32(n, generator, log).view(shape)
-    if ndt == torch.float64:
-        return _exp_from_words64(_words(n, 64, generator, device), log).view(shape)
-    return _exp_from_words32(_words(n, 32, generator, device), log).view(shape)
+    if device.type == "cuda":
+        return _exp_cuda(shape, generator, device, ndt, log)
+    return _exp_from_rand64(shape, generator, device, ndt, log)
 
 
 def exponential_noise(
@@ -291,8 +335,8 @@ def exponential_noise(
 
     Math: E = -log U, U ~ Uniform(0, 1), built so that E keeps its relative precision near 0 and
     its absolute precision up to its largest values (see the notes in this module). Values lie in
-    [2^-52, 36.04] for float32 on the CPU, [2^-33, 22.87] for float32 on other devices and under
-    ``torch.compile``, and [2^-65, 45.05] for float64.
+    [2^-52, 36.04] for float32 on the CPU, about [1e-16, 36.74] for float64 and on other devices (CUDA), and
+    [2^-33, 22.87] (float32) or [2^-65, 45.05] (float64) under ``torch.compile``.
 
     Args:
         shape: output shape.
@@ -332,8 +376,9 @@ def gumbel_noise(
 
     Returns:
         Tensor of ``shape``. Representable range: [-3.58, 36.04] for float32 on the CPU;
-        [-3.13, 22.87] for float32 on other devices and under ``torch.compile``; [-3.81, 45.05]
-        for float64. (P(g > 20) = 2.1e-9 and P(g < -3) = 1.9e-9.)
+        about [-3.60, 36.7] for float64 and on other devices (CUDA); under ``torch.compile``
+        [-3.13, 22.87] (float32) or [-3.81, 45.05] (float64). Every t inside the range has the
+        right P(g > t); for comparison P(g > 20) = 2.1e-9 and P(g < -3) = 1.9e-9.
 
     Example:
         >>> g = gumbel_noise((4, 10), generator=torch.Generator().manual_seed(0))
