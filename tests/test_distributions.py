@@ -21,6 +21,16 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(autouse=True)
+def _torch_default_validate_args():
+    """torch.compile (run by other test files) turns torch's default validate_args off globally:
+    restore the documented default (True, as with ``python`` without -O) around every test here."""
+    old = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(old)
+
+
 LOGITS = torch.tensor([[0.3, -1.0, 1.2], [2.0, 0.0, -0.5]], dtype=torch.float64)
 TEMP = torch.tensor(0.7, dtype=torch.float64)
 
@@ -347,3 +357,49 @@ def test_binary_concrete_matches_torch_relaxed_bernoulli(temp):
     probs = torch.sigmoid(logits)
     assert torch.allclose(BinaryConcrete(temp, probs=probs).log_prob(y), RelaxedBernoulli(temp, probs=probs).log_prob(y),
                           rtol=1e-8, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- composition, error types
+
+
+def test_concrete_is_a_transformed_exp_concrete():
+    from torch.distributions import TransformedDistribution
+    from torch.distributions.transforms import ExpTransform
+
+    from gumbelkit.errors import GumbelkitValueError
+
+    for cls in (Concrete, StraightThroughConcrete):
+        d = cls(TEMP, logits=MASKED)
+        assert isinstance(d, TransformedDistribution) and type(d.base_dist) is ExpConcrete
+        assert len(d.transforms) == 1 and isinstance(d.transforms[0], ExpTransform)
+        assert d.base is d.base_dist  # the former attribute name
+        assert d.batch_shape == (3,) and d.event_shape == (4,) and d.has_rsample
+        assert repr(d).startswith(cls.__name__ + "(")
+        e = d.expand((2, 3))
+        assert type(e) is cls and type(e.base_dist) is ExpConcrete and e.base_dist.batch_shape == (2, 3)
+    d = Concrete(TEMP, logits=MASKED)
+    # rsample is exp of the base's sample, bit for bit, masked classes exactly 0
+    y = d.rsample((4,), generator=_gen(30))
+    assert torch.equal(y, d.base_dist.rsample((4,), generator=_gen(30)).exp())
+    assert torch.all(y[..., torch.isinf(MASKED)] == 0)
+    # torch's support check (validate_args) raises the library's error type, named after the class
+    with pytest.raises(GumbelkitValueError, match=r"^Concrete\.log_prob: .*support"):
+        Concrete(TEMP, logits=LOGITS, validate_args=True).log_prob(torch.full((2, 3), 0.9, dtype=torch.float64))
+    with pytest.raises(GumbelkitValueError, match=r"^BinaryConcrete\.log_prob: "):
+        BinaryConcrete(TEMP, logits=torch.zeros(2, dtype=torch.float64), validate_args=True).log_prob(
+            torch.full((2,), 1.5, dtype=torch.float64))
+    # without validate_args no check runs
+    Concrete(TEMP, logits=LOGITS, validate_args=False).log_prob(torch.full((2, 3), 0.9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cls, msg", [(c, m) for c, _, m in _CASES[:1]] + [(ExpConcrete, "NaN"), (BinaryConcrete, "finite logits")])
+def test_value_errors_are_gumbelkit_errors(cls, msg):
+    from gumbelkit.errors import GumbelkitError
+
+    bad = {"logits": [[0.0, float("nan"), 1.0]] if cls is not BinaryConcrete else [float("nan")]}
+    if msg.startswith("temperature"):
+        bad = {"temperature": -1.0}
+    temp, kw = _bad_kwargs(cls, bad)
+    with pytest.raises(GumbelkitError) as info:
+        cls(temp, validate_args=True, **kw)
+    assert isinstance(info.value, ValueError) and str(info.value).startswith(cls.__name__ + ": ")

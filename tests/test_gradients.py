@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import gumbelkit
-
 from gumbelkit.experiments import gradients as G
 from gumbelkit.experiments._common import UserError
 from gumbelkit.experiments._enumerate import all_one_hot, exact_expectation, exact_gradient
@@ -244,7 +243,7 @@ def _parse(argv):
     return G.config_from_args(parser.parse_args(argv))
 
 
-TINY = ["--problems", "quadratic,70_30", "--methods", "softmax,st_gumbel,gumbel_rao_k3,reinforce_n2",
+TINY = ["--problems", "quadratic,70_30", "--methods", "softmax,st_gumbel,gumbel_rao:k=3,reinforce:n=2",
         "--taus", "0.5,1", "--samples", "64", "--chunk", "32", "--demo-steps", "5", "--demo-seeds", "1",
         "--demo-methods", "softmax,st_gumbel", "--demo-batch", "8"]
 REQUIRED = {"problem", "method", "tau", "rel_bias", "variance", "cosine", "mse", "stderr_bias", "us_per_grad"}
@@ -257,13 +256,14 @@ def test_command_smoke_writes_the_schema_and_resumes(tmp_path, capsys):
     rows = data["rows"]
     assert len(rows) == 2 * (3 * 2 + 1)
     for row in rows:
-        assert REQUIRED <= set(row)
+        assert set(row) >= REQUIRED
         assert row["samples"] == 64
         assert row["rel_bias"] >= 0 and row["variance"] >= 0 and row["us_per_grad"] > 0
         assert -1.0 - 1e-9 <= row["cosine"] <= 1.0 + 1e-9
         assert (row["tau"] is None) == row["method"].startswith("reinforce")
-        assert row["f_evals"] == (2 if row["method"] == "reinforce_n2" else 1)
-        assert (row["rel_bias_relaxed"] is not None) == (row["method"] in ("st_gumbel", "gumbel_rao_k3"))
+        assert row["f_evals"] == (2 if row["method"] == "reinforce:n=2" else 1)
+        assert (row["rel_bias_relaxed"] is not None) == (row["method"] in ("st_gumbel", "gumbel_rao:k=3"))
+        assert row["options"] == {"st_gumbel": {}, "softmax": {}, "gumbel_rao": {"k": 3}, "reinforce": {"n": 2}}[row["estimator"]]
     assert {r["method"] for r in rows if r["variance"] == 0.0} == {"softmax"}
     assert set(data["problems"]) == {"quadratic", "70_30"}
     assert set(data["demo"]["summary"]) == {"softmax", "st_gumbel"}
@@ -286,12 +286,16 @@ def test_command_smoke_writes_the_schema_and_resumes(tmp_path, capsys):
     "argv, message",
     [
         (["--taus", "0.5,-1"], "expected tau > 0, got -1.0"),
-        (["--methods", "softmax,bogus"], "unknown method 'bogus'"),
-        (["--methods", "reinforce_n1"], "n >= 2"),
+        (["--methods", "softmax,bogus"], "unknown --methods 'bogus'"),
+        (["--methods", "reinforce_n1"], "2 <= n <= 1000"),
+        (["--methods", "reinforce:n=1"], "2 <= n <= 1000"),
+        (["--methods", "gumbel_rao:q=3"], "unknown option 'q' for method 'gumbel_rao'; valid options: k"),
+        (["--methods", "st:k=3"], "st takes no options"),
+        (["--methods", "gumbel_rao:k=three"], "expected k to be an integer"),
         (["--problems", "quadratic,nope"], "unknown problem 'nope'"),
         (["--samples", "1"], "expected --samples >= 2"),
         (["--samples", "lots"], "expected --samples 'auto' or an integer"),
-        (["--demo-methods", "softmax,reinforce"], "unknown demo method"),
+        (["--demo-methods", "softmax,reinforce"], "unknown --demo-methods 'reinforce'"),
     ],
 )
 def test_bad_input_is_a_user_error(argv, message):
@@ -354,3 +358,20 @@ def test_taus_below_the_documented_minimum_are_refused_and_the_minimum_runs(tmp_
     for row in res["rows"]:
         for key in ("rel_bias", "variance", "mse"):
             assert not math.isinf(row[key]), (row["method"], key)
+
+
+def test_method_labels_options_and_the_deprecated_syntax():
+    cfg = _parse(["--methods", "st,gumbel_rao:k=100,gumbel_rao,reinforce:n=8,gumbel_rao_k10,reinforce_n2,st"])
+    # the same method with different options is allowed; duplicates are dropped; the former
+    # NAME_<option><value> labels are read as NAME:<option>=<value>
+    assert cfg["methods"] == ["st", "gumbel_rao:k=100", "gumbel_rao", "reinforce:n=8", "gumbel_rao:k=10",
+                              "reinforce:n=2"]
+    assert _parse([])["methods"] == ["softmax", "gumbel_softmax", "st", "st_gumbel", "gumbel_rao:k=10",
+                                     "gumbel_rao:k=100", "reinmax", "reinforce:n=2", "reinforce:n=8"]
+    # Random streams are keyed by the former label (the tag), so old and new spellings draw the same numbers.
+    prob = G.make_problem("quadratic", seed=0)
+    for old, new in (("gumbel_rao_k3", "gumbel_rao:k=3"), ("reinforce_n3", "reinforce:n=3")):
+        a = G.estimator_gradients(prob, old, 0.5, 8, generator=torch.Generator().manual_seed(1))
+        b = G.estimator_gradients(prob, new, 0.5, 8, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert G._choice(old).tag == G._choice(new).tag == old

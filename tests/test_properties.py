@@ -87,8 +87,12 @@ def _run(fn, x_leaf, layout, dim, tau_kind, tau, seed=123):
     return y.detach(), x.grad, tg
 
 
+def _method_sampler(method):
+    return lambda x, t, d, g: gk.sample(x, method, t, dim=d, generator=g)
+
+
 def _samplers():
-    out = {f"sample:{m}": (lambda m: lambda x, t, d, g: gk.sample(x, m, t, dim=d, generator=g))(m) for m in METHODS}
+    out = {f"sample:{m}": _method_sampler(m) for m in METHODS}
     out["gumbel_softmax"] = lambda x, t, d, g: gk.gumbel_softmax(x, t, False, dim=d, generator=g)
     out["gumbel_softmax_hard"] = lambda x, t, d, g: gk.gumbel_softmax(x, t, True, dim=d, generator=g)
     out["tempered_softmax"] = lambda x, t, d, g: gk.tempered_softmax(x, t, dim=d)

@@ -1,16 +1,25 @@
 """gumbelkit: exact Gumbel samplers, straight-through / Gumbel-Rao / ReinMax estimators,
 Concrete distributions and temperature schedules for PyTorch."""
 
-from . import distributions, nn, schedules
+from . import distributions, errors, nn, schedules, structured
 from ._kl import kl_categorical
 from ._noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
-from ._validation import DimError
+from .errors import (
+    DimError,
+    GumbelkitDimError,
+    GumbelkitError,
+    GumbelkitTypeError,
+    GumbelkitValueError,
+)
 from .estimators import (
     METHODS,
+    MethodSpec,
     MovingAverageBaseline,
+    OptionSpec,
     categorical_log_prob,
     get_estimator,
+    get_spec,
     is_one_hot,
     register,
     reinforce_surrogate,
@@ -20,26 +29,35 @@ from .estimators import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "gumbel_noise",
-    "exponential_noise",
-    "logistic_noise",
-    "uniform_open",
-    "gumbel_max",
-    "gumbel_topk",
-    "gumbel_softmax",
-    "tempered_softmax",
-    "sample",
     "METHODS",
-    "register",
-    "get_estimator",
-    "is_one_hot",
-    "reinforce_surrogate",
-    "categorical_log_prob",
-    "MovingAverageBaseline",
-    "kl_categorical",
-    "distributions",
-    "schedules",
-    "nn",
     "DimError",
+    "GumbelkitDimError",
+    "GumbelkitError",
+    "GumbelkitTypeError",
+    "GumbelkitValueError",
+    "MethodSpec",
+    "MovingAverageBaseline",
+    "OptionSpec",
     "__version__",
+    "categorical_log_prob",
+    "distributions",
+    "errors",
+    "exponential_noise",
+    "get_estimator",
+    "get_spec",
+    "gumbel_max",
+    "gumbel_noise",
+    "gumbel_softmax",
+    "gumbel_topk",
+    "is_one_hot",
+    "kl_categorical",
+    "logistic_noise",
+    "nn",
+    "register",
+    "reinforce_surrogate",
+    "sample",
+    "schedules",
+    "structured",
+    "tempered_softmax",
+    "uniform_open",
 ]

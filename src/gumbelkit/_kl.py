@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._validation import check_dtype, check_values, normalize_dim, shape_str
+from .errors import GumbelkitValueError
 
 __all__ = ["kl_categorical"]
 
@@ -31,19 +32,21 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
 
     Reference: Kullback & Leibler (1951); used as the analytic KL term of Jang et al. (2017).
     """
-    check_dtype(q_logits, "q_logits")
-    check_dtype(p_logits, "p_logits")
+    fn = "kl_categorical"
+    check_dtype(q_logits, "q_logits", fn)
+    check_dtype(p_logits, "p_logits", fn)
     try:
         shape = torch.broadcast_shapes(q_logits.shape, p_logits.shape)
     except RuntimeError:
-        raise ValueError(
-            f"expected q_logits and p_logits to broadcast, got {shape_str(q_logits.shape)} and {shape_str(p_logits.shape)}"
+        raise GumbelkitValueError(
+            f"{fn}: expected q_logits and p_logits to broadcast, "
+            f"got shapes {shape_str(q_logits.shape)} and {shape_str(p_logits.shape)}"
         ) from None
     q_logits, p_logits = q_logits.expand(shape), p_logits.expand(shape)
-    dim = normalize_dim(q_logits, dim, "q_logits")
+    dim = normalize_dim(q_logits, dim, "q_logits", fn)
     # NaN or an all-masked row would turn log_softmax into NaN silently: refuse them here.
-    check_values(q_logits, dim, "q_logits")
-    check_values(p_logits, dim, "p_logits")
+    check_values(q_logits, dim, "q_logits", fn)
+    check_values(p_logits, dim, "p_logits", fn)
     log_q = torch.log_softmax(q_logits, dim)
     log_p = torch.log_softmax(p_logits, dim)
     q = log_q.exp()

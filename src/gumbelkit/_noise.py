@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ._validation import check_generator
+from ._policy import compiling, compute_dtype
+from ._validation import check_float_dtype, check_generator, check_shape, prefixed
+from .errors import GumbelkitTypeError
 
-__all__ = ["gumbel_noise", "exponential_noise", "uniform_open", "logistic_noise"]
+# Public (re-exported by gumbelkit): exponential_noise, gumbel_noise, logistic_noise, uniform_open.
+# Building blocks of the samplers and the fused kernels: exp_from_words32/64, log_exponential_noise.
+__all__ = [
+    "exp_from_words32",
+    "exp_from_words64",
+    "exponential_noise",
+    "gumbel_noise",
+    "log_exponential_noise",
+    "logistic_noise",
+    "uniform_open",
+]
 
 
-def _noise_dtype(dtype: torch.dtype) -> torch.dtype:
+def _noise_dtype(dtype: torch.dtype, fn: str | None = None) -> torch.dtype:
     # Half-precision uniforms have ~11 bits: the Gumbel tail would stop near 7.6 (fp16) or
-    # 5.5 (bf16) instead of ~16.6. Draw in float32 (float64 on request) and cast at the end.
-    if not dtype.is_floating_point:
-        raise TypeError(f"expected a floating noise dtype, got {dtype}")
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    # 5.5 (bf16) instead of ~16.6. Draw in the compute dtype (the library's dtype rule:
+    # float32, float64 on request) and cast at the end.
+    return compute_dtype(check_float_dtype(dtype, "dtype", fn))
 
 
-def _resolve_device(generator, device):
+def _resolve_device(generator, device, fn: str | None = None):
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"expected generator to be a torch.Generator, got {type(generator).__name__}")
+        raise GumbelkitTypeError(
+            prefixed(fn, f"expected generator to be a torch.Generator, got {type(generator).__name__}")
+        )
     if device is None:
         return torch.device(generator.device) if generator is not None else torch.device("cpu")
     return torch.device(device)
@@ -117,12 +130,12 @@ def uniform_open(
         >>> bool(((u > 0) & (u < 1)).all())
         True
     """
-    device = _resolve_device(generator, device)
-    check_generator(generator, device)
-    ndt = _noise_dtype(dtype)
-    shape = tuple(shape)
+    shape = check_shape(shape, "uniform_open")
+    device = _resolve_device(generator, device, "uniform_open")
+    check_generator(generator, device, "uniform_open")
+    ndt = _noise_dtype(dtype, "uniform_open")
     # Under torch.compile, Dynamo cannot trace random_ and Inductor generates its own uniforms.
-    if ndt == torch.float32 and device.type == "cpu" and not torch.compiler.is_compiling():
+    if ndt == torch.float32 and device.type == "cpu" and not compiling():
         n = math.prod(int(s) for s in shape)
         u = _uniform_float32_from_words(_random_words(n, generator, device)).view(shape)
     else:
@@ -142,7 +155,7 @@ def uniform_open(
 # near U = 1 the grid step 2^-24 caps E >= 6e-8 and g <= 16.6; near U = 0 it caps E <= 16.6 and
 # g >= -2.8. Two constructions below keep both tails exact:
 #
-# * _exp_from_words32 / _exp_from_words64 (pure torch ops: torch.compile and the fused kernel):
+# * exp_from_words32 / exp_from_words64 (pure torch ops: torch.compile and the fused kernel):
 #   one bit of the word picks the half of the unit interval, the other bits give v in (0, 1/2]
 #   on a 2^-32 (2^-64) grid, and E = -log(v) on one half, -log1p(-v) on the other, so each tail
 #   is computed from the small number v itself, never from 1 - v rounded.
@@ -164,7 +177,7 @@ _TAIL_P = _TAIL_CELLS * 2.0**-23
 _BLOCK = 1 << 16  # elements per block: the block's passes run in the L2 cache
 
 
-def _exp_from_words32(w: torch.Tensor, log: bool) -> torch.Tensor:
+def exp_from_words32(w: torch.Tensor, log: bool) -> torch.Tensor:
     """E ~ Exp(1) (or log E) in float32 from int32 random words, exact in both tails.
 
     The sign bit picks the half: U = v (E = -log v, large) or U = 1 - v (E = -log1p(-v), small),
@@ -178,12 +191,17 @@ def _exp_from_words32(w: torch.Tensor, log: bool) -> torch.Tensor:
     return e.log_() if log else e
 
 
-def _exp_from_words64(w: torch.Tensor, log: bool) -> torch.Tensor:
-    """As :func:`_exp_from_words32` for float64 from int64 words: E in [2^-65, 65 log 2], g in [-3.81, 45.05]."""
+def exp_from_words64(w: torch.Tensor, log: bool) -> torch.Tensor:
+    """As :func:`exp_from_words32` for float64 from int64 words: E in [2^-65, 65 log 2], g in [-3.81, 45.05]."""
     upper = w < 0
     v = (w & 0x7FFFFFFFFFFFFFFF).to(torch.float64).add_(0.5).mul_(_TWO_M64)
     e = torch.where(upper, -torch.log(v), -torch.log1p(-v))
     return e.log_() if log else e
+
+
+# The former private names (the kernels' docs refer to them).
+_exp_from_words32 = exp_from_words32
+_exp_from_words64 = exp_from_words64
 
 
 def _exp_tail(cells: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
@@ -261,13 +279,13 @@ def _exp_cpu32(n: int, generator, log: bool) -> torch.Tensor:
 def _words(n: int, bits: int, generator, device: torch.device) -> torch.Tensor:
     """n random words of ``bits`` (32: int32, 64: int64) for the generic exact construction."""
     if bits == 64:
-        if torch.compiler.is_compiling():
+        if compiling():
             # Dynamo cannot trace the in-place random_; two 32-bit randint draws make one word.
             hi = torch.randint(-(2**31), 2**31, (n,), dtype=torch.int64, device=device)
             lo = torch.randint(0, 2**32, (n,), dtype=torch.int64, device=device)
             return (hi << 32) | lo
         return torch.empty(n, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
-    if torch.compiler.is_compiling():
+    if compiling():
         return torch.randint(-(2**31), 2**31, (n,), dtype=torch.int64, device=device).to(torch.int32)
     return torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(
         -(2**63), None, generator=generator
@@ -304,7 +322,7 @@ def _exp_cuda(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Te
     return e.log_() if log else e
 
 
-def _exponential(shape, generator, device, dtype, *, log: bool) -> torch.Tensor:
+def _exponential(shape, generator, device, dtype, *, log: bool, fn: str | None = None) -> torch.Tensor:
     """E ~ Exp(1), or log E, in the noise dtype (float32 / float64), exact tails, fresh buffer.
 
     Four constructions, one law: the CPU float32 default (:func:`_exp_cpu32`, the fastest there),
@@ -312,15 +330,15 @@ def _exponential(shape, generator, device, dtype, *, log: bool) -> torch.Tensor:
     Inductor fuses the passes), CUDA's float64 ``exponential_`` on CUDA, and float64
     ``torch.rand`` everywhere else (CPU float64, other devices).
     """
-    device = _resolve_device(generator, device)
-    check_generator(generator, device)
-    ndt = _noise_dtype(dtype)
-    shape = tuple(int(s) for s in shape)
+    shape = check_shape(shape, fn)
+    device = _resolve_device(generator, device, fn)
+    check_generator(generator, device, fn)
+    ndt = _noise_dtype(dtype, fn)
     n = math.prod(shape)
-    if torch.compiler.is_compiling():
+    if compiling():
         if ndt == torch.float64:
-            return _exp_from_words64(_words(n, 64, generator, device), log).view(shape)
-        return _exp_from_words32(_words(n, 32, generator, device), log).view(shape)
+            return exp_from_words64(_words(n, 64, generator, device), log).view(shape)
+        return exp_from_words32(_words(n, 32, generator, device), log).view(shape)
     if ndt == torch.float32 and device.type == "cpu":
         return _exp_cpu32(n, generator, log).view(shape)
     if device.type == "cuda":
@@ -352,8 +370,8 @@ def exponential_noise(
         >>> bool((e > 0).all())
         True
     """
-    ndt = _noise_dtype(dtype)
-    e = _exponential(shape, generator, device, ndt, log=False)
+    ndt = _noise_dtype(dtype, "exponential_noise")
+    e = _exponential(shape, generator, device, ndt, log=False, fn="exponential_noise")
     return e if ndt == dtype else e.to(dtype)
 
 
@@ -387,8 +405,8 @@ def gumbel_noise(
 
     Reference: Gumbel (1954); Maddison, Tarlow, Minka, "A* Sampling", NeurIPS 2014.
     """
-    ndt = _noise_dtype(dtype)
-    g = _exponential(shape, generator, device, ndt, log=True).neg_()
+    ndt = _noise_dtype(dtype, "gumbel_noise")
+    g = _exponential(shape, generator, device, ndt, log=True, fn="gumbel_noise").neg_()
     return g if ndt == dtype else g.to(dtype)
 
 
@@ -415,7 +433,7 @@ def logistic_noise(
         >>> bool(torch.isfinite(lo).all())
         True
     """
-    ndt = _noise_dtype(dtype)
-    e = _exponential(shape, generator, device, ndt, log=False)
+    ndt = _noise_dtype(dtype, "logistic_noise")
+    e = _exponential(shape, generator, device, ndt, log=False, fn="logistic_noise")
     out = torch.neg(e).expm1_().neg_().log_().add_(e).neg_()
     return out if ndt == dtype else out.to(dtype)

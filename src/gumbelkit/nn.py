@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from ._validation import check_tau
+from .errors import GumbelkitTypeError, GumbelkitValueError
 from .estimators import get_estimator, sample
 from .schedules import LearnableTemperature
 
@@ -27,8 +29,15 @@ class GumbelSoftmax(torch.nn.Module):
         generator: optional ``torch.Generator`` used on every call.
         **options: method options (``k`` for gumbel_rao).
 
+    Raises:
+        GumbelkitValueError: an unknown ``method`` or a float ``tau`` that is not > 0 and finite.
+        GumbelkitTypeError: a ``tau`` that is neither a float nor callable.
+
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(16, 10), GumbelSoftmax("st_gumbel", tau=0.5))
+        >>> y = net(torch.randn(4, 16))
+        >>> y.shape, bool((y.sum(-1) == 1).all())
+        (torch.Size([4, 10]), True)
 
     Reference: Jang, Gu, Poole, ICLR 2017.
     """
@@ -43,12 +52,17 @@ class GumbelSoftmax(torch.nn.Module):
         **options,
     ):
         super().__init__()
-        get_estimator(method)
+        fn = type(self).__name__
+        try:
+            get_estimator(method)
+        except ValueError as exc:  # the registry's message, named after this constructor
+            raise GumbelkitValueError(f"{fn}: {exc}") from None
         if isinstance(tau, numbers.Real) and not isinstance(tau, bool):
-            if not 0 < tau < float("inf"):  # also refuses NaN, as the samplers do at every call
-                raise ValueError(f"expected tau > 0 and finite, got {tau}")
+            check_tau(tau, fn=fn)  # > 0 and finite (also refuses NaN), as the samplers do at every call
         elif not callable(tau):
-            raise TypeError(f"expected tau to be a float, a schedule or a LearnableTemperature, got {type(tau).__name__}")
+            raise GumbelkitTypeError(
+                f"{fn}: expected tau to be a float, a schedule or a LearnableTemperature, got {type(tau).__name__}"
+            )
         self.method = method
         self.tau = tau  # a LearnableTemperature registers as a submodule
         self.dim = dim

@@ -18,6 +18,9 @@ from typing import ClassVar
 
 import torch
 
+from ._validation import check_int, shape_str
+from .errors import GumbelkitError, GumbelkitValueError
+
 __all__ = [
     "Constant",
     "Cosine",
@@ -35,42 +38,38 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- argument checks
+#
+# Every message names the class (or function) the user called, e.g.
+# "Exponential: expected interval to be an integer >= 1, got 0".
 
 
-def _pos(name: str, value, owner: str | None = None) -> float:
+def _pos(name: str, value, owner: str) -> float:
     """A finite float > 0 (bools, NaN and inf rejected)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or math.isinf(value):
-        where = f" for {owner}" if owner else ""
-        raise ValueError(f"expected {name} > 0 and finite{where}, got {value!r}")
+        raise GumbelkitValueError(f"{owner}: expected {name} > 0 and finite, got {value!r}")
     return float(value)
 
 
 def _nonneg(name: str, value, owner: str) -> float:
     """A finite float >= 0 (`not value >= 0` also rejects NaN)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or math.isinf(value):
-        raise ValueError(f"expected {name} >= 0 and finite for {owner}, got {value!r}")
+        raise GumbelkitValueError(f"{owner}: expected {name} >= 0 and finite, got {value!r}")
     return float(value)
 
 
-def _count(name: str, value, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"expected {name} to be an integer >= 1 for {owner}, got {value!r}")
-    return int(value)
-
-
-def _step(step) -> int:
+def _step(step, owner: str) -> int:
     """The training step as an int >= 0; a negative, fractional or non-finite step is a ValueError."""
     if isinstance(step, torch.Tensor):
         if step.numel() != 1:
-            raise ValueError(f"expected step to be an integer >= 0, got a tensor of shape {tuple(step.shape)}")
+            raise GumbelkitValueError(
+                f"{owner}: expected step to be an integer >= 0, got a tensor of shape {shape_str(step.shape)}"
+            )
         value = step.item()
         # int(nan) or int(inf) would raise a message that does not say which argument was bad.
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"expected step to be an integer >= 0, got {value!r}")
+            raise GumbelkitValueError(f"{owner}: expected step to be an integer >= 0, got {value!r}")
         step = int(value)
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"expected step to be an integer >= 0, got {step!r}")
-    return int(step)
+    return check_int(step, "step", min=0, fn=owner)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -114,7 +113,7 @@ class Constant(Schedule):
         self._set("tau", _pos("tau", self.tau, "Constant"))
 
     def __call__(self, step: int) -> float:
-        _step(step)
+        _step(step, "Constant")
         return self.tau
 
 
@@ -139,15 +138,15 @@ class Exponential(Schedule):
         self._set("tau0", _pos("tau0", self.tau0, "Exponential"))
         self._set("floor", _pos("floor", self.floor, "Exponential"))
         self._set("rate", _nonneg("rate", self.rate, "Exponential"))
-        self._set("interval", _count("interval", self.interval, "Exponential"))
+        self._set("interval", check_int(self.interval, "interval", min=1, fn="Exponential"))
         if self.floor > self.tau0:
-            raise ValueError(
-                f"expected floor <= tau0 for Exponential (else tau is floor at every step), "
+            raise GumbelkitValueError(
+                f"Exponential: expected floor <= tau0 (else tau is floor at every step), "
                 f"got floor={self.floor} > tau0={self.tau0}"
             )
 
     def __call__(self, step: int) -> float:
-        t = (_step(step) // self.interval) * self.interval
+        t = (_step(step, "Exponential") // self.interval) * self.interval
         try:
             decay = self.rate * t
         except OverflowError:  # t beyond float range (~1.8e308 steps): long since at the floor
@@ -168,10 +167,10 @@ class Linear(Schedule):
     def __post_init__(self):
         self._set("start", _pos("start", self.start, "Linear"))
         self._set("end", _pos("end", self.end, "Linear"))
-        self._set("steps", _count("steps", self.steps, "Linear"))
+        self._set("steps", check_int(self.steps, "steps", min=1, fn="Linear"))
 
     def __call__(self, step: int) -> float:
-        return self.start + (self.end - self.start) * min(_step(step), self.steps) / self.steps
+        return self.start + (self.end - self.start) * min(_step(step, "Linear"), self.steps) / self.steps
 
 
 @dataclass(frozen=True)
@@ -186,10 +185,10 @@ class Cosine(Schedule):
     def __post_init__(self):
         self._set("start", _pos("start", self.start, "Cosine"))
         self._set("end", _pos("end", self.end, "Cosine"))
-        self._set("steps", _count("steps", self.steps, "Cosine"))
+        self._set("steps", check_int(self.steps, "steps", min=1, fn="Cosine"))
 
     def __call__(self, step: int) -> float:
-        frac = min(_step(step), self.steps) / self.steps
+        frac = min(_step(step, "Cosine"), self.steps) / self.steps
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
@@ -234,31 +233,54 @@ def parse_schedule(spec: str) -> Schedule:
     Examples: ``"0.5"``, ``"constant:tau=0.5"``, ``"exp:tau0=1,rate=3e-5,floor=0.5,interval=1000"``,
     ``"linear:start=1,end=0.5,steps=5000"``, ``"cosine:start=2,end=0.5,steps=5000"``, ``"jang"``.
     ``parse_schedule(str(s)) == s`` for every schedule ``s``.
+
+    Example:
+        >>> s = parse_schedule("exp:tau0=1,rate=3e-5,floor=0.5,interval=1000")
+        >>> s
+        Exponential(tau0=1.0, rate=3e-05, floor=0.5, interval=1000)
+        >>> s(0), parse_schedule(str(s)) == s, parse_schedule("0.5")(10)
+        (1.0, True, 0.5)
+        >>> parse_schedule("exp:floor=0")
+        Traceback (most recent call last):
+        ...
+        gumbelkit.errors.GumbelkitValueError: parse_schedule: Exponential: expected floor > 0 and finite, got 0.0 (spec 'exp:floor=0')
     """
+    fn = "parse_schedule"
     text = str(spec).strip()
     try:
-        return constant(float(text))
-    except ValueError as exc:
-        if "expected" in str(exc):
-            raise
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is not None:
+        return _build(text, constant, value)
     if text == "jang":
         return jang_schedule()
     name, _, rest = text.partition(":")
     if name not in _FACTORIES:
-        raise ValueError(f"expected a schedule in {tuple(_FACTORIES) + ('jang',)} or a number, got {text!r}")
+        raise GumbelkitValueError(f"{fn}: expected a schedule in {tuple(_FACTORIES) + ('jang',)} or a number, got {text!r}")
     kwargs = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, val = item.partition("=")
         if not eq:
-            raise ValueError(f"expected key=value in schedule spec, got {item!r}")
+            raise GumbelkitValueError(f"{fn}: expected key=value in schedule spec, got {item!r}")
         try:
             kwargs[key.strip()] = int(val) if key.strip() in _INT_ARGS else float(val)
         except ValueError:
-            raise ValueError(f"expected a number for {key.strip()!r} in schedule spec, got {val!r}") from None
+            raise GumbelkitValueError(f"{fn}: expected a number for {key.strip()!r} in schedule spec, got {val!r}") from None
     try:
-        return _FACTORIES[name](**kwargs)
+        return _build(text, _FACTORIES[name], **kwargs)
     except TypeError as exc:
-        raise ValueError(f"expected valid arguments for schedule {name!r}, got {sorted(kwargs)} ({exc})") from None
+        raise GumbelkitValueError(
+            f"{fn}: expected valid arguments for schedule {name!r}, got {sorted(kwargs)} ({exc})"
+        ) from None
+
+
+def _build(text: str, factory, *args, **kwargs) -> Schedule:
+    """factory(*args, **kwargs), its argument errors re-raised as parse_schedule's (with the spec)."""
+    try:
+        return factory(*args, **kwargs)
+    except GumbelkitError as exc:
+        raise type(exc)(f"parse_schedule: {exc} (spec {text!r})") from None
 
 
 # --------------------------------------------------------------------------- learnable temperature
@@ -283,22 +305,27 @@ class LearnableTemperature(torch.nn.Module):
     For every finite rho the value is finite and strictly greater than ``floor``.
 
     Example:
+        >>> import gumbelkit as gk
         >>> temp = LearnableTemperature(1.0)
-        >>> y = gumbel_softmax(logits, tau=temp())
+        >>> y = gk.gumbel_softmax(torch.randn(4, 10), tau=temp())
+        >>> y.sum().backward()
+        >>> temp.rho.grad is not None
+        True
     """
 
     def __init__(self, init: float = 1.0, floor: float = 0.05):
         super().__init__()
-        init, floor = _pos("init", init), _pos("floor", floor)
+        fn = type(self).__name__
+        init, floor = _pos("init", init, fn), _pos("floor", floor, fn)
         if not init > floor:
-            raise ValueError(f"expected init > floor ({floor}), got {init}")
+            raise GumbelkitValueError(f"{fn}: expected init > floor ({floor}), got {init}")
         # Inverse softplus: rho = log(exp(x) - 1) = x + log(-expm1(-x)), stable for large x.
         x = init - floor
         self.floor = floor
         self.rho = torch.nn.Parameter(torch.tensor(x + math.log(-math.expm1(-x))))
         if not bool(torch.isfinite(self.rho)):  # init - floor beyond the parameter dtype's range
-            raise ValueError(
-                f"expected init - floor representable in {self.rho.dtype} (max {torch.finfo(self.rho.dtype).max:.3g}), "
+            raise GumbelkitValueError(
+                f"{fn}: expected init - floor representable in {self.rho.dtype} (max {torch.finfo(self.rho.dtype).max:.3g}), "
                 f"got init={init}, floor={floor}"
             )
 

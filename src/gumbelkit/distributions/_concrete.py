@@ -17,20 +17,51 @@ Conventions (as in ``torch.distributions``):
   ``torch.distributions.Distribution._validate_args``), since each costs a reduction and a sync.
 * Masking: a logit of -inf removes its class. Samples put x = -inf (y = 0) there, and
   ``log_prob`` is the density of the reduced distribution over the K' remaining classes.
+* Errors: every argument error is a :class:`gumbelkit.errors.GumbelkitError` (also the
+  ``ValueError`` / ``TypeError`` it was before) whose message starts with the class name, e.g.
+  ``Concrete: expected temperature > 0 and finite, got ...``; torch's own checks under
+  ``validate_args`` (support of a ``log_prob`` value, parameter constraints) are re-raised the same
+  way, as ``Concrete.log_prob: ...`` / ``Concrete: ...``.
+* Sampling: ``rsample`` / ``sample`` take an extra keyword ``generator=`` and draw the library's
+  noise (:func:`gumbelkit.gumbel_noise`, :func:`gumbelkit.logistic_noise`) in the library's
+  compute dtype (float64 for float64 parameters, else float32), then cast to the parameters' dtype.
+
+Composition with ``torch.distributions`` building blocks:
+
+* :class:`Concrete` *is* a ``TransformedDistribution``: its ``base_dist`` is the
+  :class:`ExpConcrete` with the same parameters and its ``transforms`` are ``[ExpTransform()]``,
+  exactly as torch builds ``RelaxedOneHotCategorical`` from ``ExpRelaxedCategorical``. Two
+  methods are overridden: ``rsample`` (to take ``generator=``; it applies the same transforms to
+  the base sample, so the values are those of ``base_dist.rsample(...).exp()``) and ``log_prob``.
+  The generic change of variables would compute log y = log 0 = -inf for a masked class and turn
+  the density into NaN, and a coordinate of a sample that rounded to 0 (small temperatures)
+  would give -inf; the override floors log y at the smallest normal number and leaves masked
+  classes out of the Jacobian.
+* :class:`ExpConcrete` is written out: torch's ``ExpRelaxedCategorical`` draws its own noise
+  (``Tensor.exponential_``-based, no ``generator``, the float32 tail cut at g ~ 16.6) and has no
+  masked-class density, so there is nothing to compose it from without changing its samples.
+* :class:`BinaryConcrete` is not ``TransformedDistribution(LogitBinaryConcrete, SigmoidTransform())``
+  as torch's ``RelaxedBernoulli`` is: ``SigmoidTransform`` clamps its output to
+  [tiny, 1 - eps] (our ``rsample`` returns the unclamped ``sigmoid``, so samples would change at
+  the extremes) and the generic ``log_prob`` sums the Jacobian terms in another order (the
+  densities would change in the last bits). Both would move the numbers of existing experiments.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, TransformedDistribution, constraints
+from torch.distributions.transforms import ExpTransform
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
+from .._autograd import one_hot_straight_through
 from .._noise import gumbel_noise, logistic_noise
-from .._sampling import one_hot_straight_through
-from .._validation import _compiling, check_values, shape_str
+from .._policy import compiling, compute_dtype
+from .._validation import check_dtype, check_values, shape_str
+from ..errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
 
 __all__ = ["BinaryConcrete", "Concrete", "ExpConcrete", "StraightThroughConcrete"]
 
@@ -47,19 +78,33 @@ def _resolve_validate(dist: Distribution, validate_args) -> bool:
     return bool(dist._validate_args) if validate_args is None else bool(validate_args)
 
 
+def _torch_checked(owner: str, call, *args, **kwargs):
+    """Run a torch.distributions method whose own checks raise a plain ValueError; re-raise it as ours."""
+    try:
+        return call(*args, **kwargs)
+    except ValueError as exc:
+        if isinstance(exc, GumbelkitError):
+            raise
+        raise GumbelkitValueError(f"{owner}: {exc}") from None
+
+
+class _Checked:
+    """Mixin: ``log_prob``'s support/shape check (torch's, under validate_args) raises our error type."""
+
+    def _validate_sample(self, value):
+        _torch_checked(f"{type(self).__name__}.log_prob", super()._validate_sample, value)
+
+
 def _param(owner: str, logits, probs, vector: bool) -> tuple[str, torch.Tensor]:
     """Structural checks (always run): exactly one parameter, a floating tensor, an event axis."""
     if (logits is None) == (probs is None):
-        raise ValueError(
+        raise GumbelkitValueError(
             f"{owner}: expected exactly one of logits or probs, got " + ("both" if logits is not None else "neither")
         )
     name, value = ("logits", logits) if logits is not None else ("probs", probs)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{owner}: expected {name} to be a torch.Tensor with a floating dtype, got {type(value).__name__}")
-    if not value.dtype.is_floating_point:
-        raise TypeError(f"{owner}: expected {name} with a floating dtype, got {value.dtype}")
+    check_dtype(value, name, fn=owner)
     if vector and (value.dim() == 0 or value.shape[-1] == 0):
-        raise ValueError(
+        raise GumbelkitValueError(
             f"{owner}: expected {name} with at least one category on the last dimension, "
             f"got {name} of shape {shape_str(value.shape)}"
         )
@@ -70,10 +115,13 @@ def _temperature(owner: str, temperature, ref: torch.Tensor) -> torch.Tensor:
     """The temperature as a floating tensor; numbers take the dtype and device of the parameter."""
     if isinstance(temperature, torch.Tensor):
         if not temperature.dtype.is_floating_point:
-            raise TypeError(f"{owner}: expected temperature with a floating dtype, got {temperature.dtype}")
+            raise GumbelkitTypeError(
+                f"{owner}: expected temperature with a floating dtype, got {temperature.dtype} "
+                f"(temperature of shape {shape_str(temperature.shape)})"
+            )
         return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(
+        raise GumbelkitTypeError(
             f"{owner}: expected temperature to be a float or a floating tensor, got {type(temperature).__name__}"
         )
     return torch.tensor(float(temperature), dtype=ref.dtype, device=ref.device)
@@ -83,38 +131,36 @@ def _batch_shape(owner: str, temperature: torch.Tensor, batch: torch.Size, what:
     try:
         return torch.broadcast_shapes(temperature.shape, batch)
     except RuntimeError:
-        raise ValueError(
+        raise GumbelkitValueError(
             f"{owner}: expected temperature broadcastable with the batch shape {what} = {shape_str(batch)}, "
             f"got temperature of shape {shape_str(temperature.shape)}"
         ) from None
 
 
 def _check_temperature_values(owner: str, t: torch.Tensor) -> None:
-    if _compiling() or t.numel() == 0:
+    if compiling() or t.numel() == 0:
         return
     td = t.detach()
     ok = (td > 0) & torch.isfinite(td)  # `> 0` is False for NaN
     if not bool(ok.all()):
         bad = td[~ok]
-        raise ValueError(
+        raise GumbelkitValueError(
             f"{owner}: expected temperature > 0 and finite, got {bad.numel()} invalid value(s) "
             f"(the first {bad[0].item()}) in temperature of shape {shape_str(t.shape)}"
         )
 
 
 def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool) -> None:
-    if _compiling() or value.numel() == 0:
+    if compiling() or value.numel() == 0:
         return
     v = value.detach()
     if name == "logits":
         if vector:
-            try:  # NaN, +inf and fully masked rows; -inf alone masks its class
-                check_values(v, v.dim() - 1)
-            except ValueError as exc:
-                raise ValueError(f"{owner}: {exc} (logits of shape {shape_str(v.shape)})") from None
+            # NaN, +inf and fully masked rows; -inf alone masks its class (the message has the shape)
+            check_values(v, v.dim() - 1, fn=owner)
         elif not bool(torch.isfinite(v).all()):
             n = int((~torch.isfinite(v)).sum())
-            raise ValueError(
+            raise GumbelkitValueError(
                 f"{owner}: expected finite logits, got {n} NaN or infinite entries in logits of shape {shape_str(v.shape)}"
             )
         return
@@ -124,22 +170,25 @@ def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool
     n_bad = int(bad.sum())
     if n_bad:
         want = "probs >= 0 and finite" if vector else "probs in [0, 1]"
-        raise ValueError(f"{owner}: expected {want}, got {n_bad} invalid entries in probs of shape {shape_str(v.shape)}")
+        raise GumbelkitValueError(f"{owner}: expected {want}, got {n_bad} invalid entries in probs of shape {shape_str(v.shape)}")
     if vector and not bool((v.sum(-1) > 0).all()):
-        raise ValueError(
+        raise GumbelkitValueError(
             f"{owner}: expected probs with a positive sum over the last dimension, "
             f"got a row summing to 0 in probs of shape {shape_str(v.shape)}"
         )
 
 
 def _expanded_batch(owner: str, batch_shape, old: torch.Size) -> torch.Size:
-    batch_shape = torch.Size(batch_shape)
+    try:
+        batch_shape = torch.Size(batch_shape)
+    except TypeError:
+        raise GumbelkitTypeError(f"{owner}.expand: expected batch_shape to be a sequence of ints, got {batch_shape!r}") from None
     try:
         ok = torch.broadcast_shapes(old, batch_shape) == batch_shape
     except RuntimeError:
         ok = False
     if not ok:
-        raise ValueError(f"{owner}.expand: expected a batch_shape that {shape_str(old)} expands to, got {shape_str(batch_shape)}")
+        raise GumbelkitValueError(f"{owner}.expand: expected a batch_shape that {shape_str(old)} expands to, got {shape_str(batch_shape)}")
     return batch_shape
 
 
@@ -172,7 +221,7 @@ def _exp_concrete_log_prob(theta: torch.Tensor, lam: torch.Tensor, x: torch.Tens
     return torch.where(off_support, _NEG_INF, lp)
 
 
-class ExpConcrete(Distribution):
+class ExpConcrete(_Checked, Distribution):
     r"""ExpConcrete: the log of a Concrete sample, x = log_softmax((theta + g) / lambda).
 
     Math (K classes, temperature lambda):
@@ -189,7 +238,11 @@ class ExpConcrete(Distribution):
 
     Example:
         >>> d = ExpConcrete(torch.tensor(0.5), logits=torch.zeros(3))
-        >>> x = d.rsample(); d.log_prob(x)
+        >>> x = d.rsample((2,), generator=torch.Generator().manual_seed(0))
+        >>> x.shape, d.log_prob(x).shape
+        (torch.Size([2, 3]), torch.Size([2]))
+        >>> bool(torch.allclose(x.exp().sum(-1), torch.ones(2)))
+        True
 
     Reference: Maddison, Mnih, Teh, "The Concrete Distribution", ICLR 2017, Appendix C.
     """
@@ -219,7 +272,7 @@ class ExpConcrete(Distribution):
             self.probs = (param / param.sum(-1, keepdim=True)).expand(batch_shape + event_shape)
             self._param = self.probs
         self.temperature = t.expand(batch_shape)
-        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+        _torch_checked(owner, super().__init__, batch_shape, event_shape, validate_args=validate_args)
 
     @lazy_property
     def logits(self):
@@ -251,7 +304,7 @@ class ExpConcrete(Distribution):
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         theta = self.logits
-        cdt = torch.float64 if theta.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(theta.dtype)
         g = gumbel_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
         lam = self.temperature.to(theta).unsqueeze(-1)
         unmasked = theta > _NEG_INF
@@ -271,7 +324,7 @@ class ExpConcrete(Distribution):
         return _exp_concrete_log_prob(self.logits, self.temperature, value)
 
 
-class Concrete(Distribution):
+class Concrete(_Checked, TransformedDistribution):
     r"""Concrete / Gumbel-Softmax distribution on the simplex: y = softmax((theta + g) / lambda).
 
     Math: log p(y) = log (K-1)! + (K-1) log lambda + sum_k (theta_k - (lambda+1) log y_k)
@@ -280,6 +333,10 @@ class Concrete(Distribution):
     large but finite density instead of NaN. Masked classes (logit -inf) have y = 0 and are left
     out of both terms (the density of the reduced Concrete over the finite logits).
 
+    A ``TransformedDistribution`` of :class:`ExpConcrete` (``base_dist``) by ``ExpTransform()``
+    (``transforms``), as torch's ``RelaxedOneHotCategorical``; ``rsample`` takes ``generator=``
+    and ``log_prob`` handles masked classes and underflowed coordinates (see the module notes).
+
     Args:
         temperature: lambda > 0, a number or a tensor broadcastable with ``logits.shape[:-1]``.
         logits / probs: exactly one of them.
@@ -287,7 +344,11 @@ class Concrete(Distribution):
 
     Example:
         >>> d = Concrete(torch.tensor(0.5), logits=torch.zeros(3))
-        >>> y = d.rsample(); d.log_prob(y)
+        >>> y = d.rsample((2,), generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.allclose(y.sum(-1), torch.ones(2))), d.log_prob(y).shape
+        (True, torch.Size([2]))
+        >>> type(d.base_dist).__name__, d.transforms
+        ('ExpConcrete', [ExpTransform()])
 
     Reference: Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 2017.
     """
@@ -297,30 +358,32 @@ class Concrete(Distribution):
     has_rsample = True
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        owner = type(self).__name__
         base = ExpConcrete.__new__(ExpConcrete)
         # The value checks run once, here, with this class's name in the messages.
-        base._setup(type(self).__name__, temperature, probs, logits, False, _resolve_validate(self, validate_args))
-        self.base = base
-        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
+        base._setup(owner, temperature, probs, logits, False, _resolve_validate(self, validate_args))
+        _torch_checked(owner, super().__init__, base, [ExpTransform()], validate_args=validate_args)
 
-    temperature = property(lambda self: self.base.temperature)
-    logits = property(lambda self: self.base.logits)
-    probs = property(lambda self: self.base.probs)
-    param_shape = property(lambda self: self.base.param_shape)
+    temperature = property(lambda self: self.base_dist.temperature)
+    logits = property(lambda self: self.base_dist.logits)
+    probs = property(lambda self: self.base_dist.probs)
+    param_shape = property(lambda self: self.base_dist.param_shape)
+    base = property(lambda self: self.base_dist, doc="The former name of ``base_dist``.")
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(Concrete, _instance)
-        _expanded_batch(type(self).__name__, batch_shape, self.batch_shape)
-        new.base = self.base.expand(batch_shape)
-        super(Concrete, new).__init__(new.base.batch_shape, new.base.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
+        batch_shape = _expanded_batch(type(self).__name__, batch_shape, self.batch_shape)
+        return super().expand(batch_shape, _instance=new)
 
     def __repr__(self) -> str:
-        return type(self).__name__ + repr(self.base)[len("ExpConcrete"):]
+        return type(self).__name__ + repr(self.base_dist)[len("ExpConcrete"):]
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.base.rsample(sample_shape, generator=generator).exp()
+        base = cast(ExpConcrete, self.base_dist)
+        y = base.rsample(sample_shape, generator=generator)
+        for transform in self.transforms:
+            y = transform(y)
+        return y
 
     def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -337,7 +400,7 @@ class Concrete(Distribution):
         # and ExpConcrete.log_prob returns -inf for it. The Jacobian of x = log y covers the K'
         # unmasked coordinates only.
         log_x = torch.where(unmasked | (value > 0), log_y, _NEG_INF)
-        return self.base.log_prob(log_x) - torch.where(unmasked, log_y, 0.0).sum(-1)
+        return self.base_dist.log_prob(log_x) - torch.where(unmasked, log_y, 0.0).sum(-1)
 
 
 class StraightThroughConcrete(Concrete):
@@ -349,7 +412,9 @@ class StraightThroughConcrete(Concrete):
 
     Example:
         >>> d = StraightThroughConcrete(torch.tensor(0.5), logits=torch.randn(4, 3, requires_grad=True))
-        >>> y = d.rsample(); d.log_prob(y)
+        >>> y = d.rsample(generator=torch.Generator().manual_seed(0))
+        >>> bool((y.sum(-1) == 1).all()), d.log_prob(y).shape
+        (True, torch.Size([4]))
 
     Reference: Jang, Gu, Poole, ICLR 2017 (straight-through Gumbel-Softmax).
     """
@@ -368,7 +433,7 @@ class StraightThroughConcrete(Concrete):
         return log_p.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
 
 
-class BinaryConcrete(Distribution):
+class BinaryConcrete(_Checked, Distribution):
     r"""Binary Concrete (relaxed Bernoulli): y = sigmoid((theta + L) / lambda), L ~ Logistic(0, 1).
 
     Math: in logit space l = logit(y), log p(l) = log lambda + (theta - lambda l) - 2 softplus(theta - lambda l);
@@ -383,7 +448,9 @@ class BinaryConcrete(Distribution):
 
     Example:
         >>> d = BinaryConcrete(torch.tensor(0.5), logits=torch.zeros(4))
-        >>> y = d.rsample(); d.log_prob(y)
+        >>> y = d.rsample(generator=torch.Generator().manual_seed(0))
+        >>> bool(((y > 0) & (y < 1)).all()), d.log_prob(y).shape
+        (True, torch.Size([4]))
 
     Reference: Maddison, Mnih, Teh, ICLR 2017, Section 3.3.
     """
@@ -409,7 +476,7 @@ class BinaryConcrete(Distribution):
         else:
             self.probs = param.expand(batch_shape)
             self._param = self.probs
-        super().__init__(batch_shape, validate_args=validate_args)
+        _torch_checked(owner, super().__init__, batch_shape, validate_args=validate_args)
 
     @lazy_property
     def logits(self):
@@ -441,7 +508,7 @@ class BinaryConcrete(Distribution):
         """A sample of l = (theta + L) / lambda, the logit of the relaxed Bernoulli (finite always)."""
         shape = self._extended_shape(sample_shape)
         theta = self.logits
-        cdt = torch.float64 if theta.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(theta.dtype)
         noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
         return (theta + noise) / self.temperature
 

@@ -1,27 +1,55 @@
-"""Gradient estimators for discrete (one-hot) samples, one function each, behind one registry."""
+"""Gradient estimators for discrete (one-hot) samples, one function each, behind one typed registry.
+
+Each method is declared once with :func:`register` (its :class:`MethodSpec`: the function,
+whether its forward is one-hot, whether it uses tau, its options as :class:`OptionSpec`, the
+paper). :data:`METHODS` is a live view of the names :func:`sample` accepts; :data:`SPECS` maps
+every registered name (score-function estimators included) to its spec. Other packages add
+methods through the entry-point group ``gumbelkit.estimators`` (see :mod:`._registry`).
+
+Writing a new estimator: :func:`one_hot_straight_through` and :func:`softmax_backward` are the
+building blocks of the built-in straight-through estimators (see :mod:`._building_blocks` for a
+complete example).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from .._validation import Tau
-from . import _basic, _gumbel_rao, _reinmax  # noqa: F401  (importing registers the methods)
+from . import _basic, _gumbel_rao, _reinmax, _score_function  # noqa: F401  (importing registers the methods)
 from ._basic import (
     gumbel_softmax_estimator,
     softmax_estimator,
     st_estimator,
     st_gumbel_estimator,
 )
+from ._building_blocks import one_hot_straight_through, softmax_backward
 from ._gumbel_rao import conditional_gumbel, gumbel_rao_estimator
-from ._registry import get_estimator, is_one_hot, register, registered_methods
+from ._registry import (
+    ENTRY_POINT_GROUP,
+    SPECS,
+    MethodSpec,
+    MethodsView,
+    OptionSpec,
+    _ValueError,
+    get_estimator,
+    get_spec,
+    is_one_hot,
+    load_plugins,
+    register,
+    registered_methods,
+    unregister,
+)
 from ._reinmax import reinmax_estimator
 from ._score_function import (
     MovingAverageBaseline,
     categorical_log_prob,
+    reinforce_objective,
     reinforce_surrogate,
 )
 
-METHODS = registered_methods()
+#: The names :func:`sample` accepts: a live view (a method registered later appears in it).
+METHODS = MethodsView("sample")
 
 
 def sample(
@@ -35,8 +63,11 @@ def sample(
 ) -> torch.Tensor:
     r"""Draw a (relaxed or one-hot) sample of Categorical(softmax(logits)) with the chosen estimator.
 
-    Every method returns a tensor shaped and typed like ``logits``; the methods in
-    ``("st", "st_gumbel", "gumbel_rao", "reinmax")`` return an exactly one-hot forward value.
+    Every method returns a tensor shaped and typed like ``logits``; the methods with
+    ``is_one_hot(method)`` (``st``, ``st_gumbel``, ``gumbel_rao``, ``reinmax``, ...) return an
+    exactly one-hot forward value. The options are checked against the method's declaration
+    first: an unknown option is a TypeError listing the valid ones, a value out of range a
+    ValueError naming the method, the option, the range and the value.
 
     Args:
         logits: unnormalised log-probabilities.
@@ -44,32 +75,54 @@ def sample(
         tau: temperature > 0 (float or tensor broadcastable to ``logits``).
         dim: category dimension.
         generator: optional ``torch.Generator`` (keyword-only).
-        **options: method options, e.g. ``k`` for ``gumbel_rao``.
+        **options: method options, e.g. ``k`` for ``gumbel_rao`` (see ``get_spec(method).options``).
 
     Returns:
         Tensor shaped like ``logits``.
 
     Example:
-        >>> y = sample(torch.randn(100, 20, 10, requires_grad=True), "gumbel_rao", tau=0.5, k=10)
+        >>> import torch, gumbelkit as gk
+        >>> y = gk.sample(torch.randn(100, 20, 10, requires_grad=True), "gumbel_rao", tau=0.5, k=10)
+        >>> y.shape, bool((y.sum(-1) == 1).all())
+        (torch.Size([100, 20, 10]), True)
     """
-    return get_estimator(method)(logits, tau, dim=dim, generator=generator, **options)
+    spec = get_spec(method)
+    if spec.kind != "sample":
+        raise _ValueError(
+            f"sample: method {method!r} is a {spec.kind.replace('_', '-')} estimator and needs the loss: use "
+            f"gumbelkit.get_spec({method!r}).objective(logits, loss_fn, ...); sample() takes one of {tuple(METHODS)}"
+        )
+    if options:
+        spec.check_options(options, where="sample: ")
+    return spec.fn(logits, tau, dim=dim, generator=generator, **options)
 
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "METHODS",
+    "SPECS",
+    "MethodSpec",
+    "MethodsView",
     "MovingAverageBaseline",
+    "OptionSpec",
     "categorical_log_prob",
     "conditional_gumbel",
     "get_estimator",
+    "get_spec",
     "gumbel_rao_estimator",
     "gumbel_softmax_estimator",
     "is_one_hot",
+    "load_plugins",
+    "one_hot_straight_through",
     "register",
     "registered_methods",
+    "reinforce_objective",
     "reinforce_surrogate",
     "reinmax_estimator",
     "sample",
+    "softmax_backward",
     "softmax_estimator",
     "st_estimator",
     "st_gumbel_estimator",
+    "unregister",
 ]

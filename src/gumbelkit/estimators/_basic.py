@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._policy import compute_dtype
 from .._sampling import (
     _needs_grad,
     gumbel_argmax,
@@ -16,18 +17,21 @@ from .._sampling import (
     theta_shift,
 )
 from .._sampling import gumbel_softmax as _gumbel_softmax
-from .._validation import Tau, check_generator, check_sample_args_scale, compute_dtype
+from .._validation import Tau, check_generator, check_sample_args_scale
 from ._registry import register
 
+__all__ = ["gumbel_softmax_estimator", "softmax_estimator", "st_estimator", "st_gumbel_estimator"]
 
-@register("softmax", one_hot=False)
+
+@register("softmax", one_hot=False, reference="Hinton, Vinyals, Dean, 2015 (the no-noise baseline)")
 def softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
     r"""Tempered softmax, softmax(theta / tau): deterministic, not a sample (``generator`` unused).
 
     Backward: the exact gradient of softmax(theta / tau).
 
     Example:
-        >>> sample(torch.zeros(3), method="softmax")
+        >>> import torch, gumbelkit as gk
+        >>> gk.sample(torch.zeros(3), "softmax")
         tensor([0.3333, 0.3333, 0.3333])
 
     Reference: the common "no noise" baseline (Hinton et al., 2015).
@@ -36,7 +40,12 @@ def softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     return tempered_softmax(logits, tau, dim)
 
 
-@register("gumbel_softmax", one_hot=False)
+@register(
+    "gumbel_softmax",
+    one_hot=False,
+    relaxed=True,
+    reference="Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017",
+)
 def gumbel_softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
     r"""Relaxed sample y = softmax((theta + g) / tau), backward its exact gradient.
 
@@ -45,7 +54,12 @@ def gumbel_softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int =
     return _gumbel_softmax(logits, tau, False, dim=dim, generator=generator)
 
 
-@register("st_gumbel", one_hot=True)
+@register(
+    "st_gumbel",
+    one_hot=True,
+    relaxed=True,
+    reference="Jang, Gu, Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017",
+)
 def st_gumbel_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
     r"""Straight-through Gumbel-Softmax: forward one_hot(argmax(theta + g)), backward grad of softmax((theta + g)/tau).
 
@@ -54,7 +68,7 @@ def st_gumbel_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, 
     return _gumbel_softmax(logits, tau, True, dim=dim, generator=generator)
 
 
-@register("st", one_hot=True)
+@register("st", one_hot=True, reference="Bengio, Leonard, Courville, 2013; Chung, Ahn, Bengio, ICLR 2017")
 def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
     r"""Straight-through without Gumbel noise in the backward.
 

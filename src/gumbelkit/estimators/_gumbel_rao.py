@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._policy import compute_dtype
 from .._sampling import (
     _SHIFT_ABOVE,
     _needs_grad,
@@ -22,9 +23,10 @@ from .._validation import (
     check_generator,
     check_positive_int,
     check_sample_args_scale,
-    compute_dtype,
 )
-from ._registry import register
+from ._registry import OptionSpec, register
+
+__all__ = ["conditional_gumbel", "gumbel_rao_estimator"]
 
 
 def conditional_gumbel(
@@ -60,7 +62,13 @@ def conditional_gumbel(
     return others.scatter(d, idx, top)
 
 
-@register("gumbel_rao", one_hot=True)
+@register(
+    "gumbel_rao",
+    one_hot=True,
+    relaxed=True,
+    options=(OptionSpec("k", int, 10, minimum=1, help="conditional noise draws per sample (memory grows as k x logits)"),),
+    reference="Paulus, Maddison, Krause, Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator, ICLR 2021",
+)
 def gumbel_rao_estimator(
     logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None, k: int = 10
 ) -> torch.Tensor:
@@ -75,7 +83,10 @@ def gumbel_rao_estimator(
         k: number of conditional noise draws (default 10); memory grows as k x logits.
 
     Example:
-        >>> y = sample(torch.randn(4, 6, requires_grad=True), "gumbel_rao", tau=0.5, k=20)
+        >>> import torch, gumbelkit as gk
+        >>> y = gk.sample(torch.randn(4, 6, requires_grad=True), "gumbel_rao", tau=0.5, k=20)
+        >>> y.sum(-1)
+        tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
 
     Reference: Paulus, Maddison, Krause, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax
     Gradient Estimator", ICLR 2021.

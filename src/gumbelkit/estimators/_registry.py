@@ -1,49 +1,588 @@
-"""Name -> estimator registry behind :func:`gumbelkit.sample`.
+"""The method registry: one typed declaration (:class:`MethodSpec`) per gradient estimator.
 
-An estimator is a function ``(logits, tau, *, dim, generator, **options) -> Tensor`` whose
-forward value and backward *are* the method; it validates its own inputs.
+A method is declared once, where its function is defined::
+
+    @register("gumbel_rao", one_hot=True, options=(OptionSpec("k", int, 10, minimum=1, help="..."),),
+              reference="Paulus et al., ICLR 2021")
+    def gumbel_rao_estimator(logits, tau=1.0, *, dim=-1, generator=None, k=10): ...
+
+Two kinds of method exist:
+
+- ``"sample"``: ``fn(logits, tau, *, dim, generator, **options) -> Tensor`` returns a (relaxed or
+  one-hot) sample whose backward *is* the estimator; :func:`gumbelkit.sample` calls it.
+- ``"score_function"``: ``fn(logits, loss_fn, *, dim, generator, **options) -> (surrogate, losses)``
+  draws its own samples, evaluates ``loss_fn`` on them and returns a surrogate whose gradient is
+  the estimator (REINFORCE). It needs the loss, so :func:`gumbelkit.sample` refuses it;
+  :meth:`MethodSpec.objective` runs either kind the same way.
+
+Plugins: every entry point of the group ``gumbelkit.estimators`` names a module of another
+package; each is imported once, lazily, the first time the registry is read (:func:`get_spec`,
+:func:`get_estimator`, :data:`gumbelkit.METHODS`, :func:`gumbelkit.sample`), so its
+``@register`` decorators add methods that every command then accepts. A plugin that fails to
+import is reported with a :class:`RuntimeWarning` naming it, and whatever it had registered is
+removed again; it never stops gumbelkit from working.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-Estimator = Callable[..., torch.Tensor]
+try:  # the library's own exception classes (builtin-compatible); plain builtins before they existed
+    from ..errors import GumbelkitTypeError as _TypeError
+    from ..errors import GumbelkitValueError as _ValueError
+except ImportError:  # pragma: no cover - depends on the core modules' version
+    _TypeError, _ValueError = TypeError, ValueError  # type: ignore[misc,assignment]
 
-_REGISTRY: dict[str, Estimator] = {}
-# Methods whose forward value is exactly one-hot.
-_ONE_HOT: set = set()
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "SPECS",
+    "Estimator",
+    "MethodSpec",
+    "MethodsView",
+    "OptionSpec",
+    "get_estimator",
+    "get_spec",
+    "is_one_hot",
+    "load_plugins",
+    "register",
+    "registered_methods",
+    "unregister",
+]
+
+Estimator = Callable[..., Any]
+
+#: The entry-point group plugins declare their estimator modules in.
+ENTRY_POINT_GROUP = "gumbelkit.estimators"
+#: The kinds of method (see the module docstring).
+KINDS = ("sample", "score_function")
+_OPTION_TYPES = (int, float, bool, str)
+# Method and option names appear in the command line syntax ``name:option=value,...``.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def register(name: str, *, one_hot: bool) -> Callable[[Estimator], Estimator]:
-    """Decorator: register ``fn`` under ``name`` (``one_hot`` says whether its forward is one-hot)."""
+# --------------------------------------------------------------------------- declarations
+
+
+def _num(v: float) -> str:
+    """A bound as written in messages: 10000, not 1e+04; 0.5 as 0.5."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e16 else f"{v:g}"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a method: its name, type, default, valid range or choices and a one-line help.
+
+    Bounds are inclusive; ``None`` means unbounded. ``choices`` (if given) lists every valid value.
+
+    Example:
+        >>> from gumbelkit.estimators import OptionSpec
+        >>> k = OptionSpec("k", int, 10, minimum=1, help="conditional noise draws")
+        >>> k.describe()
+        'an integer >= 1'
+        >>> k.check(20, "gumbel_rao")
+        20
+        >>> k.parse("7", "gumbel_rao")
+        7
+    """
+
+    name: str
+    type: type
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple = ()
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _OPTION_NAME.match(self.name):
+            raise _ValueError(f"OptionSpec: expected an identifier as the option name, got {self.name!r}")
+        if self.type not in _OPTION_TYPES:
+            raise _TypeError(f"OptionSpec: expected type in (int, float, bool, str) for option {self.name!r}, got {self.type!r}")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        self.check(self.default, "<declaration>")  # a default outside its own range is a declaration bug
+
+    def describe(self, cap: float | None = None) -> str:
+        """The valid values in words, e.g. ``an integer >= 1`` or ``an integer with 2 <= n <= 1000``.
+
+        Args:
+            cap: an extra upper bound (an experiment's memory cap), combined with :attr:`maximum`.
+        """
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        what = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}[self.type]
+        hi = self._upper(cap)
+        lo = self.minimum
+        if lo is not None and hi is not None:
+            return f"{what} with {_num(lo)} <= {self.name} <= {_num(hi)}"
+        if lo is not None:
+            return f"{what} >= {_num(lo)}"
+        if hi is not None:
+            return f"{what} <= {_num(hi)}"
+        return what
+
+    def _upper(self, cap: float | None) -> float | None:
+        if cap is None or self.type not in (int, float):
+            return self.maximum
+        return cap if self.maximum is None else min(cap, self.maximum)
+
+    def check(self, value: Any, method: str, *, cap: float | None = None, where: str = "") -> Any:
+        """``value`` unchanged if it is valid for this option, else a clear error.
+
+        Args:
+            value: the option's value.
+            method: the method's name (for the message).
+            cap: an extra upper bound for numbers (see :meth:`describe`).
+            where: prefix of the message (the calling function), e.g. ``"sample: "``.
+
+        Returns:
+            ``value``.
+
+        Raises:
+            TypeError: a value of the wrong type; ValueError: a value out of range.
+        """
+        expected = f"{where}expected {self.name} to be {self.describe(cap)} for method {method!r}, got {value!r}"
+        ok_type = {
+            int: isinstance(value, numbers.Integral) and not isinstance(value, bool),
+            float: isinstance(value, numbers.Real) and not isinstance(value, bool),
+            bool: isinstance(value, bool),
+            str: isinstance(value, str),
+        }[self.type]
+        if not ok_type:
+            raise _TypeError(expected)
+        if self.choices and value not in self.choices:
+            raise _ValueError(expected)
+        if self.type in (int, float):
+            hi = self._upper(cap)
+            if (
+                (self.type is float and not math.isfinite(value))
+                or (self.minimum is not None and value < self.minimum)
+                or (hi is not None and value > hi)
+            ):
+                raise _ValueError(expected)
+        return value
+
+    def parse(self, text: str, method: str, *, cap: float | None = None, where: str = "") -> Any:
+        """The value written as ``text`` (on a command line), checked as by :meth:`check`."""
+        raw = str(text).strip()
+        try:
+            if self.type is bool:
+                low = raw.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value: Any = low in ("true", "1", "yes")
+            elif self.type is int:
+                value = int(raw)
+            elif self.type is float:
+                value = float(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise _ValueError(f"{where}expected {self.name} to be {self.describe(cap)} for method {method!r}, got {raw!r}") from None
+        return self.check(value, method, cap=cap, where=where)
+
+    def format(self, value: Any) -> str:
+        """``value`` as it is written on a command line (``parse(format(v)) == v``)."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return repr(value)
+        return str(value)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """The declaration of one registered method.
+
+    Attributes:
+        name: the registry name (``gumbelkit.sample(logits, name)``).
+        fn: the function (see the module docstring for the two signatures).
+        one_hot: whether its forward value (each sample, for ``"score_function"``) is exactly one-hot.
+        uses_tau: whether the temperature changes what it computes.
+        options: the :class:`OptionSpec` of each keyword option.
+        reference: the paper(s) it comes from.
+        kind: ``"sample"`` or ``"score_function"``.
+        relaxed: its backward is the gradient of the Gumbel-Softmax relaxation softmax((theta + g) / tau)
+            at the same tau (for the sampled noise, or averaged over the noise given the sample), so its
+            bias against the relaxed objective's gradient is a meaningful number.
+        evaluations_option: the option that says how many times one estimate evaluates the loss
+            (``"n"`` for REINFORCE with n samples); ``None``: once.
+        summary: a one-line description (the first line of ``fn``'s docstring).
+
+    Example:
+        >>> import gumbelkit as gk
+        >>> spec = gk.get_spec("gumbel_rao")
+        >>> spec.kind, spec.one_hot, spec.defaults()
+        ('sample', True, {'k': 10})
+    """
+
+    name: str
+    fn: Estimator
+    one_hot: bool
+    uses_tau: bool = True
+    options: tuple[OptionSpec, ...] = ()
+    reference: str = ""
+    kind: str = "sample"
+    relaxed: bool = False
+    evaluations_option: str | None = None
+    summary: str = field(default="", compare=False)
+
+    def option(self, name: str) -> OptionSpec:
+        """The :class:`OptionSpec` called ``name``; TypeError listing the valid ones otherwise."""
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise _TypeError(f"unknown option {name!r} for method {self.name!r}; {self._valid_options()}")
+
+    def _valid_options(self) -> str:
+        if not self.options:
+            return f"{self.name} takes no options"
+        return "valid options: " + ", ".join(f"{o.name} ({o.describe()}, default {o.format(o.default)})" for o in self.options)
+
+    def defaults(self) -> dict:
+        """Every option at its default value."""
+        return {o.name: o.default for o in self.options}
+
+    def check_options(self, options: Mapping[str, Any], *, cap: float | None = None, where: str = "") -> dict:
+        """``options`` validated: unknown names are a TypeError listing the valid ones, values out
+        of range a ValueError naming the method, option, range and value.
+
+        Returns:
+            A new dict with the same items (defaults are not filled in: see :meth:`resolve`).
+        """
+        out = {}
+        for key, value in options.items():
+            if not any(o.name == key for o in self.options):
+                raise _TypeError(f"{where}unknown option {key!r} for method {self.name!r}; {self._valid_options()}")
+            out[key] = self.option(key).check(value, self.name, cap=cap, where=where)
+        return out
+
+    def resolve(self, options: Mapping[str, Any]) -> dict:
+        """Every option: ``options`` (checked) over the defaults, in declaration order."""
+        given = self.check_options(options)
+        return {o.name: given.get(o.name, o.default) for o in self.options}
+
+    def loss_evaluations(self, options: Mapping[str, Any]) -> int:
+        """How many times one estimate evaluates the loss with these options."""
+        if self.evaluations_option is None:
+            return 1
+        return int(self.resolve(options)[self.evaluations_option])
+
+    def objective(
+        self,
+        logits: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        tau: Any = 1.0,
+        *,
+        dim: int = -1,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""A training objective whose gradient is this method's estimate of grad E_z[loss_fn(z)].
+
+        For a ``"sample"`` method: z = the method's sample of ``logits``, objective = loss_fn(z).
+        For a ``"score_function"`` method: the method draws its own samples and returns its
+        surrogate. ``loss_fn`` maps samples shaped like ``logits`` (with any leading sample
+        dimensions) to per-example losses shaped like those leading dimensions.
+
+        Args:
+            logits: unnormalised log-probabilities.
+            loss_fn: samples -> losses (see above).
+            tau: temperature (ignored by methods with ``uses_tau=False``).
+            dim: the category dimension.
+            generator: optional ``torch.Generator``.
+            **options: the method's options.
+
+        Returns:
+            (objective, losses): the objective per example, and the loss at the method's forward
+            value (the mean over its samples for a score-function method), both with the batch shape.
+
+        Example:
+            >>> import torch, gumbelkit as gk
+            >>> logits = torch.zeros(5, 3, requires_grad=True)
+            >>> target = torch.tensor([0.0, 1.0, 0.0])
+            >>> loss = lambda z: ((z - target) ** 2).sum(-1)
+            >>> for name in ("st_gumbel", "reinforce"):
+            ...     obj, value = gk.get_spec(name).objective(logits, loss, 0.5, generator=torch.Generator().manual_seed(0))
+            ...     obj.sum().backward()
+            ...     print(name, tuple(obj.shape), tuple(value.shape))
+            st_gumbel (5,) (5,)
+            reinforce (5,) (5,)
+        """
+        opts = self.check_options(options, where="objective: ")
+        if self.kind == "score_function":
+            surrogate, losses = self.fn(logits, loss_fn, dim=dim, generator=generator, **opts)
+            return surrogate, losses.mean(0)
+        z = self.fn(logits, tau, dim=dim, generator=generator, **opts)
+        losses = loss_fn(z)
+        return losses, losses
+
+
+# --------------------------------------------------------------------------- the registry
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def _check_signature(name: str, fn: Estimator, options: Sequence[OptionSpec]) -> None:
+    """Every declared option must be a keyword the function accepts (caught at registration, not at the first call)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C function: nothing to inspect
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for opt in options:
+        if opt.name not in params:
+            raise _ValueError(f"register: option {opt.name!r} of method {name!r} is not a parameter of {getattr(fn, '__name__', fn)!r}")
+
+
+def register(
+    name: str,
+    *,
+    one_hot: bool,
+    uses_tau: bool = True,
+    options: Sequence[OptionSpec] = (),
+    reference: str = "",
+    kind: str = "sample",
+    relaxed: bool = False,
+    evaluations_option: str | None = None,
+) -> Callable[[Estimator], Estimator]:
+    """Decorator: declare ``fn`` as method ``name`` (see :class:`MethodSpec` for the arguments).
+
+    The function is returned unchanged. Registering takes effect at once: the name appears in
+    :data:`gumbelkit.METHODS` (``"sample"`` methods) and every command accepts it.
+
+    Raises:
+        ValueError: a name already registered or not usable on a command line, an unknown kind,
+            an option the function does not accept.
+
+    Example:
+        >>> import torch, gumbelkit as gk
+        >>> from gumbelkit.estimators import OptionSpec, one_hot_straight_through
+        >>> @gk.register("doc_st_identity", one_hot=True,
+        ...              options=(OptionSpec("scale", float, 1.0, minimum=0.0, help="gradient scale"),))
+        ... def st_identity(logits, tau=1.0, *, dim=-1, generator=None, scale=1.0):
+        ...     index = gk.gumbel_max(logits, dim, generator=generator).unsqueeze(dim)
+        ...     return one_hot_straight_through(scale * logits, index, dim)
+        >>> "doc_st_identity" in gk.METHODS
+        True
+        >>> gk.sample(torch.zeros(2, 3), "doc_st_identity", scale=2.0).sum(-1)
+        tensor([1., 1.])
+        >>> gk.estimators.unregister("doc_st_identity")
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _ValueError(f"register: expected a method name of letters, digits, '_', '.' or '-', got {name!r}")
+    if kind not in KINDS:
+        raise _ValueError(f"register: expected kind in {KINDS}, got {kind!r}")
+    opts = tuple(options)
+    if not all(isinstance(o, OptionSpec) for o in opts):
+        raise _TypeError(f"register: expected options to be OptionSpec instances for method {name!r}")
+    names = [o.name for o in opts]
+    if len(set(names)) != len(names):
+        raise _ValueError(f"register: method {name!r} declares an option twice: {names}")
+    if evaluations_option is not None and evaluations_option not in names:
+        raise _ValueError(f"register: evaluations_option {evaluations_option!r} is not an option of method {name!r}")
 
     def deco(fn: Estimator) -> Estimator:
         if name in _REGISTRY:
-            raise ValueError(f"expected a new method name, got {name!r} (already registered)")
-        _REGISTRY[name] = fn
-        if one_hot:
-            _ONE_HOT.add(name)
+            raise _ValueError(f"expected a new method name, got {name!r} (already registered)")
+        _check_signature(name, fn, opts)
+        doc = inspect.getdoc(fn) or ""
+        _REGISTRY[name] = MethodSpec(
+            name=name,
+            fn=fn,
+            one_hot=bool(one_hot),
+            uses_tau=bool(uses_tau),
+            options=opts,
+            reference=str(reference),
+            kind=kind,
+            relaxed=bool(relaxed),
+            evaluations_option=evaluations_option,
+            summary=doc.strip().splitlines()[0] if doc.strip() else "",
+        )
         return fn
 
     return deco
 
 
-def get_estimator(name: str) -> Estimator:
-    """The registered function for ``name``; ValueError listing the choices otherwise."""
+def unregister(name: str) -> None:
+    """Remove method ``name`` (for tests and interactive work); KeyError if it is not registered."""
+    del _REGISTRY[name]
+
+
+# --------------------------------------------------------------------------- plugins
+
+_plugins_loaded = False
+_plugin_names: list[str] = []
+
+
+def _entry_points() -> list:
+    from importlib import metadata
+
+    eps = metadata.entry_points()
+    selected = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(ENTRY_POINT_GROUP, ())
+    seen, out = set(), []
+    for ep in selected:  # one distribution found twice on sys.path lists its entry points twice
+        if (ep.name, ep.value) not in seen:
+            seen.add((ep.name, ep.value))
+            out.append(ep)
+    return out
+
+
+def load_plugins() -> tuple[str, ...]:
+    """Import every ``gumbelkit.estimators`` entry point once (later calls do nothing).
+
+    Called by every read of the registry, so a plugin's methods are there before anyone looks.
+    A plugin that raises while importing becomes a :class:`RuntimeWarning` naming it, and the
+    methods it registered before failing are removed again.
+
+    Returns:
+        The names of the entry points that loaded.
+    """
+    global _plugins_loaded
+    # Under torch.compile the first read may happen while tracing: never import there (the
+    # registry of built-in methods is complete without plugins).
+    if _plugins_loaded or torch.compiler.is_compiling():
+        return tuple(_plugin_names)
+    _plugins_loaded = True  # first, so that a plugin reading the registry does not recurse
+    try:
+        eps = _entry_points()
+    except Exception as exc:  # broken metadata of some installed distribution
+        warnings.warn(f"gumbelkit: cannot list estimator plugins ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        return ()
+    for ep in eps:
+        before = set(_REGISTRY)
+        try:
+            ep.load()
+        except Exception as exc:  # any failure of foreign code: warn, never crash
+            for added in set(_REGISTRY) - before:
+                del _REGISTRY[added]
+            warnings.warn(
+                f"gumbelkit: estimator plugin {ep.name!r} ({ep.value}) failed to load and is ignored: "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        else:
+            _plugin_names.append(ep.name)
+    return tuple(_plugin_names)
+
+
+def _reset_plugins() -> None:
+    """Forget that plugins were loaded (tests: load them again with other entry points)."""
+    global _plugins_loaded
+    _plugins_loaded = False
+    _plugin_names.clear()
+
+
+# --------------------------------------------------------------------------- reading the registry
+
+
+def get_spec(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` of method ``name`` (any kind); ValueError listing the choices otherwise.
+
+    Example:
+        >>> import gumbelkit as gk
+        >>> gk.get_spec("reinforce").kind
+        'score_function'
+    """
+    load_plugins()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"expected method in {tuple(_REGISTRY)}, got {name!r}") from None
+        raise _ValueError(f"expected method in {tuple(_REGISTRY)}, got {name!r}") from None
 
 
-def registered_methods() -> tuple:
-    return tuple(_REGISTRY)
+def get_estimator(name: str) -> Estimator:
+    """The registered function of method ``name``; ValueError listing the choices otherwise."""
+    return get_spec(name).fn
+
+
+def registered_methods(kind: str | None = "sample") -> tuple[str, ...]:
+    """The registered names of one kind (``None``: every kind), in registration order."""
+    load_plugins()
+    return tuple(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
 def is_one_hot(name: str) -> bool:
-    """Whether method ``name`` returns an exactly one-hot forward value."""
-    get_estimator(name)
-    return name in _ONE_HOT
+    """Whether method ``name`` returns an exactly one-hot forward value (each sample, for REINFORCE)."""
+    return get_spec(name).one_hot
+
+
+class MethodsView(Sequence):
+    """A live, read-only view of the registered names of one kind (or of all kinds).
+
+    It is a sequence of names in registration order that reflects every later registration:
+    ``in``, iteration, ``len``, indexing and ``sorted`` work, and it compares equal to a list or
+    tuple of the same names.
+
+    Example:
+        >>> import gumbelkit as gk
+        >>> "st_gumbel" in gk.METHODS, "reinforce" in gk.METHODS
+        (True, False)
+        >>> sorted(gk.METHODS)[:2]
+        ['gumbel_rao', 'gumbel_softmax']
+    """
+
+    __slots__ = ("_kind",)
+
+    def __init__(self, kind: str | None = "sample"):
+        self._kind = kind
+
+    def _names(self) -> tuple[str, ...]:
+        return registered_methods(self._kind)
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MethodsView):
+            return self._names() == other._names()
+        if isinstance(other, (list, tuple)):
+            return list(self._names()) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable contents
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+class _SpecsView(Mapping):
+    """Live read-only mapping name -> :class:`MethodSpec` of every registered method."""
+
+    def __getitem__(self, name: str) -> MethodSpec:
+        load_plugins()
+        return _REGISTRY[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registered_methods(None))
+
+    def __len__(self) -> int:
+        return len(registered_methods(None))
+
+    def __repr__(self) -> str:
+        return f"SPECS({', '.join(registered_methods(None))})"
+
+
+#: Every registered method of every kind: a live read-only mapping name -> :class:`MethodSpec`.
+SPECS: Mapping[str, MethodSpec] = _SpecsView()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._policy import compute_dtype
 from .._sampling import (
     _lean,
     _needs_grad,
@@ -16,8 +17,10 @@ from .._sampling import (
     prepare_tau,
     theta_shift,
 )
-from .._validation import Tau, check_sample_args_scale, compute_dtype
+from .._validation import Tau, check_sample_args_scale
 from ._registry import register
+
+__all__ = ["reinmax_estimator"]
 
 
 class _ReinMax(torch.autograd.Function):
@@ -77,7 +80,11 @@ class _ReinMax(torch.autograd.Function):
         return g, None, None, None, None, None, None
 
 
-@register("reinmax", one_hot=True)
+@register(
+    "reinmax",
+    one_hot=True,
+    reference="Liu, Chen, Tan, Ji, Wang, Gao, Bridging Discrete and Backpropagation: Straight-Through and Beyond, NeurIPS 2023",
+)
 def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None) -> torch.Tensor:
     r"""ReinMax: forward one_hot(D), D ~ Cat(pi), pi = softmax(theta); second-order backward.
 
@@ -86,7 +93,10 @@ def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     no gradient from this estimator.
 
     Example:
-        >>> y = sample(torch.randn(4, 6, requires_grad=True), "reinmax", tau=1.0)
+        >>> import torch, gumbelkit as gk
+        >>> y = gk.sample(torch.randn(4, 6, requires_grad=True), "reinmax", tau=1.0)
+        >>> bool(((y == 0) | (y == 1)).all())
+        True
 
     Reference: Liu, Chen, Tan, Ji, Wang, Gao, "Bridging Discrete and Backpropagation:
     Straight-Through and Beyond", NeurIPS 2023.

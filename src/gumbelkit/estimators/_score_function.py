@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
+from .._sampling import gumbel_max
 from .._validation import (
     DimError,
     check_dtype,
@@ -14,8 +17,9 @@ from .._validation import (
     shape_str,
     skip_value_checks,
 )
+from ._registry import OptionSpec, register
 
-__all__ = ["MovingAverageBaseline", "categorical_log_prob", "reinforce_surrogate"]
+__all__ = ["MovingAverageBaseline", "categorical_log_prob", "reinforce_objective", "reinforce_surrogate"]
 
 
 def categorical_log_prob(logits: torch.Tensor, value: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -97,8 +101,15 @@ def reinforce_surrogate(
         The surrogate, ``losses`` with ``dim`` reduced by the mean.
 
     Example:
-        >>> surrogate = reinforce_surrogate(losses, log_probs)   # losses: (n, batch)
+        >>> import torch, gumbelkit as gk
+        >>> logits = torch.zeros(8, 3, requires_grad=True)
+        >>> z = gk.gumbel_max(logits.expand(4, 8, 3), generator=torch.Generator().manual_seed(0))  # n = 4 draws
+        >>> losses = (z == 1).float()                                    # (n, batch): f(z) = [z == 1]
+        >>> log_probs = gk.categorical_log_prob(logits.expand(4, 8, 3), z)
+        >>> surrogate = gk.reinforce_surrogate(losses, log_probs)       # (batch,)
         >>> surrogate.sum().backward()
+        >>> logits.grad.shape
+        torch.Size([8, 3])
 
     Reference: Williams, 1992; Kool, van Hoof, Welling, "Buy 4 REINFORCE Samples, Get a Baseline
     for Free!", ICLR 2019 workshop (leave-one-out baseline).
@@ -174,9 +185,13 @@ class MovingAverageBaseline:
     the current batch, so the baseline does not depend on the samples it is applied to.
 
     Example:
-        >>> base = MovingAverageBaseline(0.9)
-        >>> surrogate = reinforce_surrogate(losses, log_probs, baseline=base.value(losses))
+        >>> import torch, gumbelkit as gk
+        >>> base = gk.MovingAverageBaseline(0.9)
+        >>> losses, log_probs = torch.tensor([[1.0, 3.0]]), torch.zeros(1, 2, requires_grad=True)
+        >>> surrogate = gk.reinforce_surrogate(losses, log_probs, baseline=base.value(losses))
         >>> base.update(losses)
+        >>> base.mean
+        2.0
     """
 
     def __init__(self, decay: float = 0.9):
@@ -223,3 +238,74 @@ class MovingAverageBaseline:
             if not math.isfinite(mean):
                 raise ValueError(f"expected a finite mean in the state, got {mean}")
         self.decay, self.mean = decay, mean
+
+
+@register(
+    "reinforce",
+    one_hot=True,
+    uses_tau=False,
+    kind="score_function",
+    options=(OptionSpec("n", int, 4, minimum=2, help="samples per estimate, for the leave-one-out baseline"),),
+    evaluations_option="n",
+    reference="Williams, 1992; Kool, van Hoof, Welling, Buy 4 REINFORCE Samples, Get a Baseline for Free!, 2019",
+)
+def reinforce_objective(
+    logits: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    dim: int = -1,
+    generator: torch.Generator | None = None,
+    n: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""REINFORCE with n samples and the leave-one-out baseline, as a surrogate objective.
+
+    Math: z_1..z_n ~ Categorical(softmax(logits)) (one-hot along ``dim``, drawn by Gumbel-Max),
+    f_i = loss_fn(z_i), log q(z_i) summed over every categorical variable that one loss covers;
+    the surrogate is :func:`reinforce_surrogate` (f, log q, baseline="loo"): its value is the mean
+    loss and its gradient the unbiased estimate (1/n) sum_i [grad f_i + (f_i - b_i) grad log q(z_i)].
+
+    Args:
+        logits: (..., K, ...) logits; all variables are independent.
+        loss_fn: maps the samples, shape (n, *logits.shape), to losses of shape (n, *batch) where
+            ``batch`` is a leading part of ``logits.shape`` without ``dim``; the log-probabilities
+            of the remaining (trailing) variables are summed into each loss's sample.
+        dim: the category dimension.
+        generator: optional ``torch.Generator``.
+        n: samples per estimate, >= 2.
+
+    Returns:
+        (surrogate of shape ``batch``, losses of shape (n, *batch)).
+
+    Example:
+        >>> import torch, gumbelkit as gk
+        >>> logits = torch.zeros(6, 2, 3, requires_grad=True)           # 6 examples, 2 variables, 3 classes
+        >>> target = torch.tensor([1.0, 0.0, 0.0])
+        >>> loss_fn = lambda z: ((z - target) ** 2).sum((-1, -2))         # (n, 6, 2, 3) -> (n, 6)
+        >>> surrogate, losses = gk.estimators.reinforce_objective(logits, loss_fn, n=4)
+        >>> surrogate.shape, losses.shape
+        (torch.Size([6]), torch.Size([4, 6]))
+        >>> surrogate.sum().backward()
+
+    Reference: Williams, 1992; Kool, van Hoof, Welling, ICLR 2019 workshop.
+    """
+    dim = check_logits(logits, dim)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"reinforce_objective: expected n to be an integer >= 2, got {n!r}")
+    n = int(n)
+    rep = logits.unsqueeze(0).expand(n, *logits.shape)
+    index = gumbel_max(rep, dim=dim + 1, generator=generator)  # (n, *shape without dim)
+    z = F.one_hot(index, logits.shape[dim]).to(logits.dtype)
+    if dim != logits.dim() - 1:
+        z = z.movedim(-1, dim + 1)
+    losses = loss_fn(z)
+    log_q = categorical_log_prob(rep, index, dim=dim + 1)
+    if not isinstance(losses, torch.Tensor) or losses.dim() < 1 or tuple(losses.shape) != tuple(log_q.shape[: losses.dim()]):
+        got = shape_str(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(
+            f"reinforce_objective: expected loss_fn to return losses of a leading shape of {shape_str(log_q.shape)} "
+            f"(n samples first), got {got}"
+        )
+    if log_q.dim() > losses.dim():
+        # one sample of the loss covers every trailing variable: its log-probability is their sum
+        log_q = log_q.sum(tuple(range(losses.dim(), log_q.dim())))
+    return reinforce_surrogate(losses, log_q, baseline="loo", dim=0), losses

@@ -1,7 +1,12 @@
-"""Helpers shared by the experiments: clean user errors, atomic files, tables, progress, devices."""
+"""Helpers shared by the experiments: clean user errors, atomic and checksummed files, tables, devices.
+
+The checksummed files (``write_checked_*`` / ``read_checked_*``) are the experiments' one resume
+scheme; option checking, settings and outputs are in :mod:`._harness`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -9,7 +14,6 @@ import math
 import os
 import platform
 import struct
-import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,20 +25,13 @@ __all__ = [
     "MAX_THREADS",
     "MIN_TAU",
     "UserError",
-    "add_progress_flags",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
-    "check_float",
-    "check_int",
-    "check_path",
     "environment_info",
     "markdown_table",
     "mean_std",
-    "parse_list",
-    "prepare_out_dir",
-    "progress",
     "read_checked_bytes",
     "read_checked_json",
     "read_checked_torch",
@@ -84,10 +81,8 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
@@ -216,7 +211,7 @@ def read_checked_torch(path, *, what: str = "checkpoint", hint: str | None = Non
     payload = read_checked_bytes(path, what=what, hint=hint)
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- torch.load raises many types; a verified frame that is no tensor pickle
+    except Exception as exc:  # torch.load raises many types; a verified frame that is no tensor pickle
         raise _refuse(what, path, f"does not load ({type(exc).__name__})", hint) from None
 
 
@@ -257,74 +252,6 @@ def read_checked_json(path, *, what: str = "state file", hint: str | None = None
         raise _refuse(what, path, str(exc), hint) from None
 
 
-# --------------------------------------------------------------------------- option checks
-
-
-def check_path(value, flag: str) -> str:
-    """A path option as text; UserError for empty or blank paths and NUL characters."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise UserError(f"expected a path for {flag}, got {value!r}")
-    text = os.fspath(value)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    if not text.strip():
-        raise UserError(f"expected a non-empty path for {flag}, got {text!r}")
-    if "\0" in text:
-        raise UserError(f"expected {flag} without NUL characters, got {text!r}")
-    return text
-
-
-def check_int(value, flag: str, minimum: int, maximum: int | None = None) -> int:
-    """An integer option in [minimum, maximum] (text or int; not a bool or a fractional float)."""
-    span = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-    if isinstance(value, bool):
-        raise UserError(f"expected {flag} to be {span}, got {value!r}")
-    try:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError
-            v = int(value)
-        else:
-            v = value if isinstance(value, int) else int(str(value).strip())
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"expected {flag} to be {span}, got {value!r}") from None
-    if v < minimum or (maximum is not None and v > maximum):
-        raise UserError(f"expected {flag} to be {span}, got {v}")
-    return v
-
-
-def check_float(value, flag: str, *, minimum: float | None = None, maximum: float | None = None,
-                positive: bool = False) -> float:
-    """A finite number option, optionally > 0 and within [minimum, maximum]."""
-    try:
-        v = float(str(value).strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"expected {flag} to be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise UserError(f"expected a finite {flag}, got {value!r}")
-    if positive and not v > 0:
-        raise UserError(f"expected {flag} > 0, got {value!r}")
-    if minimum is not None and v < minimum:
-        raise UserError(f"expected {flag} >= {minimum:g}, got {value!r}")
-    if maximum is not None and v > maximum:
-        raise UserError(f"expected {flag} <= {maximum:g}, got {value!r}")
-    return v
-
-
-def prepare_out_dir(path, flag: str = "--out") -> Path:
-    """Create ``path`` if needed and check that it is a writable folder (UserError naming ``flag`` otherwise)."""
-    path = Path(check_path(path, flag))
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write to {flag} {path}: {exc.strerror or exc}") from None
-    return path
-
-
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table; floats are printed with 4 significant digits."""
 
@@ -349,37 +276,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(vals) < 2:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-
-
-def progress(total: int, desc: str, *, enabled: bool | None = None):
-    """A tqdm bar on a terminal; a silent stand-in with the same ``update``/``close`` API otherwise."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-        except ImportError:
-            pass
-
-    class _Quiet:
-        def update(self, n=1):
-            pass
-
-        def set_postfix(self, *a, **k):
-            pass
-
-        def close(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.close()
-
-    return _Quiet()
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -421,22 +317,3 @@ def save_figure(fig, path) -> Path:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def parse_list(text: str, name: str, *, allowed: Sequence[str] | None = None) -> list[str]:
-    """Split ``a,b,c``; UserError for empty items or names outside ``allowed``."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not items or any(not t for t in items):
-        raise UserError(f"expected a comma-separated list for {name}, got {text!r}")
-    if allowed is not None:
-        bad = [t for t in items if t not in allowed]
-        if bad:
-            raise UserError(f"unknown {name} {bad[0]!r}; expected some of {', '.join(allowed)}")
-    return items
-
-
-def add_progress_flags(parser) -> None:
-    """``--progress`` / ``--no-progress`` (default: bars only when stderr is a terminal)."""
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -24,6 +24,7 @@ def all_one_hot(n: int, k: int, *, dtype=torch.float64, device=None) -> torch.Te
     """All K^N joint outcomes as one-hot codes, shape (K^N, N, K), in lexicographic order.
 
     Example:
+        >>> from gumbelkit.experiments._enumerate import all_one_hot
         >>> all_one_hot(2, 3).shape
         torch.Size([9, 2, 3])
     """
@@ -54,8 +55,10 @@ def exact_expectation(
         0-d tensor in ``logits``' dtype.
 
     Example:
+        >>> import torch
+        >>> from gumbelkit.experiments._enumerate import exact_expectation
         >>> theta = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-        >>> round(float(exact_expectation(theta, lambda z: z[:, 0, 0])), 4)
+        >>> round(exact_expectation(theta, lambda z: z[:, 0, 0]).item(), 4)
         0.3333
     """
     if logits.dim() != 2:

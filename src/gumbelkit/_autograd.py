@@ -1,0 +1,227 @@
+"""The library's ``torch.autograd.Function`` classes and their thin ``apply`` wrappers.
+
+* :class:`ScatterStraightThrough`: an exact 0/1 forward (ones at given indices: one-hot, k-hot,
+  permutation matrices) whose backward passes the gradient to a soft tensor unchanged.
+* :class:`TemperedSoftmax`: one node for the tempered softmax, the Gumbel-Softmax and their
+  straight-through forms, saving only the softmax.
+
+Both are pure functions of their inputs (the noise is an input), use ``setup_context`` and
+``generate_vmap_rule``, and write their backwards in differentiable ops, so they work under
+``torch.func`` transforms and double backward. Like :mod:`gumbelkit._internals`, nothing here
+validates its arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._internals import one_hot
+from ._policy import compute_dtype, lean
+from ._validation import Tau
+
+__all__ = [
+    "ScatterStraightThrough",
+    "TemperedSoftmax",
+    "one_hot_straight_through",
+    "scatter_straight_through",
+    "softmax_grad",
+    "tempered_core",
+]
+
+
+def softmax_grad(y: torch.Tensor, v: torch.Tensor, dim: int, *, overwrite_y: bool = False) -> torch.Tensor:
+    """y * (v - <y, v>) along dim: ATen's fused softmax backward (one pass instead of four).
+
+    Differentiable (it has a double backward), so backwards built on it support create_graph.
+    With ``overwrite_y`` (for a private saved y that no one else reads) the result is written over
+    y -- the kernel finishes each row's <y, v> before writing it -- so the backward allocates no
+    B x K buffer. Only on CPU (the kernel checked), outside compilation and torch.func transforms,
+    when the graph is not retained (a second backward would read the overwritten y) and not
+    built (create_graph: an out= result cannot be differentiated).
+    """
+    v = v.to(y.dtype).contiguous()
+    if (
+        overwrite_y
+        and y.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch.is_grad_enabled()
+        and not torch._C._are_functorch_transforms_active()
+        and not torch._C._autograd._get_current_graph_task_keep_graph()
+    ):
+        return torch.ops.aten._softmax_backward_data.out(v, y, dim, y.dtype, grad_input=y)
+    return torch._softmax_backward_data(v, y, dim, y.dtype)
+
+
+class ScatterStraightThrough(torch.autograd.Function):
+    """Forward: zeros shaped like ``soft`` with 1 at ``index`` along ``dim``; backward: the identity into ``soft``.
+
+    One index per row gives a one-hot forward, k indices a k-hot one, and a permutation along the
+    last dim of a square ``soft`` a permutation matrix.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(soft: torch.Tensor, index: torch.Tensor, dim: int):
+        return one_hot(soft, index, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, v: torch.Tensor):
+        return v, None, None
+
+
+def scatter_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exact 0/1 forward with ones at ``index`` along ``dim``, gradient passed to ``soft`` unchanged (unchecked)."""
+    return ScatterStraightThrough.apply(soft, index, dim)
+
+
+def one_hot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exactly one-hot forward at ``index`` (keepdim layout), gradient passed to ``soft`` unchanged."""
+    return ScatterStraightThrough.apply(soft, index, dim)
+
+
+class TemperedSoftmax(torch.autograd.Function):
+    """y = softmax((x [- m] [- log E] [- zmax]) / tau), soft or one-hot forward, saving only y.
+
+    One node for the tempered softmax, the Gumbel-Softmax (noise ``log_e`` passed in, so the
+    function is pure and vmap can generate its batching rule) and the straight-through forms
+    (one-hot at ``index``, or at argmax of the perturbed logits when ``hard``). In the lean mode
+    (eager, no torch.func transform) theta - log E is written straight into the private noise
+    buffer and divided by tau in place: one B x K buffer besides y, as before.
+
+    Backward, from y alone: with g = y * (v - <y, v>) (ATen's fused softmax backward),
+    grad_x = g / tau -- a division, never g * (1 / tau), so a subnormal tau cannot make 0 * inf --
+    and, for a row-constant tensor tau, grad_tau = -sum_k g_k log y_k / tau. That is
+    -sum_k g_k s_k / tau with s = (x - c) / tau, because log y_k = s_k - logsumexp(s) and
+    sum_k g_k = 0; it never touches s, which is -inf (masked) or overflows where y_k = 0, and
+    there g_k = 0 exactly, so masked classes give exactly 0 to both gradients instead of
+    0 * inf = NaN. A per-class tau needs s_k itself: s_k = log y_k + lse with lse = logsumexp(s)
+    returned as an extra output (one value per row). Extra outputs (y when the first output is
+    not y, lse) make every backward quantity a function of outputs and inputs, so the backward,
+    written in differentiable ops, also gives correct second derivatives.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, log_e, m, tau, dim: int, hard: bool, index, post: bool, per_class: bool, lean: bool, with_lse: bool):
+        cdt = compute_dtype(x.dtype)
+        if m is not None:
+            z, own = torch.sub(x, m), True  # promotes fp16/bf16 to the compute dtype
+        else:
+            z = x.to(cdt)
+            own = z is not x
+        if log_e is not None:
+            # theta - log E = theta + g; in lean mode straight into the (private) noise buffer
+            z = torch.sub(z, log_e, out=log_e) if lean else z - log_e
+            own = True
+        if hard and index is None:
+            index = z.argmax(dim, keepdim=True)
+        if post:
+            # top of every row exactly 0: (z - zmax) / tau is then in [-inf, 0] with a 0 in every row
+            zmax = z.amax(dim, keepdim=True)
+            z = z.sub_(zmax) if lean and own else z - zmax
+        if per_class:
+            # softmax(s_k = z_k / tau_k): no common shift cancels, so clamp quotients that overflowed
+            # (tiny tau_k, huge z_k) to the finite range -- the softmax then never sees inf - inf --
+            # and keep masked classes at exactly -inf (zero weight).
+            s = z if m is None else z + m
+            fin = torch.finfo(cdt)
+            s = torch.where(torch.isneginf(z), float("-inf"), (s / tau).clamp(fin.min, fin.max))
+        elif isinstance(tau, torch.Tensor) or tau != 1.0:
+            s = z.div_(tau) if lean and own else z / tau
+        else:
+            s = z
+        y = torch.softmax(s, dim)
+        lse = torch.logsumexp(s, dim, keepdim=True) if with_lse else None
+        del z, s
+        if index is not None:
+            out = one_hot(y, index, dim, dtype=x.dtype)
+        else:
+            out = y if y.dtype == x.dtype else y.to(x.dtype)
+        outs = (out,) if out is y else (out, y)
+        return outs + (lse,) if with_lse else outs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _log_e, _m, tau, dim, hard, index, _post, per_class, lean, with_lse = inputs
+        y_is_out = not hard and index is None and x.dtype == compute_dtype(x.dtype)
+        y = output[0] if y_is_out else output[1]
+        lse = output[-1] if with_lse else None
+        tau_t = tau if isinstance(tau, torch.Tensor) else None
+        ctx.save_for_backward(y, tau_t, lse)
+        ctx.dim, ctx.tau, ctx.per_class, ctx.in_dtype = dim, tau, per_class, x.dtype
+        ctx.y_is_out, ctx.with_lse, ctx.lean = y_is_out, with_lse, lean
+        ctx.set_materialize_grads(False)  # unused extra outputs cost no zero buffers
+
+    @staticmethod
+    def backward(ctx, *grads):
+        y, tau_t, lse = ctx.saved_tensors
+        v = grads[0]
+        v_y = None if ctx.y_is_out else grads[1]
+        v_lse = grads[-1] if ctx.with_lse else None
+        if v is None:
+            v = v_y
+        elif v_y is not None:
+            v = v.to(y.dtype) + v_y
+        need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        nones = (None,) * 7
+        if v is None and v_lse is None:
+            return (None, None, None, None) + nones
+        if v is None:
+            g = y * v_lse  # d lse / d s = y
+        else:
+            # y is private (not returned to the caller) unless the output is y itself
+            private = ctx.lean and not ctx.y_is_out and not need_tau and v_lse is None
+            g = softmax_grad(y, v, ctx.dim, overwrite_y=private)
+            if v_lse is not None:
+                g = g + y * v_lse
+        gtau = None
+        if need_tau:
+            pos = y > 0
+            # log y where y > 0, else 0 (g is exactly 0 there): the inner where keeps log's own
+            # backward (1 / y) away from y = 0, so even a double backward sees no 0 * inf.
+            log_y = torch.where(pos, torch.log(torch.where(pos, y, 1.0)), 0.0)
+            if ctx.per_class:
+                gtau = -(g * torch.where(pos, log_y + lse, 0.0)) / tau_t
+            else:
+                gtau = -(g * log_y).sum(ctx.dim, keepdim=True) / tau_t
+            gtau = gtau.sum_to_size(tau_t.shape)
+        gx = None
+        if need_x:
+            if tau_t is not None:
+                gx = g / tau_t
+            elif ctx.tau != 1.0:
+                gx = g.div_(ctx.tau) if not torch.is_grad_enabled() and v_lse is None else g / ctx.tau
+            else:
+                gx = g
+            gx = gx.to(ctx.in_dtype)
+        return (gx, None, None, gtau) + nones
+
+
+def tempered_core(
+    x: torch.Tensor,
+    tau: Tau,
+    dim: int,
+    *,
+    log_e: torch.Tensor | None = None,
+    m: torch.Tensor | None = None,
+    post: bool = False,
+    hard: bool = False,
+    index: torch.Tensor | None = None,
+    per_class: bool = False,
+) -> torch.Tensor:
+    """Unchecked softmax((x [- m] [- log_e]) / tau) (one-hot at ``index`` / the argmax with ``hard``).
+
+    ``tau`` must come from :func:`gumbelkit._internals.prepare_tau`; ``log_e`` must be a fresh
+    buffer (it is overwritten).
+    """
+    # a per-class tau's gradient needs lse (one value per row); computed whenever tau is a tensor
+    # there, since torch.func.grad may ask for it without tau.requires_grad being visible here
+    with_lse = per_class and isinstance(tau, torch.Tensor)
+    outs = TemperedSoftmax.apply(x, log_e, m, tau, dim, hard, index, post, per_class, lean(), with_lse)
+    return outs[0]

@@ -1,0 +1,300 @@
+"""The typed method registry: declarations, the live METHODS view, option checks, plugins, and a
+method registered at runtime going through every command."""
+
+from __future__ import annotations
+
+import json
+import operator
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import gumbelkit as gk
+from gumbelkit import cli
+from gumbelkit.estimators import OptionSpec, _registry, one_hot_straight_through, softmax_backward
+
+# --------------------------------------------------------------------------- a straight-through with a custom backward
+
+
+class _ScaledSoftmax(torch.autograd.Function):
+    """softmax forward; backward: ``scale`` x the softmax gradient, from the saved output alone."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        y = torch.softmax(x, -1)
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, v):
+        (y,) = ctx.saved_tensors
+        return ctx.scale * softmax_backward(y, v, -1), None
+
+
+def scaled_st(logits, tau=1.0, *, dim=-1, generator=None, scale=1.0):
+    """Straight-through with a scaled softmax backward (a test method)."""
+    index = gk.gumbel_max(logits, -1, generator=generator).unsqueeze(-1)
+    return one_hot_straight_through(_ScaledSoftmax.apply(logits / tau, scale), index, -1)
+
+
+SCALE = OptionSpec("scale", float, 1.0, minimum=0.0, maximum=10.0, help="backward scale")
+
+
+@pytest.fixture
+def registered():
+    """``scaled_st`` registered for the test, removed afterwards (other tests see the built-ins only)."""
+    gk.register("scaled_st", one_hot=True, options=(SCALE,), reference="a test")(scaled_st)
+    try:
+        yield "scaled_st"
+    finally:
+        gk.estimators.unregister("scaled_st")
+
+
+# --------------------------------------------------------------------------- declarations and the live view
+
+
+def test_every_method_has_one_typed_declaration():
+    spec = gk.get_spec("gumbel_rao")
+    assert isinstance(spec, gk.MethodSpec) and spec.fn is gk.get_estimator("gumbel_rao")
+    assert spec.one_hot and spec.uses_tau and spec.kind == "sample" and "Paulus" in spec.reference
+    (k,) = spec.options
+    assert (k.name, k.type, k.default, k.minimum, k.maximum) == ("k", int, 10, 1, None) and k.help
+    assert gk.get_spec("softmax").options == () and not gk.get_spec("softmax").one_hot
+    for name in gk.METHODS:
+        assert gk.get_spec(name).reference, name
+    with pytest.raises(ValueError, match="expected method in"):
+        gk.get_spec("nope")
+    with dataclasses_frozen():
+        spec.one_hot = False
+
+
+class dataclasses_frozen:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        import dataclasses
+
+        assert kind is dataclasses.FrozenInstanceError
+        return True
+
+
+def test_methods_is_a_live_read_only_view(registered):
+    assert registered in gk.METHODS and registered in gk.estimators.METHODS
+    assert sorted(gk.METHODS) == sorted(["softmax", "gumbel_softmax", "st_gumbel", "st", "gumbel_rao", "reinmax",
+                                         "scaled_st"])
+    assert len(gk.METHODS) == 7 and gk.METHODS[-1] == "scaled_st" and list(gk.METHODS)[:2] == ["softmax", "gumbel_softmax"]
+    # the view itself compares equal to a list or tuple of the names (its __eq__, on the left)
+    assert operator.eq(gk.METHODS, list(gk.METHODS)) and operator.eq(gk.METHODS, tuple(gk.METHODS))
+    assert gk.is_one_hot(registered) and gk.get_spec(registered).options == (SCALE,)
+    gk.estimators.unregister(registered)
+    assert registered not in gk.METHODS and len(gk.METHODS) == 6
+    gk.register("scaled_st", one_hot=True, options=(SCALE,))(scaled_st)  # the fixture removes it again
+    assert not hasattr(gk.METHODS, "append")
+
+
+def test_the_old_decorator_call_still_works():
+    @gk.register("plain_st_test", one_hot=True)
+    def plain(logits, tau=1.0, *, dim=-1, generator=None):
+        return gk.sample(logits, "st", tau, dim, generator=generator)
+
+    try:
+        assert gk.sample(torch.zeros(2, 3), "plain_st_test").sum() == 2
+        assert gk.get_spec("plain_st_test").options == () and gk.get_spec("plain_st_test").uses_tau
+    finally:
+        gk.estimators.unregister("plain_st_test")
+
+
+def test_registration_mistakes_are_refused_at_once():
+    with pytest.raises(ValueError, match="already registered"):
+        gk.register("st", one_hot=True)(scaled_st)
+    with pytest.raises(ValueError, match="method name"):
+        gk.register("bad:name", one_hot=True)(scaled_st)
+    with pytest.raises(ValueError, match="not a parameter"):
+        gk.register("no_such_option", one_hot=True, options=(OptionSpec("k", int, 1),))(scaled_st)
+    with pytest.raises(ValueError, match="expected kind"):
+        gk.register("wrong_kind", one_hot=True, kind="pathwise")
+    with pytest.raises(ValueError, match="expected k to be an integer >= 1"):
+        OptionSpec("k", int, 0, minimum=1)  # a default outside its own range
+    with pytest.raises(TypeError, match="expected type"):
+        OptionSpec("k", list, [])
+    assert "no_such_option" not in gk.METHODS
+
+
+def test_options_are_checked_when_called_through_sample(registered):
+    x = torch.zeros(2, 3, requires_grad=True)
+    with pytest.raises(TypeError, match=r"unknown option 'scal' for method 'scaled_st'; valid options: scale"):
+        gk.sample(x, registered, scal=2.0)
+    with pytest.raises(ValueError, match=r"sample: expected scale to be a finite number with 0 <= scale <= 10 "
+                                         r"for method 'scaled_st', got 11.0"):
+        gk.sample(x, registered, scale=11.0)
+    with pytest.raises(TypeError, match="expected scale to be a finite number"):
+        gk.sample(x, registered, scale="big")
+    with pytest.raises(ValueError, match="expected k to be an integer >= 1 for method 'gumbel_rao', got 0"):
+        gk.sample(x, "gumbel_rao", k=0)
+    with pytest.raises(TypeError, match="st_gumbel takes no options"):
+        gk.sample(x, "st_gumbel", k=3)
+    y = gk.sample(x, registered, 0.5, scale=2.0, generator=torch.Generator().manual_seed(0))
+    (y * torch.tensor([1.0, 0.0, 0.0])).sum().backward()
+    # the custom backward: 2 x the gradient of softmax(x / 0.5) at uniform probabilities, times 1 / 0.5
+    assert torch.allclose(x.grad[0], 2 * 2 * torch.tensor([2 / 9, -1 / 9, -1 / 9]))
+
+
+def test_score_function_methods_are_declared_and_refused_by_sample():
+    spec = gk.get_spec("reinforce")
+    assert spec.kind == "score_function" and not spec.uses_tau and spec.one_hot
+    assert spec.defaults() == {"n": 4} and spec.loss_evaluations({"n": 8}) == 8
+    assert "reinforce" not in gk.METHODS and "reinforce" in gk.estimators.SPECS
+    with pytest.raises(ValueError, match="score-function estimator and needs the loss"):
+        gk.sample(torch.zeros(2, 3), "reinforce")
+    with pytest.raises(ValueError, match="expected n to be an integer >= 2"):
+        spec.objective(torch.zeros(2, 3), lambda z: z.sum(-1), n=1)
+
+
+def test_reinforce_objective_is_the_leave_one_out_estimator():
+    # Replay the draws and rebuild the estimate: (1/n) sum_i (f_i - mean_{j != i} f_j) (onehot(z_i) - p).
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    target = torch.tensor([0.0, 1.0, 0.0, 0.0])
+
+    def loss(z):
+        return ((z - target) ** 2).sum(-1)
+
+    surrogate, losses = gk.estimators.reinforce_objective(logits, loss, n=3, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(surrogate.sum(), logits)
+    index = gk.gumbel_max(logits.detach().expand(3, 5, 4), generator=torch.Generator().manual_seed(1))
+    z = torch.nn.functional.one_hot(index, 4).float()
+    f = loss(z)
+    baseline = (f.sum(0, keepdim=True) - f) / 2
+    manual = ((f - baseline)[..., None] * (z - torch.softmax(logits.detach(), -1))).mean(0)
+    assert torch.allclose(grad, manual, atol=1e-6) and torch.equal(losses, f)
+    # every kind through one call: the objective of a sample method is f at its sample
+    obj, value = gk.get_spec("st").objective(logits, loss, 0.5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(obj, value) and obj.shape == (5,)
+
+
+def test_building_blocks_are_public():
+    for name in ("one_hot_straight_through", "softmax_backward", "OptionSpec", "MethodSpec", "get_spec", "SPECS"):
+        assert name in gk.estimators.__all__ and hasattr(gk.estimators, name)
+    for name in ("get_spec", "MethodSpec", "OptionSpec"):
+        assert name in gk.__all__ and hasattr(gk, name)
+    soft = torch.softmax(torch.randn(3, 4, requires_grad=True), -1)
+    y = one_hot_straight_through(soft, soft.argmax(-1, keepdim=True), -1)
+    assert torch.equal(y.detach().sum(-1), torch.ones(3)) and y.requires_grad
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+PLUGIN = '''
+import gumbelkit as gk
+from gumbelkit.estimators import OptionSpec
+
+@gk.register("plugin_st", one_hot=True, options=(OptionSpec("scale", float, 1.0, minimum=0.0, help="scale"),),
+             reference="a plugin")
+def plugin_st(logits, tau=1.0, *, dim=-1, generator=None, scale=1.0):
+    """ST from a plugin package."""
+    return gk.sample(logits, "st", tau, dim, generator=generator)
+'''
+
+BROKEN = '''
+import gumbelkit as gk
+
+@gk.register("half_registered", one_hot=True)
+def half(logits, tau=1.0, *, dim=-1, generator=None):
+    return logits
+
+raise RuntimeError("this plugin is broken")
+'''
+
+
+def _install(tmp_path, monkeypatch, modules: dict, entries: dict) -> None:
+    """A fake installed distribution: modules on sys.path plus a dist-info with the entry points."""
+    for name, code in modules.items():
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(code))
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    info = tmp_path / "gk_fake_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gk-fake-plugins\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entries.items())
+    (info / "entry_points.txt").write_text(f"[{gk.estimators.ENTRY_POINT_GROUP}]\n{lines}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # A fresh plugin pass (as in a new process); the registry is restored by the caller.
+    monkeypatch.setattr(_registry, "_plugins_loaded", False)
+    monkeypatch.setattr(_registry, "_plugin_names", [])
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    _install(tmp_path, monkeypatch, {"gk_plugin_good": PLUGIN, "gk_plugin_broken": BROKEN},
+             {"good": "gk_plugin_good", "broken": "gk_plugin_broken", "missing": "gk_plugin_not_there"})
+    before = set(_registry._REGISTRY)
+    try:
+        yield
+    finally:
+        for name in set(_registry._REGISTRY) - before:
+            del _registry._REGISTRY[name]
+
+
+def test_plugins_load_lazily_once_and_broken_ones_only_warn(plugins):
+    assert "plugin_st" not in _registry._REGISTRY  # nothing imported before the registry is read
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert "plugin_st" in gk.METHODS  # the first read loads every plugin
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert any("'broken'" in m and "this plugin is broken" in m for m in messages), messages
+    assert any("'missing'" in m and "ModuleNotFoundError" in m for m in messages), messages
+    assert "half_registered" not in gk.estimators.SPECS  # a failed plugin leaves nothing behind
+    assert _registry.load_plugins() == ("good",)  # once: later reads do not import again
+    assert gk.get_spec("plugin_st").reference == "a plugin"
+    assert gk.sample(torch.zeros(2, 3), "plugin_st", scale=2.0).sum() == 2
+
+
+def test_every_command_accepts_a_plugin_method(plugins, tmp_path, capsys):
+    out = tmp_path / "grad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rc = cli.main(["gradients", "--problems", "quadratic", "--methods", "st,plugin_st:scale=2", "--taus", "0.5",
+                       "--samples", "8", "--chunk", "8", "--no-demo", "--no-plots", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["st", "plugin_st:scale=2.0"]
+    assert rows[1]["options"] == {"scale": 2.0} and rows[1]["estimator"] == "plugin_st"
+
+
+# --------------------------------------------------------------------------- a runtime registration in every command
+
+
+def test_a_method_registered_at_runtime_runs_in_vae_and_gradients(registered, tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the VAE run uses scikit-learn's digits")
+    vae_out = tmp_path / "vae"
+    rc = cli.main(["vae", "--data", "digits", "--latent", "3x3", "--steps", "3", "--hidden", "8", "--batch-size", "20",
+                   "--eval-samples", "2", "--methods", "st,scaled_st,scaled_st:scale=0.5", "--no-plots",
+                   "--no-progress", "--out", str(vae_out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((vae_out / "results.json").read_text())
+    assert [r["method"] for r in data["runs"]] == ["st", "scaled_st", "scaled_st:scale=0.5"]
+    assert data["runs"][2]["fingerprint"]["options"] == {"scale": 0.5}
+    assert (vae_out / "runs" / "scaled_st_scale0.5-seed0.json").exists()
+    assert all(r["test_neg_elbo"] > 0 and r["train_objective"] == "-ELBO estimate" for r in data["runs"])
+
+    grad_out = tmp_path / "grad"
+    rc = cli.main(["gradients", "--problems", "quadratic", "--methods", "st,scaled_st:scale=1,scaled_st:scale=2",
+                   "--taus", "0.5", "--samples", "64", "--chunk", "32", "--demo-methods", "scaled_st",
+                   "--demo-steps", "2", "--demo-seeds", "1", "--demo-batch", "4", "--no-plots", "--out", str(grad_out)])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((grad_out / "results.json").read_text())
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"st", "scaled_st:scale=1.0", "scaled_st:scale=2.0"}
+    assert rows["scaled_st:scale=2.0"]["options"] == {"scale": 2.0} and rows["st"]["f_evals"] == 1
+    assert set(res["demo"]["summary"]) == {"scaled_st"}
+    # the option reaches the estimator: with the same draws, scale 2 doubles every estimate
+    from gumbelkit.experiments import gradients as G
+
+    prob = G.make_problem("quadratic", 0)
+    g1, _ = G.estimator_gradients(prob, "scaled_st:scale=1", 0.5, 16, generator=torch.Generator().manual_seed(3))
+    g2, _ = G.estimator_gradients(prob, "scaled_st:scale=2", 0.5, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(g2, 2 * g1)
