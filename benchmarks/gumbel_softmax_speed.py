@@ -43,6 +43,7 @@ def main() -> None:
         x = torch.randn(*shape, requires_grad=True)
         w = torch.randn(*shape)
         for hard in (False, True):
+
             def run(name):
                 out = impls[name](x, hard)
                 (out * w).sum().backward()
@@ -54,7 +55,7 @@ def main() -> None:
             inner = max(1, int(0.002 / max(1e-7, _once(run, "builtin"))))
             times = {n: [] for n in names}
             for r in range(args.rounds):
-                for n in names[r % len(names):] + names[: r % len(names)]:
+                for n in names[r % len(names) :] + names[: r % len(names)]:
                     t0 = time.perf_counter()
                     for _ in range(inner):
                         run(n)

@@ -32,15 +32,22 @@ def main() -> None:
     w = torch.randn(*shape)
     print(f"peak memory, shape {args.shape} (buffers of {x.numel() * 4 / 1e6:.1f} MB)")
     for impl in impls:
-        for mode in (["soft"] if impl in ("softmax", "clone") else ["soft", "hard"]):
+        for mode in ["soft"] if impl in ("softmax", "clone") else ["soft", "hard"]:
             m = bench.measure_memory(bench.sampler(impl, mode, 1.0), x, w, torch.device("cpu"))
             print(f"  {impl:>8} {mode}: peak {m['peak_buffers']:.2f}  held {m['held_buffers']:.2f}")
-    cfg = bench.resolve_config({"impls": ",".join(i for i in impls if i in ("builtin", "eager", "fused")),
-                                "vae_steps": args.steps, "threads": args.threads})
+    cfg = bench.resolve_config(
+        {
+            "impls": ",".join(i for i in impls if i in ("builtin", "eager", "fused")),
+            "vae_steps": args.steps,
+            "threads": args.threads,
+        }
+    )
     res = bench.time_vae_step(cfg, torch.device("cpu"), progress(args.steps, "vae", enabled=False))
     print(f"VAE training step ({res['model']}), {torch.get_num_threads()} thread(s)")
     for r in res["rows"]:
-        print(f"  {r['impl']:>8} {r['mode']}: {r['median_ms']:7.2f} ms/step   built-in / this = {r['ratio_vs_builtin']:.2f}x")
+        print(
+            f"  {r['impl']:>8} {r['mode']}: {r['median_ms']:7.2f} ms/step   built-in / this = {r['ratio_vs_builtin']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def main() -> None:
     dev = torch.device(args.device)
     buf = torch.empty(n, device=dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    words = (lambda: _noise._random_words(n, gen, "cpu")) if dev.type == "cpu" else (lambda: _noise._words(n, 32, gen, dev))
+    words = (
+        (lambda: _noise._random_words(n, gen, "cpu")) if dev.type == "cpu" else (lambda: _noise._words(n, 32, gen, dev))
+    )
     sources = {
         "exponential_": lambda: buf.exponential_(generator=gen),
         "rand": lambda: torch.rand(n, generator=gen, device=dev),
@@ -61,8 +63,12 @@ def main() -> None:
         sources["sfc64 words"] = lambda: _noise._random_words(max(n, _noise._NUMPY_MIN_WORDS), gen, "cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if not args.no_philox and dev.type == "cpu":
-        compiled = torch.compile(lambda k: kernels.gumbel_noise_philox(n, k), fullgraph=True, dynamic=False,
-                                 options={"realize_opcount_threshold": 20})
+        compiled = torch.compile(
+            lambda k: kernels.gumbel_noise_philox(n, k),
+            fullgraph=True,
+            dynamic=False,
+            options={"realize_opcount_threshold": 20},
+        )
         t0 = time.perf_counter()
         compiled(kernels.draw_key(gen, "cpu"))
         print(f"philox compiled: first call {time.perf_counter() - t0:.1f} s (compilation)")
@@ -72,7 +78,7 @@ def main() -> None:
     times = {k: [] for k in sources}
     names = list(sources)
     for r in range(args.rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             sync()
             t0 = time.perf_counter()
             sources[k]()
@@ -81,7 +87,8 @@ def main() -> None:
     base = statistics.median(times["exponential_"])
     import platform
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n = {n}, CPU: {cpu}")
     for k in names:
         m = statistics.median(times[k])

@@ -12,8 +12,22 @@ from gumbelkit.experiments import bench
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--shapes", "64x50,4x3x5", "--impls", "builtin,eager,softmax,clone", "--repeats", "3",
-            "--min-time", "0.0001", "--vae-steps", "2", "--no-progress", "--out", str(out)]
+    argv = [
+        "bench",
+        "--shapes",
+        "64x50,4x3x5",
+        "--impls",
+        "builtin,eager,softmax,clone",
+        "--repeats",
+        "3",
+        "--min-time",
+        "0.0001",
+        "--vae-steps",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     return out, json.loads((out / "bench.json").read_text())
 
@@ -39,7 +53,9 @@ def test_json_rows_cover_every_variant(small_run):
             if r["impl"] == "builtin":
                 assert r["ratio_vs_builtin"] == pytest.approx(1.0)
     vae = res["vae"]
-    assert {(r["impl"], r["mode"]) for r in vae["rows"]} == {(i, m) for i in ("builtin", "eager") for m in ("soft", "hard")}
+    assert {(r["impl"], r["mode"]) for r in vae["rows"]} == {
+        (i, m) for i in ("builtin", "eager") for m in ("soft", "hard")
+    }
 
 
 def test_memory_accounting_reproduces_the_reference_counts(small_run):
@@ -61,8 +77,18 @@ def test_resume_reuses_finished_shapes(small_run, tmp_path):
     out, res = small_run
     ckpt = json.loads((out / "checkpoint.json").read_text())
     assert [s["shape"] for s in ckpt["shapes"]] == ["64x50", "4x3x5"]
-    again = bench.main({"shapes": "64x50", "impls": "builtin,eager,softmax,clone", "repeats": 3, "min_time": 0.0001,
-                        "vae": False, "out": str(out), "resume": True, "progress": False})
+    again = bench.main(
+        {
+            "shapes": "64x50",
+            "impls": "builtin,eager,softmax,clone",
+            "repeats": 3,
+            "min_time": 0.0001,
+            "vae": False,
+            "out": str(out),
+            "resume": True,
+            "progress": False,
+        }
+    )
     assert again["shapes"][0] == res["shapes"][0]  # taken from the checkpoint, not re-timed
 
 

@@ -61,8 +61,22 @@ def check_results(out: Path, methods: list, steps: int):
 def test_vae_smoke_on_synthetic_idx_all_methods(idx_folder, tmp_path, capsys):
     out = tmp_path / "out"
     rc, stdout, stderr = run(
-        ["vae", "--data", f"idx:{idx_folder}", "--latent", "4x3", "--steps", "4", "--batch-size", "10",
-         "--methods", ALL6, "--out", str(out), *FAST],
+        [
+            "vae",
+            "--data",
+            f"idx:{idx_folder}",
+            "--latent",
+            "4x3",
+            "--steps",
+            "4",
+            "--batch-size",
+            "10",
+            "--methods",
+            ALL6,
+            "--out",
+            str(out),
+            *FAST,
+        ],
         capsys,
     )
     assert rc == 0, stderr
@@ -80,8 +94,24 @@ def test_vae_smoke_on_digits_all_methods(tmp_path, capsys):
     pytest.importorskip("sklearn", reason="scikit-learn (digits) is not installed")
     out = tmp_path / "out"
     rc, stdout, stderr = run(
-        ["vae", "--data", "digits", "--latent", "5x3", "--steps", "3", "--batch-size", "50", "--methods", ALL6,
-         "--seeds", "2", "--out", str(out), *FAST],
+        [
+            "vae",
+            "--data",
+            "digits",
+            "--latent",
+            "5x3",
+            "--steps",
+            "3",
+            "--batch-size",
+            "50",
+            "--methods",
+            ALL6,
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            *FAST,
+        ],
         capsys,
     )
     assert rc == 0, stderr
@@ -128,7 +158,18 @@ BAD = {
 def test_vae_bad_input_is_one_line_no_traceback_no_results(case, idx_folder, tmp_path, capsys):
     extra, needle = BAD[case](tmp_path)
     out = tmp_path / "out"
-    argv = ["vae", "--data", f"idx:{idx_folder}", "--steps", "2", "--batch-size", "10", "--out", str(out), *FAST] + extra
+    argv = [
+        "vae",
+        "--data",
+        f"idx:{idx_folder}",
+        "--steps",
+        "2",
+        "--batch-size",
+        "10",
+        "--out",
+        str(out),
+        *FAST,
+    ] + extra
     rc, stdout, stderr = run(argv, capsys)
     assert rc == 2
     lines = stderr.strip().splitlines()
@@ -156,7 +197,10 @@ def test_vae_bad_input_in_a_real_process(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, "-m", "gumbelkit", "vae", "--data", bad, "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
@@ -164,8 +208,24 @@ def test_vae_bad_input_in_a_real_process(tmp_path):
 
 
 def test_vae_resume_through_the_cli_equals_a_straight_run(idx_folder, tmp_path, capsys, monkeypatch):
-    common = ["vae", "--data", f"idx:{idx_folder}", "--latent", "3x3", "--steps", "9", "--batch-size", "10",
-              "--methods", "st_gumbel,reinforce", "--checkpoint-every", "2", "--log-every", "3", *FAST]
+    common = [
+        "vae",
+        "--data",
+        f"idx:{idx_folder}",
+        "--latent",
+        "3x3",
+        "--steps",
+        "9",
+        "--batch-size",
+        "10",
+        "--methods",
+        "st_gumbel,reinforce",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "3",
+        *FAST,
+    ]
     rc, _, err = run(common + ["--out", str(tmp_path / "a")], capsys)
     assert rc == 0, err
 

@@ -68,16 +68,33 @@ def test_a_path_option_with_a_nul_character_is_refused(command, flag, capsys):
     refusal([command, flag, "a\0b"], capsys, f"expected {flag} without NUL characters")
 
 
-GRAD_FAST = ["--problems", "quadratic", "--methods", "softmax", "--taus", "0.5", "--samples", "4", "--chunk", "4",
-             "--no-demo"]
+GRAD_FAST = [
+    "--problems",
+    "quadratic",
+    "--methods",
+    "softmax",
+    "--taus",
+    "0.5",
+    "--samples",
+    "4",
+    "--chunk",
+    "4",
+    "--no-demo",
+]
 
 
 def test_fig_dir_that_is_a_file_is_blamed_on_fig_dir(blocker, tmp_path, capsys):
-    line = refusal(["gradients", *GRAD_FAST, "--out", str(tmp_path / "o"), "--fig-dir", str(blocker)], capsys,
-                   f"--fig-dir {blocker} exists and is not a folder")
+    line = refusal(
+        ["gradients", *GRAD_FAST, "--out", str(tmp_path / "o"), "--fig-dir", str(blocker)],
+        capsys,
+        f"--fig-dir {blocker} exists and is not a folder",
+    )
     assert "--out" not in line
-    line = refusal(["gradients", *GRAD_FAST, "--out", str(tmp_path / "o"), "--fig-dir", str(blocker / "sub")],
-                   capsys, "cannot write to --fig-dir")
+    line = refusal(
+        ["gradients", *GRAD_FAST, "--out", str(tmp_path / "o"), "--fig-dir", str(blocker / "sub")],
+        capsys,
+        "cannot write to --fig-dir",
+    )
     assert "--out" not in line
 
 
@@ -110,9 +127,31 @@ def test_vae_with_a_file_in_the_way_of_its_checkpoints_fails_in_one_line(tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "checkpoints").write_text("in the way")
-    refusal(["vae", "--data", f"idx:{folder}", "--latent", "2x2", "--steps", "2", "--batch-size", "5", "--hidden", "4",
-             "--methods", "st", "--eval-samples", "0", "--no-progress", "--out", str(out)], capsys,
-            f"cannot write {out / 'checkpoints' / 'st-seed0.pt'}", during_run=True)
+    refusal(
+        [
+            "vae",
+            "--data",
+            f"idx:{folder}",
+            "--latent",
+            "2x2",
+            "--steps",
+            "2",
+            "--batch-size",
+            "5",
+            "--hidden",
+            "4",
+            "--methods",
+            "st",
+            "--eval-samples",
+            "0",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capsys,
+        f"cannot write {out / 'checkpoints' / 'st-seed0.pt'}",
+        during_run=True,
+    )
     assert not (out / "results.json").exists()
 
 
@@ -227,15 +266,23 @@ def test_bench_rejects_bad_numbers_names_and_shapes_up_front(args, needle, tmp_p
 
 def test_bench_refuses_shapes_that_do_not_fit_in_memory(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "_available_memory", lambda device: 2**30)  # 1 GiB free
-    refusal(["bench", "--shapes", "64x50,10000x10000", "--out", str(tmp_path / "o")], capsys,
-            "--shapes 10000x10000 needs about 3.7 GiB", "1.0 GiB available")
+    refusal(
+        ["bench", "--shapes", "64x50,10000x10000", "--out", str(tmp_path / "o")],
+        capsys,
+        "--shapes 10000x10000 needs about 3.7 GiB",
+        "1.0 GiB available",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_bench_huge_shapes_in_a_real_process_give_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "gumbelkit", "bench", "--shapes", "99999999999x99999999", "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        check=False,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "elements" in proc.stderr
@@ -247,6 +294,7 @@ def test_bench_huge_shapes_in_a_real_process_give_one_line(tmp_path):
 def _raise(exc):
     def boom(*args, **kwargs):
         raise exc
+
     return boom
 
 
@@ -254,7 +302,10 @@ def _raise(exc):
     "exc,needle",
     [
         (ValueError("expected tau > 0, got 1e-320"), "ValueError: expected tau > 0, got 1e-320"),
-        (TypeError("expected a floating dtype,\n got torch.int64"), "TypeError: expected a floating dtype, got torch.int64"),
+        (
+            TypeError("expected a floating dtype,\n got torch.int64"),
+            "TypeError: expected a floating dtype, got torch.int64",
+        ),
         (OSError(28, "No space left on device", "/x/results.json"), "OSError /x/results.json: No space left on device"),
         (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB"), "out of memory"),
         (MemoryError(), "out of memory"),
@@ -278,22 +329,43 @@ def test_a_genuine_bug_keeps_its_traceback(tmp_path, monkeypatch):
 def test_vae_library_value_error_during_training_is_one_line(tmp_path, capsys, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.setattr(vae, "run_one", _raise(TypeError("expected dim to be an int, got str")))
-    refusal(["vae", "--data", "digits", "--latent", "2x2", "--steps", "1", "--hidden", "4", "--methods", "st",
-             "--out", str(tmp_path / "o")], capsys, "TypeError: expected dim to be an int, got str", during_run=True)
+    refusal(
+        [
+            "vae",
+            "--data",
+            "digits",
+            "--latent",
+            "2x2",
+            "--steps",
+            "1",
+            "--hidden",
+            "4",
+            "--methods",
+            "st",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "TypeError: expected dim to be an int, got str",
+        during_run=True,
+    )
 
 
 def test_bench_library_value_error_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "_time_shape", _raise(ValueError("expected tau > 0")))
-    refusal(["bench", "--shapes", "4x3", "--no-vae", "--out", str(tmp_path / "o")], capsys,
-            "ValueError: expected tau > 0")
+    refusal(
+        ["bench", "--shapes", "4x3", "--no-vae", "--out", str(tmp_path / "o")], capsys, "ValueError: expected tau > 0"
+    )
 
 
 def test_argparse_errors_are_one_line(capsys):
-    for argv, needle in ((["vae", "--bogus"], "unrecognized arguments: --bogus"),
-                         (["gradients", "--seed"], "argument --seed: expected one argument"),
-                         (["gradients", "--chunk"], "argument --chunk: expected one argument"),
-                         (["bench", "--shapes"], "argument --shapes: expected one argument"),
-                         (["nope"], "invalid choice")):
+    for argv, needle in (
+        (["vae", "--bogus"], "unrecognized arguments: --bogus"),
+        (["gradients", "--seed"], "argument --seed: expected one argument"),
+        (["gradients", "--chunk"], "argument --chunk: expected one argument"),
+        (["bench", "--shapes"], "argument --shapes: expected one argument"),
+        (["nope"], "invalid choice"),
+    ):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2
@@ -302,9 +374,11 @@ def test_argparse_errors_are_one_line(capsys):
 
 
 def test_help_documents_the_accepted_ranges(capsys):
-    for command, needles in (("vae", ["tau must stay >= 0.001", "0..1024"]),
-                             ("gradients", ["each finite and >= 0.001", "1..65536"]),
-                             ("bench", ["any finite tau > 0", "2^31-1 elements"])):
+    for command, needles in (
+        ("vae", ["tau must stay >= 0.001", "0..1024"]),
+        ("gradients", ["each finite and >= 0.001", "1..65536"]),
+        ("bench", ["any finite tau > 0", "2^31-1 elements"]),
+    ):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())

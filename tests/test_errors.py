@@ -84,10 +84,12 @@ def case(name, call, builtin, shape=None):
 
 
 # --- samplers
-for fname, f in [("gumbel_max", lambda x, **kw: gk.gumbel_max(x, **kw)),
-                 ("gumbel_topk", lambda x, **kw: gk.gumbel_topk(x, 1, **kw)),
-                 ("gumbel_softmax", lambda x, **kw: gk.gumbel_softmax(x, 0.5, **kw)),
-                 ("tempered_softmax", lambda x, **kw: gk.tempered_softmax(x, 0.5, **kw))]:
+for fname, f in [
+    ("gumbel_max", lambda x, **kw: gk.gumbel_max(x, **kw)),
+    ("gumbel_topk", lambda x, **kw: gk.gumbel_topk(x, 1, **kw)),
+    ("gumbel_softmax", lambda x, **kw: gk.gumbel_softmax(x, 0.5, **kw)),
+    ("tempered_softmax", lambda x, **kw: gk.tempered_softmax(x, 0.5, **kw)),
+]:
     case(fname, lambda f=f: f(torch.zeros(3, 4, dtype=torch.long)), TypeError, "(3, 4)")
     case(fname, lambda f=f: f([0.0, 1.0]), TypeError)
     case(fname, lambda f=f: f(_x(3, 4), dim=5), IndexError, "(3, 4)")
@@ -99,8 +101,10 @@ for fname, f in [("gumbel_max", lambda x, **kw: gk.gumbel_max(x, **kw)),
     case(fname, lambda f=f: f(_masked_row()), ValueError, "(3, 4)")
     if fname != "tempered_softmax":
         case(fname, lambda f=f: f(_x(3, 4), generator=7), TypeError)
-for fname, f in [("gumbel_softmax", lambda x, t: gk.gumbel_softmax(x, t)),
-                 ("tempered_softmax", lambda x, t: gk.tempered_softmax(x, t))]:
+for fname, f in [
+    ("gumbel_softmax", lambda x, t: gk.gumbel_softmax(x, t)),
+    ("tempered_softmax", lambda x, t: gk.tempered_softmax(x, t)),
+]:
     case(fname, lambda f=f: f(_x(3, 4), -1.0), ValueError)
     case(fname, lambda f=f: f(_x(3, 4), NAN), ValueError)
     case(fname, lambda f=f: f(_x(3, 4), "hot"), TypeError)
@@ -133,7 +137,12 @@ for cls in (ExpConcrete, Concrete, StraightThroughConcrete, BinaryConcrete):
     n = cls.__name__
     shape = (2, 3) if cls is not BinaryConcrete else (3,)
     case(n, lambda cls=cls: cls(T), ValueError)
-    case(n, lambda cls=cls, s=shape: cls(T, logits=torch.zeros(s, dtype=torch.long)), TypeError, str(shape).replace(",)", ")") if len(shape) == 1 else str(shape))
+    case(
+        n,
+        lambda cls=cls, s=shape: cls(T, logits=torch.zeros(s, dtype=torch.long)),
+        TypeError,
+        str(shape).replace(",)", ")") if len(shape) == 1 else str(shape),
+    )
     case(n, lambda cls=cls, s=shape: cls(torch.tensor(-1.0), logits=torch.zeros(s)), ValueError, "shape ()")
     case(n, lambda cls=cls, s=shape: cls(torch.ones(5), logits=torch.zeros(s)), ValueError, "(5)")
     case(n, lambda cls=cls, s=shape: cls(T, logits=torch.full(s, NAN)), ValueError, "shape (")
@@ -170,14 +179,44 @@ case("topk_indices", lambda: S.topk_indices(_x(3, 4), 2, dim=3), IndexError, "(3
 case("khot", lambda: S.khot(torch.tensor([[0, 0]]), _x(1, 4)), ValueError, "(1, 2)")
 case("khot", lambda: S.khot(torch.tensor([[0, 4]]), _x(1, 4)), ValueError, "(1, 2)")
 case("khot", lambda: S.khot(torch.tensor([[0.0, 1.0]]), _x(1, 4)), TypeError, "(1, 2)")
-case("khot_straight_through", lambda: S.khot_straight_through(_x(2, 4), torch.zeros(3, 1, dtype=torch.long)), ValueError, "(3, 1)")
-case("khot_straight_through", lambda: S.khot_straight_through(_x(2, 4).long(), torch.zeros(2, 1, dtype=torch.long)), TypeError, "(2, 4)")
-case("khot_straight_through", lambda: S.khot_straight_through(_x(2, 4), torch.zeros(2, 5, dtype=torch.long)), ValueError, "(2, 5)")
+case(
+    "khot_straight_through",
+    lambda: S.khot_straight_through(_x(2, 4), torch.zeros(3, 1, dtype=torch.long)),
+    ValueError,
+    "(3, 1)",
+)
+case(
+    "khot_straight_through",
+    lambda: S.khot_straight_through(_x(2, 4).long(), torch.zeros(2, 1, dtype=torch.long)),
+    TypeError,
+    "(2, 4)",
+)
+case(
+    "khot_straight_through",
+    lambda: S.khot_straight_through(_x(2, 4), torch.zeros(2, 5, dtype=torch.long)),
+    ValueError,
+    "(2, 5)",
+)
 case("permutation_matrix", lambda: S.permutation_matrix(torch.tensor([0, 0, 1])), ValueError, "(3)")
 case("permutation_matrix", lambda: S.permutation_matrix(torch.tensor([0, 1]), dtype=torch.long), TypeError)
-case("permutation_straight_through", lambda: S.permutation_straight_through(_x(3, 4), torch.arange(3)), ValueError, "(3, 4)")
-case("permutation_straight_through", lambda: S.permutation_straight_through(_x(2, 3, 3), torch.arange(3)), ValueError, "(3)")
-case("permutation_straight_through", lambda: S.permutation_straight_through(_x(3, 3), torch.tensor([2, 2, 0])), ValueError, "(3)")
+case(
+    "permutation_straight_through",
+    lambda: S.permutation_straight_through(_x(3, 4), torch.arange(3)),
+    ValueError,
+    "(3, 4)",
+)
+case(
+    "permutation_straight_through",
+    lambda: S.permutation_straight_through(_x(2, 3, 3), torch.arange(3)),
+    ValueError,
+    "(3)",
+)
+case(
+    "permutation_straight_through",
+    lambda: S.permutation_straight_through(_x(3, 3), torch.tensor([2, 2, 0])),
+    ValueError,
+    "(3)",
+)
 case("permutation_straight_through", lambda: S.permutation_straight_through(_x(3), torch.arange(3)), ValueError, "(3)")
 
 
@@ -195,9 +234,24 @@ def test_bad_input_raises_a_gumbelkit_error_named_after_the_function(name, call,
 
 def test_every_public_function_is_covered():
     names = {p.values[0].split(".")[0] for p in CASES}
-    public = {"gumbel_max", "gumbel_topk", "gumbel_softmax", "tempered_softmax", "gumbel_noise", "exponential_noise",
-              "logistic_noise", "uniform_open", "kl_categorical", "GumbelSoftmax", "parse_schedule",
-              "LearnableTemperature", "Constant", "Exponential", "Linear", "Cosine"}
+    public = {
+        "gumbel_max",
+        "gumbel_topk",
+        "gumbel_softmax",
+        "tempered_softmax",
+        "gumbel_noise",
+        "exponential_noise",
+        "logistic_noise",
+        "uniform_open",
+        "kl_categorical",
+        "GumbelSoftmax",
+        "parse_schedule",
+        "LearnableTemperature",
+        "Constant",
+        "Exponential",
+        "Linear",
+        "Cosine",
+    }
     public |= set(gk.distributions.__all__)
     public |= set(structured.__all__) - {"check_square", "check_subset_size", "check_iterations"}
     assert public <= names, public - names

@@ -60,8 +60,9 @@ def test_exact_gradient_matches_closed_form_linear_and_product():
     a, b = 1, 3
     value, grad = exact_gradient(theta, lambda t: t, lambda z: z[:, 0, a] * z[:, 1, b])
     assert torch.allclose(value, p[0, a] * p[1, b], rtol=1e-12)
-    expected = torch.stack([_jt(p[0], torch.eye(5, dtype=p.dtype)[a]) * p[1, b],
-                            _jt(p[1], torch.eye(5, dtype=p.dtype)[b]) * p[0, a]])
+    expected = torch.stack(
+        [_jt(p[0], torch.eye(5, dtype=p.dtype)[a]) * p[1, b], _jt(p[1], torch.eye(5, dtype=p.dtype)[b]) * p[0, a]]
+    )
     assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-14)
 
 
@@ -89,8 +90,8 @@ def test_tied_70_30_truth_is_the_mmd_closed_form():
     # E over an i.i.d. pair = p^T A p - 2 p^T b + c, so the gradient is J(p)^T (2 A p - 2 b).
     prob = G.make_problem("70_30", seed=1)
     cb, y, w, s2, kyy = G._mmd_parts()
-    A = torch.exp(-torch.cdist(cb, cb) ** 2 / s2)
-    b = torch.exp(-torch.cdist(cb, y) ** 2 / s2) @ w
+    A = torch.exp(-(torch.cdist(cb, cb) ** 2) / s2)
+    b = torch.exp(-(torch.cdist(cb, y) ** 2) / s2) @ w
     p = torch.softmax(prob.params, -1)
     value, grad = exact_gradient(prob.params, prob.logits, prob.f)
     assert grad.shape == (prob.k,)
@@ -108,8 +109,15 @@ def test_tied_70_30_truth_is_the_mmd_closed_form():
 def _z_scores(prob, label, tau, samples, seed):
     _, truth = exact_gradient(prob.params, prob.logits, prob.f)
     truth = truth.reshape(-1)
-    res = G.estimate(prob, label, tau, float(truth.norm()), generator=torch.Generator().manual_seed(seed),
-                     samples=samples, chunk=4096)
+    res = G.estimate(
+        prob,
+        label,
+        tau,
+        float(truth.norm()),
+        generator=torch.Generator().manual_seed(seed),
+        samples=samples,
+        chunk=4096,
+    )
     mom = res["moments"]
     return (mom.mean() - truth) / (mom.variances() / res["samples"]).sqrt()
 
@@ -156,8 +164,9 @@ def test_gumbel_softmax_is_unbiased_for_its_relaxed_objective():
     # The mean Gumbel-Softmax gradient must match an independent float64 estimate of the relaxed gradient.
     prob = G.make_problem("70_30", seed=0)
     tau = 1.0
-    res = G.estimate(prob, "gumbel_softmax", tau, 1.0, generator=torch.Generator().manual_seed(5), samples=20_000,
-                     chunk=5000)
+    res = G.estimate(
+        prob, "gumbel_softmax", tau, 1.0, generator=torch.Generator().manual_seed(5), samples=20_000, chunk=5000
+    )
     theta = prob.params.expand(20_000, prob.k).clone().requires_grad_(True)
     gen = torch.Generator().manual_seed(6)
     u = torch.rand(20_000, prob.n, prob.k, generator=gen, dtype=torch.float64)
@@ -214,8 +223,18 @@ def test_auto_samples_reach_the_target_stderr():
     prob = G.make_problem("70_30", seed=0)
     _, truth = exact_gradient(prob.params, prob.logits, prob.f)
     norm = float(truth.norm())
-    res = G.estimate(prob, "reinforce_n2", None, norm, generator=torch.Generator().manual_seed(0), samples="auto",
-                     target_stderr=0.05, min_samples=500, max_samples=50_000, chunk=1000)
+    res = G.estimate(
+        prob,
+        "reinforce_n2",
+        None,
+        norm,
+        generator=torch.Generator().manual_seed(0),
+        samples="auto",
+        target_stderr=0.05,
+        min_samples=500,
+        max_samples=50_000,
+        chunk=1000,
+    )
     se = math.sqrt(res["moments"].variance_trace() / res["samples"]) / norm
     assert 500 < res["samples"] < 50_000
     assert se < 0.05 * 1.15  # the pilot's variance estimate is itself noisy
@@ -243,9 +262,26 @@ def _parse(argv):
     return G.config_from_args(parser.parse_args(argv))
 
 
-TINY = ["--problems", "quadratic,70_30", "--methods", "softmax,st_gumbel,gumbel_rao:k=3,reinforce:n=2",
-        "--taus", "0.5,1", "--samples", "64", "--chunk", "32", "--demo-steps", "5", "--demo-seeds", "1",
-        "--demo-methods", "softmax,st_gumbel", "--demo-batch", "8"]
+TINY = [
+    "--problems",
+    "quadratic,70_30",
+    "--methods",
+    "softmax,st_gumbel,gumbel_rao:k=3,reinforce:n=2",
+    "--taus",
+    "0.5,1",
+    "--samples",
+    "64",
+    "--chunk",
+    "32",
+    "--demo-steps",
+    "5",
+    "--demo-seeds",
+    "1",
+    "--demo-methods",
+    "softmax,st_gumbel",
+    "--demo-batch",
+    "8",
+]
 REQUIRED = {"problem", "method", "tau", "rel_bias", "variance", "cosine", "mse", "stderr_bias", "us_per_grad"}
 
 
@@ -263,7 +299,10 @@ def test_command_smoke_writes_the_schema_and_resumes(tmp_path, capsys):
         assert (row["tau"] is None) == row["method"].startswith("reinforce")
         assert row["f_evals"] == (2 if row["method"] == "reinforce:n=2" else 1)
         assert (row["rel_bias_relaxed"] is not None) == (row["method"] in ("st_gumbel", "gumbel_rao:k=3"))
-        assert row["options"] == {"st_gumbel": {}, "softmax": {}, "gumbel_rao": {"k": 3}, "reinforce": {"n": 2}}[row["estimator"]]
+        assert (
+            row["options"]
+            == {"st_gumbel": {}, "softmax": {}, "gumbel_rao": {"k": 3}, "reinforce": {"n": 2}}[row["estimator"]]
+        )
     assert {r["method"] for r in rows if r["variance"] == 0.0} == {"softmax"}
     assert set(data["problems"]) == {"quadratic", "70_30"}
     assert set(data["demo"]["summary"]) == {"softmax", "st_gumbel"}
@@ -352,9 +391,26 @@ def test_taus_below_the_documented_minimum_are_refused_and_the_minimum_runs(tmp_
     parser = argparse.ArgumentParser()
     G.add_arguments(parser)
     assert f">= {MIN_TAU:g}" in parser.format_help()
-    res = G.main(_parse(["--problems", "quadratic,70_30", "--methods", "gumbel_softmax,st_gumbel,gumbel_rao_k3",
-                         "--taus", str(MIN_TAU), "--samples", "16", "--chunk", "16", "--no-demo", "--no-plots",
-                         "--out", str(tmp_path)]))
+    res = G.main(
+        _parse(
+            [
+                "--problems",
+                "quadratic,70_30",
+                "--methods",
+                "gumbel_softmax,st_gumbel,gumbel_rao_k3",
+                "--taus",
+                str(MIN_TAU),
+                "--samples",
+                "16",
+                "--chunk",
+                "16",
+                "--no-demo",
+                "--no-plots",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    )
     for row in res["rows"]:
         for key in ("rel_bias", "variance", "mse"):
             assert not math.isinf(row[key]), (row["method"], key)
@@ -364,10 +420,25 @@ def test_method_labels_options_and_the_deprecated_syntax():
     cfg = _parse(["--methods", "st,gumbel_rao:k=100,gumbel_rao,reinforce:n=8,gumbel_rao_k10,reinforce_n2,st"])
     # the same method with different options is allowed; duplicates are dropped; the former
     # NAME_<option><value> labels are read as NAME:<option>=<value>
-    assert cfg["methods"] == ["st", "gumbel_rao:k=100", "gumbel_rao", "reinforce:n=8", "gumbel_rao:k=10",
-                              "reinforce:n=2"]
-    assert _parse([])["methods"] == ["softmax", "gumbel_softmax", "st", "st_gumbel", "gumbel_rao:k=10",
-                                     "gumbel_rao:k=100", "reinmax", "reinforce:n=2", "reinforce:n=8"]
+    assert cfg["methods"] == [
+        "st",
+        "gumbel_rao:k=100",
+        "gumbel_rao",
+        "reinforce:n=8",
+        "gumbel_rao:k=10",
+        "reinforce:n=2",
+    ]
+    assert _parse([])["methods"] == [
+        "softmax",
+        "gumbel_softmax",
+        "st",
+        "st_gumbel",
+        "gumbel_rao:k=10",
+        "gumbel_rao:k=100",
+        "reinmax",
+        "reinforce:n=2",
+        "reinforce:n=8",
+    ]
     # Random streams are keyed by the former label (the tag), so old and new spellings draw the same numbers.
     prob = G.make_problem("quadratic", seed=0)
     for old, new in (("gumbel_rao_k3", "gumbel_rao:k=3"), ("reinforce_n3", "reinforce:n=3")):

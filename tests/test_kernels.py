@@ -58,12 +58,20 @@ def _chi2(counts, probs):
 KAT = [
     (7, [0, 0, 0, 0], [0, 0], [0x5F6FB709, 0x0D893F64, 0x4F121F81, 0x4F730A48]),
     (7, [0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x5207DDC2, 0x45165E59, 0x4D8EE751, 0x8C52F662]),
-    (7, [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
-     [0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A]),
+    (
+        7,
+        [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+        [0xA4093822, 0x299F31D0],
+        [0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A],
+    ),
     (10, [0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
     (10, [0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
-    (10, [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
-     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+    (
+        10,
+        [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+        [0xA4093822, 0x299F31D0],
+        [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+    ),
 ]
 
 
@@ -84,8 +92,9 @@ def test_philox_batched_matches_one_at_a_time():
     # Many counters at once (the vectorised form used by the kernel) == each counter alone.
     rng = random.Random(0)
     rows = [[rng.getrandbits(32) for _ in range(6)] for _ in range(16)]
-    batched = philox4x32(*[_i32([r[i] for r in rows]) for i in range(4)], _i32([r[4] for r in rows]),
-                         _i32([r[5] for r in rows]))
+    batched = philox4x32(
+        *[_i32([r[i] for r in rows]) for i in range(4)], _i32([r[4] for r in rows]), _i32([r[5] for r in rows])
+    )
     for j, r in enumerate(rows):
         single = philox4x32(*[_i32([r[i]]) for i in range(4)], as_int32(r[4]), as_int32(r[5]))
         assert [as_uint32(w)[j] for w in batched] == [as_uint32(w)[0] for w in single]
@@ -182,8 +191,24 @@ def _g_float64_exact(hi, lo):
 def test_word_transforms_reach_the_documented_extremes():
     # Crafted words: small m in either half are the tails. float32: g in [-3.13, 22.87]; the
     # 23-bit uniform construction stopped at 16.6 -- here a word with m <= ~250 exceeds 16.64.
-    words = [0, 1, 2, 10, 250, 1000, 2**20, 2**30, 0x7FFFFFFF, 0x80000000, 0x80000001, 0x8000000A,
-             0xC0000000, 0xFFFFFFFF, 0x9234ABCD, 0x1234ABCD]
+    words = [
+        0,
+        1,
+        2,
+        10,
+        250,
+        1000,
+        2**20,
+        2**30,
+        0x7FFFFFFF,
+        0x80000000,
+        0x80000001,
+        0x8000000A,
+        0xC0000000,
+        0xFFFFFFFF,
+        0x9234ABCD,
+        0x1234ABCD,
+    ]
     g = gumbel_float32(_i32(words))
     assert g.dtype == torch.float32
     expected = torch.tensor([_g_float32_exact(w) for w in words], dtype=torch.float64)
@@ -193,8 +218,17 @@ def test_word_transforms_reach_the_documented_extremes():
     assert float(g.max()) == float(g[0]) and float(g.min()) == float(g[9])
     assert float(g[4]) > 16.64 and float(g[3]) > 19.0  # beyond the old cap of 16.6
     # float64: two words, g in [-3.81, 45.05]
-    pairs = [(0, 0), (0, 1), (0, 0xFFFFFFFF), (1, 0), (0x7FFFFFFF, 0xFFFFFFFF), (0x80000000, 0),
-             (0x80000000, 5), (0xFFFFFFFF, 0xFFFFFFFF), (0x9234ABCD, 0x1234ABCD)]
+    pairs = [
+        (0, 0),
+        (0, 1),
+        (0, 0xFFFFFFFF),
+        (1, 0),
+        (0x7FFFFFFF, 0xFFFFFFFF),
+        (0x80000000, 0),
+        (0x80000000, 5),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x9234ABCD, 0x1234ABCD),
+    ]
     g64 = gumbel_float64(_i32([h for h, _ in pairs]), _i32([lo for _, lo in pairs]))
     assert g64.dtype == torch.float64
     expected64 = torch.tensor([_g_float64_exact(h, lo) for h, lo in pairs], dtype=torch.float64)
@@ -564,9 +598,15 @@ def test_huge_logits_give_no_nan(dtype):
     # Logits near the float limit: s / tau overflows for tau < 1 (the old inf - inf); x + g itself
     # stays finite (|g| < 46 is far below half an ulp there), so the sample must be exact.
     big = torch.finfo(dtype).max
-    x = torch.tensor([[0.9 * big, -0.9 * big, big, 1.0],
-                      [-0.9 * big, NEG_INF, 0.0, 0.9 * big],
-                      [0.9 * big, 0.9 * big * (1 - 1e-6), -big, 0.0]], dtype=dtype, requires_grad=True)
+    x = torch.tensor(
+        [
+            [0.9 * big, -0.9 * big, big, 1.0],
+            [-0.9 * big, NEG_INF, 0.0, 0.9 * big],
+            [0.9 * big, 0.9 * big * (1 - 1e-6), -big, 0.0],
+        ],
+        dtype=dtype,
+        requires_grad=True,
+    )
     w = torch.randn(3, 4, dtype=dtype, generator=_gen(83))
     for tau in (1.0, 0.5, 1e-38, 1e-40):
         for hard in (False, True):
@@ -677,7 +717,7 @@ def test_compiled_kernel_reproduces_reference(shape):
     assert K.is_available()
     assert any(sig[0] == "soft" for sig in K.compile_times())
     kat = torch.compile(lambda c, k: philox4x32(c[0], c[1], c[2], c[3], k[0], k[1]), fullgraph=True)
-    for rounds, ctr, key, expected in KAT[3:]:
+    for _rounds, ctr, key, expected in KAT[3:]:
         out = kat(_i32(ctr), _i32(key))
         assert [as_uint32(w_)[0] for w_ in out] == expected
 
@@ -734,8 +774,9 @@ def test_compiled_kernel_tiny_tau_huge_logits_and_double_backward():
     for hard in (False, True):
         hv = []
         for fn in (K.gumbel_softmax, REF):
-            (gx,) = torch.autograd.grad((fn(xs, 0.7, hard=hard, generator=_gen(89)) * w[:6]).sum(), xs,
-                                        create_graph=True)
+            (gx,) = torch.autograd.grad(
+                (fn(xs, 0.7, hard=hard, generator=_gen(89)) * w[:6]).sum(), xs, create_graph=True
+            )
             hv.append(torch.autograd.grad((gx * gx).sum(), xs)[0])
         assert hv[0].abs().sum() > 0 and torch.allclose(hv[0], hv[1], rtol=1e-4, atol=1e-5)
     assert K.is_available()

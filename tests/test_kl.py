@@ -79,7 +79,9 @@ def test_masked_classes_give_finite_gradients_to_both_logits(q_row, p_row):
         assert (kl.item() == float("inf")) == inf_expected
         if not inf_expected:
             keep = ~(q_masked | p_masked)[0]
-            ref = kl_divergence(Categorical(logits=q.detach()[:, keep].double()), Categorical(logits=p.detach()[:, keep].double()))
+            ref = kl_divergence(
+                Categorical(logits=q.detach()[:, keep].double()), Categorical(logits=p.detach()[:, keep].double())
+            )
             assert torch.allclose(kl.double(), ref, atol=1e-6)
 
 

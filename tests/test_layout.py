@@ -11,7 +11,8 @@ import gumbelkit
 PKG = Path(gumbelkit.__file__).resolve().parent
 # The other subpackages (estimators/, experiments/, cli.py) are checked by their own tests.
 CORE = sorted(
-    p for p in PKG.rglob("*.py")
+    p
+    for p in PKG.rglob("*.py")
     if p.relative_to(PKG).parts[0] not in ("estimators", "experiments", "cli.py", "__main__.py", "conftest.py")
 )
 
@@ -55,10 +56,23 @@ def test_core_modules_import_only_public_names_listed_in_all(path):
         assert name in getattr(mod, "__all__", ()), f"{path.name}:{lineno}: {name} is not in {target}.__all__"
 
 
-@pytest.mark.parametrize("module", ["gumbelkit._policy", "gumbelkit._validation", "gumbelkit._internals",
-                                    "gumbelkit._autograd", "gumbelkit._sampling", "gumbelkit._noise", "gumbelkit._kl",
-                                    "gumbelkit.errors", "gumbelkit.structured", "gumbelkit.distributions",
-                                    "gumbelkit.schedules", "gumbelkit.nn"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "gumbelkit._policy",
+        "gumbelkit._validation",
+        "gumbelkit._internals",
+        "gumbelkit._autograd",
+        "gumbelkit._sampling",
+        "gumbelkit._noise",
+        "gumbelkit._kl",
+        "gumbelkit.errors",
+        "gumbelkit.structured",
+        "gumbelkit.distributions",
+        "gumbelkit.schedules",
+        "gumbelkit.nn",
+    ],
+)
 def test_every_module_has_an_explicit_all(module):
     mod = importlib.import_module(module)
     assert mod.__all__ and all(hasattr(mod, n) for n in mod.__all__)
@@ -72,7 +86,11 @@ def test_one_dtype_rule():
     import torch
 
     assert [_policy.compute_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)] == [
-        torch.float32, torch.float32, torch.float32, torch.float64]
+        torch.float32,
+        torch.float32,
+        torch.float32,
+        torch.float64,
+    ]
 
 
 def test_backwards_compatible_names_stay_importable():

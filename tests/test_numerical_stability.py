@@ -91,7 +91,12 @@ def _binom_ok(count, n, p):
 
 @pytest.mark.parametrize(
     "row,dtype",
-    [([1e7, 1e7], torch.float32), ([1e7, 1e7 + 1], torch.float32), ([3e38, 3e38], torch.float32), ([1e16, 1e16], torch.float64)],
+    [
+        ([1e7, 1e7], torch.float32),
+        ([1e7, 1e7 + 1], torch.float32),
+        ([3e38, 3e38], torch.float32),
+        ([1e16, 1e16], torch.float64),
+    ],
     ids=["equal_1e7", "1e7_vs_1e7+1", "equal_3e38", "equal_1e16_float64"],
 )
 def test_huge_logits_are_sampled_with_softmax_probabilities(row, dtype):
@@ -124,12 +129,19 @@ def test_gumbel_topk_pairs_of_huge_equal_logits_are_uniform():
 # ------------------------------------------------------------------ 3. tiny tau, extreme logits
 
 EXTREME = torch.tensor(
-    [[3e38, -3e38, 1.0, -2.0], [-3e38, 3e38, 2.9e38, 0.0], [-3e38, -2.9e38, 0.5, NEG_INF], [3.4e38, 3.4e38, 0.0, -3.4e38]]
+    [
+        [3e38, -3e38, 1.0, -2.0],
+        [-3e38, 3e38, 2.9e38, 0.0],
+        [-3e38, -2.9e38, 0.5, NEG_INF],
+        [3.4e38, 3.4e38, 0.0, -3.4e38],
+    ]
 )
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-@pytest.mark.parametrize("tau", [1e-38, 1e-40, 1e-8, 1e-50, 1.0], ids=["1e-38", "1e-40_subnormal", "1e-8", "1e-50_below_range", "1"])
+@pytest.mark.parametrize(
+    "tau", [1e-38, 1e-40, 1e-8, 1e-50, 1.0], ids=["1e-38", "1e-40_subnormal", "1e-8", "1e-50_below_range", "1"]
+)
 @pytest.mark.parametrize("tensor_tau", [False, True], ids=["float_tau", "tensor_tau"])
 def test_tiny_tau_and_extreme_logits_give_finite_outputs_and_grads(name, tau, tensor_tau):
     if name == "tempered_softmax" or name in ("sample_softmax", "sample_st"):
@@ -138,7 +150,11 @@ def test_tiny_tau_and_extreme_logits_give_finite_outputs_and_grads(name, tau, te
         x = EXTREME.clone()
     x.requires_grad_()
     # a float32 tensor cannot hold 1e-50 (it would be 0, rightly refused): that one is float64
-    t = torch.tensor(tau, dtype=torch.float64 if tau < 1e-45 else torch.float32, requires_grad=True) if tensor_tau else tau
+    t = (
+        torch.tensor(tau, dtype=torch.float64 if tau < 1e-45 else torch.float32, requires_grad=True)
+        if tensor_tau
+        else tau
+    )
     y = SAMPLERS[name](x, t, _gen(32))
     assert torch.isfinite(y).all(), y
     assert torch.allclose(y.sum(-1), torch.ones(x.shape[0]))
@@ -180,4 +196,3 @@ def test_float64_logits_near_the_float64_range_are_finite():
 def test_non_finite_tensor_tau_is_rejected(name, tau):
     with pytest.raises(ValueError, match=r"expected tau > 0 and finite, got a tensor of shape"):
         SAMPLERS[name](torch.zeros(2, 3), tau, None)
-

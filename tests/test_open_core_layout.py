@@ -12,9 +12,7 @@ import pytest
 import gumbelkit
 
 PKG = Path(gumbelkit.__file__).resolve().parent
-MODULES = sorted(
-    [p for sub in ("estimators", "experiments") for p in (PKG / sub).glob("*.py")] + [PKG / "cli.py"]
-)
+MODULES = sorted([p for sub in ("estimators", "experiments") for p in (PKG / sub).glob("*.py")] + [PKG / "cli.py"])
 # The bench's "softmax" implementation is torch.softmax (the floor a sampler can approach), not
 # the registry method of that name.
 ALLOWED = {"bench.py": {"softmax"}}
@@ -40,8 +38,11 @@ def _strings(tree: ast.AST) -> set[str]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docs.add(id(first.value))
-    return {n.value for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
+    return {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+    }
 
 
 @pytest.mark.parametrize("path", sorted((PKG / "experiments").glob("*.py")), ids=lambda p: p.name)

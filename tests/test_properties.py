@@ -127,7 +127,9 @@ def test_sampler_properties(name, problem):
             assert bool(((y == 0) | (y == 1)).all()) and bool((y.sum(dim) == 1).all()), "not one-hot"
         else:
             s = y.double().sum(dim)
-            assert torch.allclose(s, torch.ones_like(s), atol=1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-5)
+            assert torch.allclose(
+                s, torch.ones_like(s), atol=1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-5
+            )
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

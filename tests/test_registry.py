@@ -85,9 +85,12 @@ class dataclasses_frozen:
 
 def test_methods_is_a_live_read_only_view(registered):
     assert registered in gk.METHODS and registered in gk.estimators.METHODS
-    assert sorted(gk.METHODS) == sorted(["softmax", "gumbel_softmax", "st_gumbel", "st", "gumbel_rao", "reinmax",
-                                         "scaled_st"])
-    assert len(gk.METHODS) == 7 and gk.METHODS[-1] == "scaled_st" and list(gk.METHODS)[:2] == ["softmax", "gumbel_softmax"]
+    assert sorted(gk.METHODS) == sorted(
+        ["softmax", "gumbel_softmax", "st_gumbel", "st", "gumbel_rao", "reinmax", "scaled_st"]
+    )
+    assert (
+        len(gk.METHODS) == 7 and gk.METHODS[-1] == "scaled_st" and list(gk.METHODS)[:2] == ["softmax", "gumbel_softmax"]
+    )
     # the view itself compares equal to a list or tuple of the names (its __eq__, on the left)
     assert operator.eq(gk.METHODS, list(gk.METHODS)) and operator.eq(gk.METHODS, tuple(gk.METHODS))
     assert gk.is_one_hot(registered) and gk.get_spec(registered).options == (SCALE,)
@@ -129,8 +132,11 @@ def test_options_are_checked_when_called_through_sample(registered):
     x = torch.zeros(2, 3, requires_grad=True)
     with pytest.raises(TypeError, match=r"unknown option 'scal' for method 'scaled_st'; valid options: scale"):
         gk.sample(x, registered, scal=2.0)
-    with pytest.raises(ValueError, match=r"sample: expected scale to be a finite number with 0 <= scale <= 10 "
-                                         r"for method 'scaled_st', got 11.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"sample: expected scale to be a finite number with 0 <= scale <= 10 "
+        r"for method 'scaled_st', got 11.0",
+    ):
         gk.sample(x, registered, scale=11.0)
     with pytest.raises(TypeError, match="expected scale to be a finite number"):
         gk.sample(x, registered, scale="big")
@@ -200,7 +206,7 @@ def plugin_st(logits, tau=1.0, *, dim=-1, generator=None, scale=1.0):
     return gk.sample(logits, "st", tau, dim, generator=generator)
 '''
 
-BROKEN = '''
+BROKEN = """
 import gumbelkit as gk
 
 @gk.register("half_registered", one_hot=True)
@@ -208,7 +214,7 @@ def half(logits, tau=1.0, *, dim=-1, generator=None):
     return logits
 
 raise RuntimeError("this plugin is broken")
-'''
+"""
 
 
 def _install(tmp_path, monkeypatch, modules: dict, entries: dict) -> None:
@@ -229,8 +235,12 @@ def _install(tmp_path, monkeypatch, modules: dict, entries: dict) -> None:
 
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
-    _install(tmp_path, monkeypatch, {"gk_plugin_good": PLUGIN, "gk_plugin_broken": BROKEN},
-             {"good": "gk_plugin_good", "broken": "gk_plugin_broken", "missing": "gk_plugin_not_there"})
+    _install(
+        tmp_path,
+        monkeypatch,
+        {"gk_plugin_good": PLUGIN, "gk_plugin_broken": BROKEN},
+        {"good": "gk_plugin_good", "broken": "gk_plugin_broken", "missing": "gk_plugin_not_there"},
+    )
     before = set(_registry._REGISTRY)
     try:
         yield
@@ -257,8 +267,25 @@ def test_every_command_accepts_a_plugin_method(plugins, tmp_path, capsys):
     out = tmp_path / "grad"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        rc = cli.main(["gradients", "--problems", "quadratic", "--methods", "st,plugin_st:scale=2", "--taus", "0.5",
-                       "--samples", "8", "--chunk", "8", "--no-demo", "--no-plots", "--out", str(out)])
+        rc = cli.main(
+            [
+                "gradients",
+                "--problems",
+                "quadratic",
+                "--methods",
+                "st,plugin_st:scale=2",
+                "--taus",
+                "0.5",
+                "--samples",
+                "8",
+                "--chunk",
+                "8",
+                "--no-demo",
+                "--no-plots",
+                "--out",
+                str(out),
+            ]
+        )
     assert rc == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["st", "plugin_st:scale=2.0"]
@@ -271,9 +298,29 @@ def test_every_command_accepts_a_plugin_method(plugins, tmp_path, capsys):
 def test_a_method_registered_at_runtime_runs_in_vae_and_gradients(registered, tmp_path, capsys):
     pytest.importorskip("sklearn", reason="the VAE run uses scikit-learn's digits")
     vae_out = tmp_path / "vae"
-    rc = cli.main(["vae", "--data", "digits", "--latent", "3x3", "--steps", "3", "--hidden", "8", "--batch-size", "20",
-                   "--eval-samples", "2", "--methods", "st,scaled_st,scaled_st:scale=0.5", "--no-plots",
-                   "--no-progress", "--out", str(vae_out)])
+    rc = cli.main(
+        [
+            "vae",
+            "--data",
+            "digits",
+            "--latent",
+            "3x3",
+            "--steps",
+            "3",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "20",
+            "--eval-samples",
+            "2",
+            "--methods",
+            "st,scaled_st,scaled_st:scale=0.5",
+            "--no-plots",
+            "--no-progress",
+            "--out",
+            str(vae_out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads((vae_out / "results.json").read_text())
     assert [r["method"] for r in data["runs"]] == ["st", "scaled_st", "scaled_st:scale=0.5"]
@@ -282,9 +329,32 @@ def test_a_method_registered_at_runtime_runs_in_vae_and_gradients(registered, tm
     assert all(r["test_neg_elbo"] > 0 and r["train_objective"] == "-ELBO estimate" for r in data["runs"])
 
     grad_out = tmp_path / "grad"
-    rc = cli.main(["gradients", "--problems", "quadratic", "--methods", "st,scaled_st:scale=1,scaled_st:scale=2",
-                   "--taus", "0.5", "--samples", "64", "--chunk", "32", "--demo-methods", "scaled_st",
-                   "--demo-steps", "2", "--demo-seeds", "1", "--demo-batch", "4", "--no-plots", "--out", str(grad_out)])
+    rc = cli.main(
+        [
+            "gradients",
+            "--problems",
+            "quadratic",
+            "--methods",
+            "st,scaled_st:scale=1,scaled_st:scale=2",
+            "--taus",
+            "0.5",
+            "--samples",
+            "64",
+            "--chunk",
+            "32",
+            "--demo-methods",
+            "scaled_st",
+            "--demo-steps",
+            "2",
+            "--demo-seeds",
+            "1",
+            "--demo-batch",
+            "4",
+            "--no-plots",
+            "--out",
+            str(grad_out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads((grad_out / "results.json").read_text())
     rows = {r["method"]: r for r in res["rows"]}

@@ -23,8 +23,20 @@ def test_ci_runs_readme_test_command():
 
 
 def test_public_api_matches_design():
-    for name in ["gumbel_noise", "gumbel_max", "gumbel_topk", "gumbel_softmax", "tempered_softmax", "sample",
-                 "METHODS", "kl_categorical", "distributions", "schedules", "nn", "reinforce_surrogate"]:
+    for name in [
+        "gumbel_noise",
+        "gumbel_max",
+        "gumbel_topk",
+        "gumbel_softmax",
+        "tempered_softmax",
+        "sample",
+        "METHODS",
+        "kl_categorical",
+        "distributions",
+        "schedules",
+        "nn",
+        "reinforce_surrogate",
+    ]:
         assert name in gumbelkit.__all__ and hasattr(gumbelkit, name)
     for name in ["Concrete", "ExpConcrete", "BinaryConcrete"]:
         assert hasattr(gumbelkit.distributions, name)

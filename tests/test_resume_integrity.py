@@ -127,9 +127,28 @@ def vae_run(tmp_path_factory):
     rng = np.random.RandomState(0)
     for name, n in (("train-images-idx3-ubyte.gz", 60), ("t10k-images-idx3-ubyte.gz", 20)):
         (folder / name).write_bytes(gzip.compress(_idx(rng.randint(0, 256, size=(n, 6, 6)).astype(np.uint8))))
-    argv = ["vae", "--data", f"idx:{folder}", "--latent", "3x3", "--steps", "6", "--batch-size", "10",
-            "--methods", "st_gumbel", "--checkpoint-every", "3", "--hidden", "16,8", "--eval-samples", "4",
-            "--threads", "1", "--no-progress"]
+    argv = [
+        "vae",
+        "--data",
+        f"idx:{folder}",
+        "--latent",
+        "3x3",
+        "--steps",
+        "6",
+        "--batch-size",
+        "10",
+        "--methods",
+        "st_gumbel",
+        "--checkpoint-every",
+        "3",
+        "--hidden",
+        "16,8",
+        "--eval-samples",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     out = root / "straight"
     assert cli.main(argv + ["--out", str(out)]) == 0
     return argv, out
@@ -178,39 +197,56 @@ VAE_DAMAGE = {
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated"),
     "empty file": (lambda p: p.write_bytes(b""), "is empty"),
     "not a checkpoint": (lambda p: p.write_text("hello, I am a text file\n"), "not a gumbelkit state file"),
-    "old format torch.save": (
-        lambda p: torch.save(read_checked_torch(p), p), "has no checksum"),
+    "old format torch.save": (lambda p: torch.save(read_checked_torch(p), p), "has no checksum"),
     "raw pickle of a wrong dict": (
-        lambda p: p.write_bytes(__import__("pickle").dumps({"model": 1})), "has no checksum"),
+        lambda p: p.write_bytes(__import__("pickle").dumps({"model": 1})),
+        "has no checksum",
+    ),
     "checksummed list": (lambda p: write_checked_torch([1, 2, 3], p), "holds a list"),
     "checksummed wrong dict": (lambda p: write_checked_torch({"model": {}}, p), "has no 'format' entry"),
     "wrong format number": (lambda p: _retensor(p, lambda c: _set(c, ["format"], 1)), "has format 1"),
     "wrong tensor shape": (
         lambda p: _retensor(p, lambda c: _set(c, ["model", "encoder.0.weight"], torch.zeros(3, 3))),
-        "model['encoder.0.weight'] is torch.float32 (3, 3), the model needs torch.float32 (16, 36)"),
+        "model['encoder.0.weight'] is torch.float32 (3, 3), the model needs torch.float32 (16, 36)",
+    ),
     "missing model tensor": (
-        lambda p: _retensor(p, lambda c: c["model"].pop("decoder.0.bias")), "model has no 'decoder.0.bias' entry"),
+        lambda p: _retensor(p, lambda c: c["model"].pop("decoder.0.bias")),
+        "model has no 'decoder.0.bias' entry",
+    ),
     "model is a string": (lambda p: _retensor(p, lambda c: _set(c, ["model"], "weights")), "model is a str"),
     "optimizer moment shape": (
         lambda p: _retensor(p, lambda c: _set(c, ["optimizer", "state", 0, "exp_avg"], torch.zeros(2))),
-        "optimizer state 0['exp_avg'] has shape (2)"),
+        "optimizer state 0['exp_avg'] has shape (2)",
+    ),
     "optimizer groups": (
-        lambda p: _retensor(p, lambda c: _set(c, ["optimizer", "param_groups"], [])), "parameter group"),
+        lambda p: _retensor(p, lambda c: _set(c, ["optimizer", "param_groups"], [])),
+        "parameter group",
+    ),
     "rng state of the wrong size": (
         lambda p: _retensor(p, lambda c: _set(c, ["rng", "noise"], torch.zeros(7, dtype=torch.uint8))),
-        "RuntimeError"),
+        "RuntimeError",
+    ),
     "rng state not a tensor": (
-        lambda p: _retensor(p, lambda c: _set(c, ["rng", "data"], [1, 2])), "rng['data'] is not a generator state"),
+        lambda p: _retensor(p, lambda c: _set(c, ["rng", "data"], [1, 2])),
+        "rng['data'] is not a generator state",
+    ),
     "sampler not a permutation": (
         lambda p: _retensor(p, lambda c: _set(c, ["sampler", "perm"], torch.zeros(54, dtype=torch.long))),
-        "not a permutation"),
+        "not a permutation",
+    ),
     "step out of range": (lambda p: _retensor(p, lambda c: _set(c, ["state", "step"], 99)), "state['step'] is 99"),
     "curve of strings": (
-        lambda p: _retensor(p, lambda c: _set(c, ["state", "train_curve"], ["x"])), "train_curve'] is not a list"),
+        lambda p: _retensor(p, lambda c: _set(c, ["state", "train_curve"], ["x"])),
+        "train_curve'] is not a list",
+    ),
     "initial numbers missing": (
-        lambda p: _retensor(p, lambda c: _set(c, ["state", "initial"], {"neg_elbo": 1.0})), "state['initial']"),
+        lambda p: _retensor(p, lambda c: _set(c, ["state", "initial"], {"neg_elbo": 1.0})),
+        "state['initial']",
+    ),
     "other configuration": (
-        lambda p: _retensor(p, lambda c: _set(c, ["fingerprint", "lr"], 0.5)), "different configuration"),
+        lambda p: _retensor(p, lambda c: _set(c, ["fingerprint", "lr"], 0.5)),
+        "different configuration",
+    ),
     "a folder instead of a file": (lambda p: (p.unlink(), p.mkdir()), "cannot be read"),
 }
 
@@ -228,17 +264,21 @@ def test_resume_refuses_a_damaged_or_ill_fitting_checkpoint(case, vae_run, tmp_p
 
 VAE_RECORD_DAMAGE = {
     "changed number": (
-        lambda p: p.write_text(p.read_text().replace('"seed": 0', '"seed": 1', 1)), "SHA-256 checksum mismatch"),
+        lambda p: p.write_text(p.read_text().replace('"seed": 0', '"seed": 1', 1)),
+        "SHA-256 checksum mismatch",
+    ),
     "64 flipped bytes": (lambda p: flip_bytes(p, 64), "st_gumbel-seed0.json is damaged"),
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:100]), "not valid JSON"),
     "empty": (lambda p: p.write_bytes(b""), "is empty"),
     "no checksum (older gumbelkit)": (
         lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "checksum"})),
-        "has no checksum"),
+        "has no checksum",
+    ),
     "a JSON list": (lambda p: p.write_text("[1, 2]"), "not a gumbelkit state file"),
     "checksummed but incomplete": (
         lambda p: write_checked_json(p, {k: v for k, v in read_checked_json(p).items() if k != "test_neg_elbo"}),
-        "'test_neg_elbo' is missing"),
+        "'test_neg_elbo' is missing",
+    ),
 }
 
 
@@ -265,9 +305,28 @@ def test_resume_reuses_an_intact_run_record(vae_run, tmp_path, capsys):
 # --------------------------------------------------------------------------- gumbelkit gradients
 
 
-GRAD = ["gradients", "--problems", "quadratic", "--methods", "softmax,st_gumbel", "--taus", "0.5", "--samples", "16",
-        "--chunk", "16", "--demo-steps", "2", "--demo-seeds", "1", "--demo-methods", "st", "--demo-batch", "4",
-        "--no-plots"]
+GRAD = [
+    "gradients",
+    "--problems",
+    "quadratic",
+    "--methods",
+    "softmax,st_gumbel",
+    "--taus",
+    "0.5",
+    "--samples",
+    "16",
+    "--chunk",
+    "16",
+    "--demo-steps",
+    "2",
+    "--demo-seeds",
+    "1",
+    "--demo-methods",
+    "st",
+    "--demo-batch",
+    "4",
+    "--no-plots",
+]
 
 
 @pytest.fixture(scope="module")
@@ -282,25 +341,32 @@ def _grad_edit(edit):
         data = read_checked_json(p)
         edit(data)
         write_checked_json(p, data)
+
     return damage
 
 
 GRAD_DAMAGE = {
     "changed number": (
-        lambda p: p.write_text(p.read_text().replace('"samples": 16', '"samples": 17', 1)), "checksum mismatch"),
+        lambda p: p.write_text(p.read_text().replace('"samples": 16', '"samples": 17', 1)),
+        "checksum mismatch",
+    ),
     "64 flipped bytes": (lambda p: flip_bytes(p, 64), "is damaged"),
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-40]), "not valid JSON"),
     "empty": (lambda p: p.write_bytes(b""), "is empty"),
     "no checksum (older gumbelkit)": (
         lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "checksum"})),
-        "has no checksum"),
+        "has no checksum",
+    ),
     "cells not a table": (_grad_edit(lambda d: d.__setitem__("cells", [])), "has no 'cells' table"),
-    "cell without numbers": (
-        _grad_edit(lambda d: next(iter(d["cells"].values())).pop("variance")), "lacks a number"),
+    "cell without numbers": (_grad_edit(lambda d: next(iter(d["cells"].values())).pop("variance")), "lacks a number"),
     "reference gradient of the wrong length": (
-        _grad_edit(lambda d: next(iter(d["refs"].values())).__setitem__("grad", [0.0])), "expected 18"),
+        _grad_edit(lambda d: next(iter(d["refs"].values())).__setitem__("grad", [0.0])),
+        "expected 18",
+    ),
     "demo run without fractions": (
-        _grad_edit(lambda d: next(iter(d["demo"]["runs"].values())).pop("hard")), "no hard fractions"),
+        _grad_edit(lambda d: next(iter(d["demo"]["runs"].values())).pop("hard")),
+        "no hard fractions",
+    ),
 }
 
 
@@ -333,8 +399,22 @@ def test_gradients_reuses_an_intact_checkpoint(grad_run, tmp_path, capsys):
 # --------------------------------------------------------------------------- gumbelkit bench --resume
 
 
-BENCH = ["bench", "--shapes", "8x5", "--impls", "builtin,softmax", "--modes", "soft", "--repeats", "3",
-         "--min-time", "0.0001", "--no-vae", "--no-memory", "--no-progress"]
+BENCH = [
+    "bench",
+    "--shapes",
+    "8x5",
+    "--impls",
+    "builtin,softmax",
+    "--modes",
+    "soft",
+    "--repeats",
+    "3",
+    "--min-time",
+    "0.0001",
+    "--no-vae",
+    "--no-memory",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -346,12 +426,15 @@ def bench_run(tmp_path_factory):
 
 BENCH_DAMAGE = {
     "changed number": (
-        lambda p: p.write_text(p.read_text().replace('"rounds": 3', '"rounds": 4', 1)), "checksum mismatch"),
+        lambda p: p.write_text(p.read_text().replace('"rounds": 3', '"rounds": 4', 1)),
+        "checksum mismatch",
+    ),
     "64 flipped bytes": (lambda p: flip_bytes(p, 64), "is damaged"),
     "empty": (lambda p: p.write_bytes(b""), "is empty"),
     "no checksum (older gumbelkit)": (
         lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "checksum"})),
-        "has no checksum"),
+        "has no checksum",
+    ),
     "shapes not a list": (_grad_edit(lambda d: d.__setitem__("shapes", {})), "no settings or shapes"),
     "row without a median": (_grad_edit(lambda d: d["shapes"][0]["rows"][0].pop("median_ms")), "lacks a field"),
 }

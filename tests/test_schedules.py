@@ -40,8 +40,14 @@ def test_parse_schedule():
     assert s(15) == pytest.approx(2 * math.exp(-1e-3 * 10))
     assert schedules.parse_schedule("jang")(2000) == schedules.jang_schedule()(2000)
     assert schedules.parse_schedule("cosine:start=1,end=0.5,steps=10")(10) == pytest.approx(0.5)
-    for bad, msg in [("foo", "expected a schedule"), ("exp:rate", "key=value"), ("exp:rate=x", "number"),
-                     ("exp:bogus=1", "valid arguments"), ("-1", "tau > 0"), ("exp:floor=0", "floor > 0")]:
+    for bad, msg in [
+        ("foo", "expected a schedule"),
+        ("exp:rate", "key=value"),
+        ("exp:rate=x", "number"),
+        ("exp:bogus=1", "valid arguments"),
+        ("-1", "tau > 0"),
+        ("exp:floor=0", "floor > 0"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             schedules.parse_schedule(bad)
 
@@ -134,31 +140,34 @@ def test_schedule_equality_and_hash():
 _NAN, _INF = float("nan"), float("inf")
 
 
-@pytest.mark.parametrize("make, msg", [
-    (lambda: schedules.exponential(rate=_NAN), "rate >= 0 and finite"),
-    (lambda: schedules.exponential(rate=_INF), "rate >= 0 and finite"),
-    (lambda: schedules.exponential(rate=-1e-3), "rate >= 0"),
-    (lambda: schedules.exponential(tau0=_NAN), "tau0 > 0 and finite"),
-    (lambda: schedules.exponential(tau0=_INF), "tau0 > 0 and finite"),
-    (lambda: schedules.exponential(floor=_NAN), "floor > 0 and finite"),
-    (lambda: schedules.exponential(tau0=0.3, floor=0.5), "floor <= tau0"),
-    (lambda: schedules.exponential(interval=0), "interval to be an integer >= 1"),
-    (lambda: schedules.exponential(interval=True), "interval to be an integer >= 1"),
-    (lambda: schedules.exponential(interval=10.0), "interval to be an integer >= 1"),
-    (lambda: schedules.exponential(tau0=True), "tau0 > 0"),
-    (lambda: schedules.constant(_NAN), "tau > 0 and finite"),
-    (lambda: schedules.constant(_INF), "tau > 0 and finite"),
-    (lambda: schedules.constant(False), "tau > 0"),
-    (lambda: schedules.linear(steps=0), "steps to be an integer >= 1"),
-    (lambda: schedules.linear(start=_NAN), "start > 0 and finite"),
-    (lambda: schedules.linear(end=-0.5), "end > 0"),
-    (lambda: schedules.cosine(steps=0), "steps to be an integer >= 1"),
-    (lambda: schedules.cosine(end=_INF), "end > 0 and finite"),
-    (lambda: schedules.cosine(steps=True), "steps to be an integer >= 1"),
-    (lambda: schedules.parse_schedule("nan"), "tau > 0 and finite"),
-    (lambda: schedules.parse_schedule("exp:rate=nan"), "rate >= 0 and finite"),
-    (lambda: schedules.parse_schedule("linear:steps=0"), "steps"),
-])
+@pytest.mark.parametrize(
+    "make, msg",
+    [
+        (lambda: schedules.exponential(rate=_NAN), "rate >= 0 and finite"),
+        (lambda: schedules.exponential(rate=_INF), "rate >= 0 and finite"),
+        (lambda: schedules.exponential(rate=-1e-3), "rate >= 0"),
+        (lambda: schedules.exponential(tau0=_NAN), "tau0 > 0 and finite"),
+        (lambda: schedules.exponential(tau0=_INF), "tau0 > 0 and finite"),
+        (lambda: schedules.exponential(floor=_NAN), "floor > 0 and finite"),
+        (lambda: schedules.exponential(tau0=0.3, floor=0.5), "floor <= tau0"),
+        (lambda: schedules.exponential(interval=0), "interval to be an integer >= 1"),
+        (lambda: schedules.exponential(interval=True), "interval to be an integer >= 1"),
+        (lambda: schedules.exponential(interval=10.0), "interval to be an integer >= 1"),
+        (lambda: schedules.exponential(tau0=True), "tau0 > 0"),
+        (lambda: schedules.constant(_NAN), "tau > 0 and finite"),
+        (lambda: schedules.constant(_INF), "tau > 0 and finite"),
+        (lambda: schedules.constant(False), "tau > 0"),
+        (lambda: schedules.linear(steps=0), "steps to be an integer >= 1"),
+        (lambda: schedules.linear(start=_NAN), "start > 0 and finite"),
+        (lambda: schedules.linear(end=-0.5), "end > 0"),
+        (lambda: schedules.cosine(steps=0), "steps to be an integer >= 1"),
+        (lambda: schedules.cosine(end=_INF), "end > 0 and finite"),
+        (lambda: schedules.cosine(steps=True), "steps to be an integer >= 1"),
+        (lambda: schedules.parse_schedule("nan"), "tau > 0 and finite"),
+        (lambda: schedules.parse_schedule("exp:rate=nan"), "rate >= 0 and finite"),
+        (lambda: schedules.parse_schedule("linear:steps=0"), "steps"),
+    ],
+)
 def test_schedule_rejects_nan_inf_and_out_of_range_arguments(make, msg):
     with pytest.raises(ValueError, match=msg):
         make()

@@ -156,13 +156,33 @@ LOGITS = torch.tensor([[0.0, 1.0, 2.0], [0.5, -1.0, 0.0]])
 @pytest.mark.parametrize(
     "value,err,match",
     [
-        (torch.tensor([0, 3]), ValueError, r"expected indices in \[0, 2\] \(K = 3 classes along dim=1\), got values in \[0, 3\]"),
+        (
+            torch.tensor([0, 3]),
+            ValueError,
+            r"expected indices in \[0, 2\] \(K = 3 classes along dim=1\), got values in \[0, 3\]",
+        ),
         (torch.tensor([-1, 0]), ValueError, r"expected indices in \[0, 2\].*got values in \[-1, 0\]"),
-        (torch.tensor([[0], [1]]), ValueError, r"expected integer indices of shape \(2\) \(logits of shape \(2, 3\) without dim=1\), got \(2, 1\)"),
+        (
+            torch.tensor([[0], [1]]),
+            ValueError,
+            r"expected integer indices of shape \(2\) \(logits of shape \(2, 3\) without dim=1\), got \(2, 1\)",
+        ),
         (torch.tensor([1.0, 2.0]), ValueError, r"expected a one-hot value of shape \(2, 3\), got \(2\)"),
-        (torch.tensor([[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]]), ValueError, r"expected a one-hot value along dim=1 \(entries 0 or 1"),
-        (torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), ValueError, r"exactly one 1 per row.*row sums in \[1.0, 2.0\]"),
-        (torch.tensor([True, False]), TypeError, r"expected value with a floating \(one-hot\) or integer \(index\) dtype, got torch.bool"),
+        (
+            torch.tensor([[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]]),
+            ValueError,
+            r"expected a one-hot value along dim=1 \(entries 0 or 1",
+        ),
+        (
+            torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+            ValueError,
+            r"exactly one 1 per row.*row sums in \[1.0, 2.0\]",
+        ),
+        (
+            torch.tensor([True, False]),
+            TypeError,
+            r"expected value with a floating \(one-hot\) or integer \(index\) dtype, got torch.bool",
+        ),
         ([0, 1], TypeError, "expected value to be a torch.Tensor"),
     ],
     ids=["too_large", "negative", "wrong_shape", "float_index", "relaxed", "two_ones", "bool", "list"],

@@ -84,7 +84,9 @@ def test_check_subset_size():
         with pytest.raises(GumbelkitValueError, match=r"expected k to be an integer in \[1, 5\]"):
             check_subset_size(bad, x)
     x[1, :3] = -INF
-    with pytest.raises(GumbelkitValueError, match=r"^t: expected k <= 2 \(the fewest unmasked entries.*shape \(2, 5\)\), got 3"):
+    with pytest.raises(
+        GumbelkitValueError, match=r"^t: expected k <= 2 \(the fewest unmasked entries.*shape \(2, 5\)\), got 3"
+    ):
         check_subset_size(3, x, fn="t")
     assert check_subset_size(3, x, values=False) == 3
     assert check_subset_size(2, torch.zeros(0, 5)) == 2  # no rows to count
@@ -160,7 +162,9 @@ def test_khot_straight_through_double_backward():
     g, gg = grads(lambda s: khot_straight_through(s, idx))
     g_ref, gg_ref = grads(lambda s: s)
     assert torch.allclose(g, g_ref, rtol=0, atol=0) and torch.allclose(gg, gg_ref, rtol=1e-12, atol=1e-14)
-    assert torch.autograd.gradgradcheck(lambda s: khot_straight_through(s, idx), (torch.softmax(x, -1).detach().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(
+        lambda s: khot_straight_through(s, idx), (torch.softmax(x, -1).detach().requires_grad_(),)
+    )
 
 
 def test_khot_straight_through_under_vmap_and_func_grad():
@@ -180,7 +184,9 @@ def test_khot_index_errors():
         khot_straight_through(soft, torch.tensor([[0, 1], [2, 2]]))
     with pytest.raises(GumbelkitValueError, match=r"expected index entries in \[0, 3\], got values in \[-1, 1\]"):
         khot_straight_through(soft, torch.tensor([[0, 1], [-1, 1]]))
-    with pytest.raises(GumbelkitValueError, match=r"expected index of soft's shape \(2, 4\) with 1 <= k <= 4 along dim=1"):
+    with pytest.raises(
+        GumbelkitValueError, match=r"expected index of soft's shape \(2, 4\) with 1 <= k <= 4 along dim=1"
+    ):
         khot_straight_through(soft, torch.zeros(2, 0, dtype=torch.long))
     with pytest.raises(GumbelkitValueError, match="got index of shape"):
         khot_straight_through(soft, torch.zeros(2, dtype=torch.long))
@@ -243,7 +249,9 @@ def test_permutation_straight_through_double_backward_and_vmap():
     assert torch.equal(g, g_ref) and torch.allclose(gg, gg_ref, rtol=1e-12, atol=1e-14)
     xd = x.detach()
     assert torch.equal(torch.vmap(permutation_straight_through)(xd, perm), permutation_straight_through(xd, perm))
-    gv = torch.vmap(torch.func.grad(lambda s, p, v: (permutation_straight_through(torch.softmax(s, -1), p) * v).sum()))(xd, perm, w)
+    gv = torch.vmap(torch.func.grad(lambda s, p, v: (permutation_straight_through(torch.softmax(s, -1), p) * v).sum()))(
+        xd, perm, w
+    )
     gv_ref = torch.vmap(torch.func.grad(lambda s, v: (torch.softmax(s, -1) * v).sum()))(xd, w)
     assert torch.equal(gv, gv_ref)
 

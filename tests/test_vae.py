@@ -22,17 +22,30 @@ def toy_dataset(n=120, d=12, seed=0) -> Dataset:
     """Binary images from 4 noisy prototypes: a VAE can learn them in a few dozen steps."""
     g = torch.Generator().manual_seed(seed)
     protos = (torch.rand(4, d, generator=g) > 0.5).float()
+
     def draw(m):
         x = protos[torch.randint(0, 4, (m,), generator=g)]
         flip = torch.rand(m, d, generator=g) < 0.05
         return torch.where(flip, 1 - x, x)
+
     return Dataset("toy", draw(n), draw(30), draw(40), (3, 4), "synthetic", "shipped", ["fixed"])
 
 
 def tiny_config(tmp_path, **kw):
     cfg = dict(
-        data="digits", latent="3x3", steps=8, hidden="16,8", batch_size=10, eval_samples=5, out=str(tmp_path),
-        log_every=2, val_every=4, checkpoint_every=3, device="cpu", threads=1, progress=False,
+        data="digits",
+        latent="3x3",
+        steps=8,
+        hidden="16,8",
+        batch_size=10,
+        eval_samples=5,
+        out=str(tmp_path),
+        log_every=2,
+        val_every=4,
+        checkpoint_every=3,
+        device="cpu",
+        threads=1,
+        progress=False,
     )
     cfg.update(kw)
     return vae.resolve_config(cfg)
@@ -188,7 +201,9 @@ def test_epoch_sampler_permutes_and_resumes():
     g = torch.Generator().manual_seed(0)
     s = vae.EpochSampler(10, 3, g)
     epoch = torch.cat([s.next() for _ in range(3)])
-    assert sorted(epoch.tolist()) == sorted(set(epoch.tolist())) and len(epoch) == 9  # no repeats, last partial batch dropped
+    assert (
+        sorted(epoch.tolist()) == sorted(set(epoch.tolist())) and len(epoch) == 9
+    )  # no repeats, last partial batch dropped
     state, gstate = s.state_dict(), g.get_state()
     cont = [s.next() for _ in range(5)]
     g2 = torch.Generator()
@@ -213,7 +228,11 @@ def _direct_log_px(model, x):
         logits = model.encode(xi[None])[0]
         logq = torch.log_softmax(logits, -1)
         log_q_code = sum(logq[n][codes[:, n]] for n in range(N)).double()
-        log_px_z = -F.binary_cross_entropy_with_logits(model.decode(z), xi.expand(len(codes), -1), reduction="none").sum(-1).double()
+        log_px_z = (
+            -F.binary_cross_entropy_with_logits(model.decode(z), xi.expand(len(codes), -1), reduction="none")
+            .sum(-1)
+            .double()
+        )
         log_joint = log_px_z - N * math.log(K)
         out_nll.append(float(-torch.logsumexp(log_joint, 0)))
         out_elbo.append(float(-(log_q_code.exp() * (log_joint - log_q_code)).sum()))
@@ -242,7 +261,10 @@ def test_exact_evaluation_matches_the_definition_and_bounds_are_ordered():
     mc = vae.evaluate(model, big, generator=torch.Generator().manual_seed(1), iw_samples=1)
     assert mc["neg_elbo"] == pytest.approx(res["exact_neg_elbo"], abs=0.05)
     assert mc["iw_bound"] == pytest.approx(res["exact_neg_elbo"], abs=0.05)  # m = 1: the -ELBO again
-    iw = {m: vae.evaluate(model, x.repeat(20, 1), generator=torch.Generator().manual_seed(2), iw_samples=m)["iw_bound"] for m in (1, 10, 200)}
+    iw = {
+        m: vae.evaluate(model, x.repeat(20, 1), generator=torch.Generator().manual_seed(2), iw_samples=m)["iw_bound"]
+        for m in (1, 10, 200)
+    }
     assert iw[1] > iw[10] > iw[200] >= res["exact_nll"] - 0.02
     assert iw[200] - res["exact_nll"] < 0.25 * (iw[1] - res["exact_nll"])
 
@@ -362,7 +384,12 @@ def test_main_writes_results_and_leaves_global_state_alone(tmp_path, capsys):
     out = tmp_path / "out"
     data = json.loads((out / "results.json").read_text())
     assert data["config"]["methods"] == ["st", "reinforce"] and len(data["runs"]) == 4
-    assert {(r["method"], r["seed"]) for r in data["runs"]} == {("st", 0), ("st", 1), ("reinforce", 0), ("reinforce", 1)}
+    assert {(r["method"], r["seed"]) for r in data["runs"]} == {
+        ("st", 0),
+        ("st", 1),
+        ("reinforce", 0),
+        ("reinforce", 1),
+    }
     for r in data["runs"]:
         for key in ("test_neg_elbo", "initial_test_neg_elbo", "test_iw_bound", "seconds", "steps_per_second"):
             assert math.isfinite(r[key]), key
@@ -384,8 +411,9 @@ def test_methods_with_options_and_the_deprecated_option_flags():
     assert cfg.choice("gumbel_rao").options == {"k": 10} and cfg.choice("reinforce:n=8").options == {"n": 8}
     # --gumbel-rao-k / --reinforce-samples still work: they set the option where it is not given
     # (and leave the label alone when the value is the default)
-    old = vae.resolve_config({"methods": "st,gumbel_rao,gumbel_rao:k=5,reinforce", "gumbel_rao_k": 20,
-                              "reinforce_samples": 4})
+    old = vae.resolve_config(
+        {"methods": "st,gumbel_rao,gumbel_rao:k=5,reinforce", "gumbel_rao_k": 20, "reinforce_samples": 4}
+    )
     assert old["methods"] == ["st", "gumbel_rao:k=20", "gumbel_rao:k=5", "reinforce"]
     assert vae.resolve_config(old) == old  # idempotent
     with pytest.raises(UserError, match="--methods 'reinforce:n=1': expected n to be an integer with 2 <= n <= 10000"):

@@ -29,8 +29,28 @@ from gumbelkit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
-COMMON = ["vae", "--data", "digits", "--latent", "4x3", "--hidden", "16", "--steps", "8", "--batch-size", "20",
-          "--eval-samples", "4", "--log-every", "2", "--val-every", "4", "--checkpoint-every", "3", "--no-progress"]
+COMMON = [
+    "vae",
+    "--data",
+    "digits",
+    "--latent",
+    "4x3",
+    "--hidden",
+    "16",
+    "--steps",
+    "8",
+    "--batch-size",
+    "20",
+    "--eval-samples",
+    "4",
+    "--log-every",
+    "2",
+    "--val-every",
+    "4",
+    "--checkpoint-every",
+    "3",
+    "--no-progress",
+]
 TIMING = ("seconds", "steps_per_second", "eval_seconds", "resumed_from_step")
 
 
@@ -39,7 +59,15 @@ def _torchrun(tmp_path, args, env_extra=None, nproc=2, timeout=240):
     script.write_text(LAUNCHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(script),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
@@ -71,9 +99,16 @@ def test_ddp_replicas_identical_noise_distinct_results_written_once(straight):
         assert n0 != n1  # each rank draws its own Gumbel noise
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == sorted(
-        ["results.json", "results.md", "tau_schedule.png", "train_curves.png",
-         "runs/st_gumbel-seed0.json", "runs/reinforce-seed0.json",
-         "checkpoints/st_gumbel-seed0.pt", "checkpoints/reinforce-seed0.pt"]
+        [
+            "results.json",
+            "results.md",
+            "tau_schedule.png",
+            "train_curves.png",
+            "runs/st_gumbel-seed0.json",
+            "runs/reinforce-seed0.json",
+            "checkpoints/st_gumbel-seed0.pt",
+            "checkpoints/reinforce-seed0.pt",
+        ]
     )  # one copy of everything, no temporary files left behind
     assert proc.stdout.count("| st_gumbel |") == 1  # the table is printed once, by rank 0
 
@@ -86,7 +121,10 @@ def test_ddp_resume_equals_uninterrupted_run(tmp_path, straight):
     resumed = _torchrun(tmp_path, args + ["--out", "b", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # call 15 = step 7 of the second method (8 steps each): st_gumbel is complete, reinforce resumes at 6
-    assert "st_gumbel-seed0: already complete" in resumed.stderr and "reinforce-seed0: resuming from step 6" in resumed.stderr
+    assert (
+        "st_gumbel-seed0: already complete" in resumed.stderr
+        and "reinforce-seed0: resuming from step 6" in resumed.stderr
+    )
     a = json.loads((straight[0] / "results.json").read_text())["runs"]
     b = json.loads((tmp_path / "b" / "results.json").read_text())["runs"]
     assert [_strip(r) for r in a] == [_strip(r) for r in b]
@@ -98,8 +136,12 @@ def test_sweep_parallel_equals_serial_run(tmp_path):
     proc = _torchrun(tmp_path, args + ["--out", "sweep", "--sweep-parallel"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     serial = subprocess.run(
-        [sys.executable, "-m", "gumbelkit", *args, "--out", "serial"], capture_output=True, text=True, cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}, timeout=240,
+        [sys.executable, "-m", "gumbelkit", *args, "--out", "serial"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "WORLD_SIZE"},
+        timeout=240,
     )
     assert serial.returncode == 0, serial.stderr[-3000:]
     sweep = json.loads((tmp_path / "sweep" / "results.json").read_text())
@@ -113,7 +155,8 @@ def test_sweep_parallel_equals_serial_run(tmp_path):
 def test_a_failing_rank_fails_the_job_instead_of_hanging(tmp_path):
     t0 = time.monotonic()
     proc = _torchrun(
-        tmp_path, COMMON + ["--methods", "st_gumbel", "--out", "out", "--dist-timeout", "60"],
+        tmp_path,
+        COMMON + ["--methods", "st_gumbel", "--out", "out", "--dist-timeout", "60"],
         {"GK_TEST_CRASH_AT": "3", "GK_TEST_CRASH_RANK": "1"},
     )
     assert proc.returncode != 0

@@ -26,7 +26,7 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
     Returns:
         KL per row: the broadcast shape without ``dim``.
 
-    Example:
+    Examples:
         >>> kl_categorical(torch.zeros(10), torch.zeros(10))
         tensor(0.)
 

@@ -32,7 +32,7 @@ def _noise_dtype(dtype: torch.dtype, fn: str | None = None) -> torch.dtype:
     return compute_dtype(check_float_dtype(dtype, "dtype", fn))
 
 
-def _resolve_device(generator, device, fn: str | None = None):
+def _resolve_device(generator, device, fn: str | None = None) -> torch.device:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise GumbelkitTypeError(
             prefixed(fn, f"expected generator to be a torch.Generator, got {type(generator).__name__}")
@@ -68,7 +68,7 @@ class _WordStream:
     def __init__(self, n_hint: int, generator, device) -> None:
         self.generator = generator
         self.device = device
-        self.bitgen = None
+        self.bitgen: np.random.SFC64 | None = None
         if n_hint >= _NUMPY_MIN_WORDS:
             key = torch.empty(2, dtype=torch.int64).random_(-(2**63), None, generator=generator)
             seed = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key.tolist()])
@@ -76,8 +76,8 @@ class _WordStream:
 
     def take(self, n: int) -> torch.Tensor:
         if self.bitgen is not None:
-            bits = self.bitgen.random_raw((n + 1) // 2)
-            return torch.from_numpy(bits.view(np.int32))[:n]
+            raw = self.bitgen.random_raw((n + 1) // 2)
+            return torch.from_numpy(raw.view(np.int32))[:n]
         bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=self.device)
         bits.random_(-(2**63), None, generator=self.generator)  # the full 64-bit range: every bit uniform
         return bits.view(torch.int32)[:n]
@@ -104,7 +104,7 @@ def uniform_open(
     shape: Sequence[int] | torch.Size,
     *,
     generator: torch.Generator | None = None,
-    device=None,
+    device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """I.i.d. Uniform on the *open* interval (0, 1).
@@ -125,7 +125,7 @@ def uniform_open(
     Returns:
         Tensor of ``shape`` with values in (0, 1).
 
-    Example:
+    Examples:
         >>> u = uniform_open((2, 3), generator=torch.Generator().manual_seed(0))
         >>> bool(((u > 0) & (u < 1)).all())
         True
@@ -287,9 +287,11 @@ def _words(n: int, bits: int, generator, device: torch.device) -> torch.Tensor:
         return torch.empty(n, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
     if compiling():
         return torch.randint(-(2**31), 2**31, (n,), dtype=torch.int64, device=device).to(torch.int32)
-    return torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(
-        -(2**63), None, generator=generator
-    ).view(torch.int32)[:n]
+    return (
+        torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
+        .random_(-(2**63), None, generator=generator)
+        .view(torch.int32)[:n]
+    )
 
 
 def _exp_from_rand64(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Tensor:
@@ -347,7 +349,11 @@ def _exponential(shape, generator, device, dtype, *, log: bool, fn: str | None =
 
 
 def exponential_noise(
-    shape, *, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
+    shape: Sequence[int] | torch.Size,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     r"""I.i.d. Exp(1) noise, finite and > 0, exact in both tails.
 
@@ -365,7 +371,7 @@ def exponential_noise(
     Returns:
         Tensor of ``shape`` with values in (0, inf).
 
-    Example:
+    Examples:
         >>> e = exponential_noise((3,), generator=torch.Generator().manual_seed(0))
         >>> bool((e > 0).all())
         True
@@ -376,7 +382,11 @@ def exponential_noise(
 
 
 def gumbel_noise(
-    shape, *, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
+    shape: Sequence[int] | torch.Size,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     r"""I.i.d. standard Gumbel noise, g = -log E with E ~ Exp(1), always finite, exact tails.
 
@@ -398,7 +408,7 @@ def gumbel_noise(
         [-3.13, 22.87] (float32) or [-3.81, 45.05] (float64). Every t inside the range has the
         right P(g > t); for comparison P(g > 20) = 2.1e-9 and P(g < -3) = 1.9e-9.
 
-    Example:
+    Examples:
         >>> g = gumbel_noise((4, 10), generator=torch.Generator().manual_seed(0))
         >>> bool(torch.isfinite(g).all())
         True
@@ -410,7 +420,13 @@ def gumbel_noise(
     return g if ndt == dtype else g.to(dtype)
 
 
-def log_exponential_noise(shape, *, generator=None, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def log_exponential_noise(
+    shape: Sequence[int] | torch.Size,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """log E with E ~ Exp(1), i.e. *minus* a standard Gumbel: exactly ``-gumbel_noise(...)``.
 
     Internal building block of the samplers: theta + g is computed as ``theta - log E`` straight
@@ -421,14 +437,18 @@ def log_exponential_noise(shape, *, generator=None, device=None, dtype: torch.dt
 
 
 def logistic_noise(
-    shape, *, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
+    shape: Sequence[int] | torch.Size,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     r"""I.i.d. standard Logistic noise, L = log U - log(1 - U), exact in both tails.
 
     Math: with U = exp(-E), E ~ Exp(1): L = -E - log(-expm1(-E)). expm1 keeps 1 - U exact for
     small E (L large), and E itself is exact in both tails, so L is too (|L| up to ~36 in float32).
 
-    Example:
+    Examples:
         >>> lo = logistic_noise((3,), generator=torch.Generator().manual_seed(0))
         >>> bool(torch.isfinite(lo).all())
         True

@@ -38,7 +38,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     Returns:
         ``torch.float64`` if ``dtype`` is float64, otherwise ``torch.float32``.
 
-    Example:
+    Examples:
         >>> compute_dtype(torch.float16), compute_dtype(torch.float64)
         (torch.float32, torch.float64)
     """

@@ -90,7 +90,7 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
     Returns:
         int64 tensor of indices, ``logits.shape`` without ``dim``.
 
-    Example:
+    Examples:
         >>> z = gumbel_max(torch.tensor([[0.0, 1.0, 2.0]]), generator=torch.Generator().manual_seed(0))
 
     Reference: Gumbel (1954); Maddison, Tarlow, Minka, "A* Sampling", NeurIPS 2014.
@@ -118,7 +118,7 @@ def gumbel_topk(
     Returns:
         int64 tensor shaped like ``logits`` with ``dim`` of size k.
 
-    Example:
+    Examples:
         >>> gumbel_topk(torch.zeros(5), 3, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([3])
 
@@ -180,7 +180,7 @@ def gumbel_softmax(
     Returns:
         Tensor shaped and typed like ``logits``.
 
-    Example:
+    Examples:
         >>> y = gumbel_softmax(torch.randn(8, 10), tau=0.5, hard=True)
         >>> bool((y.sum(-1) == 1).all())
         True
@@ -225,7 +225,7 @@ def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> tor
     Returns:
         Tensor shaped and typed like ``logits``.
 
-    Example:
+    Examples:
         >>> tempered_softmax(torch.tensor([0.0, 0.0]), tau=0.5)
         tensor([0.5000, 0.5000])
 
@@ -237,4 +237,3 @@ def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> tor
     per_class = per_class_tau(tau, logits.dim(), dim)
     m = plain_shift(row_max, max_abs, tau, cdt, per_class)
     return tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, per_class=per_class)
-

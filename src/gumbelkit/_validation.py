@@ -79,7 +79,7 @@ def check_int(value, name: str, *, min: int | None = 1, max: int | None = None, 
     A bool, a float (even 2.0) or any other non-integer is refused, with the same
     :class:`~gumbelkit.errors.GumbelkitValueError` (a ``ValueError``) as an integer out of range.
 
-    Example:
+    Examples:
         >>> check_int(3, "k", max=5)
         3
     """
@@ -102,7 +102,9 @@ def check_positive_int(value, name: str, fn: str | None = None) -> int:
 def check_shape(shape, fn: str | None = None, name: str = "shape") -> tuple:
     """A shape (a sequence of integers >= 0) as a tuple of Python ints."""
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
-        raise GumbelkitTypeError(prefixed(fn, f"expected {name} to be a sequence of integers, got {type(shape).__name__}"))
+        raise GumbelkitTypeError(
+            prefixed(fn, f"expected {name} to be a sequence of integers, got {type(shape).__name__}")
+        )
     try:
         out = tuple(int(s) for s in shape)
     except (TypeError, ValueError, RuntimeError):
@@ -223,7 +225,10 @@ def check_tau(tau: Tau, logits: torch.Tensor | None = None, name: str = "tau", f
     if isinstance(tau, torch.Tensor):
         if not tau.dtype.is_floating_point:
             raise GumbelkitTypeError(
-                prefixed(fn, f"expected {name} with a floating dtype, got {tau.dtype} ({name} of shape {shape_str(tau.shape)})")
+                prefixed(
+                    fn,
+                    f"expected {name} with a floating dtype, got {tau.dtype} ({name} of shape {shape_str(tau.shape)})",
+                )
             )
         if logits is not None:
             try:
@@ -278,7 +283,9 @@ def check_generator(generator, device: torch.device, fn: str | None = None) -> N
     gdev = torch.device(generator.device)
     dev = torch.device(device)
     if gdev.type != dev.type or (gdev.index is not None and dev.index is not None and gdev.index != dev.index):
-        raise GumbelkitValueError(prefixed(fn, f"expected a generator on the logits' device ({dev}), got one on {gdev}"))
+        raise GumbelkitValueError(
+            prefixed(fn, f"expected a generator on the logits' device ({dev}), got one on {gdev}")
+        )
 
 
 def check_sample_args(logits: torch.Tensor, tau: Tau, dim: int, generator, fn: str | None = None) -> tuple[int, Tau]:

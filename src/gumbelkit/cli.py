@@ -60,9 +60,7 @@ COMMANDS = {
 
 def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
     """The full parser; with ``only``, just that command's module is imported (faster start-up)."""
-    parser = _Parser(
-        prog="gumbelkit", description="Gumbel-Softmax estimators: experiments and benchmarks."
-    )
+    parser = _Parser(prog="gumbelkit", description="Gumbel-Softmax estimators: experiments and benchmarks.")
     parser.add_argument("--version", action="version", version=f"gumbelkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}

@@ -20,7 +20,7 @@ they name the public function that was called, the argument, the requirement, th
 value, and the shape of the tensor involved, e.g.
 ``gumbel_max: expected dim in [-2, 1] for logits of shape (3, 4), got 5``.
 
-Example:
+Examples:
     >>> import gumbelkit as gk
     >>> try:
     ...     gk.gumbel_softmax(torch.zeros(3), tau=-1.0)

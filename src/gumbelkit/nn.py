@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ class GumbelSoftmax(torch.nn.Module):
         GumbelkitValueError: an unknown ``method`` or a float ``tau`` that is not > 0 and finite.
         GumbelkitTypeError: a ``tau`` that is neither a float nor callable.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(16, 10), GumbelSoftmax("st_gumbel", tau=0.5))
         >>> y = net(torch.randn(4, 16))
         >>> y.shape, bool((y.sum(-1) == 1).all())
@@ -49,7 +50,7 @@ class GumbelSoftmax(torch.nn.Module):
         dim: int = -1,
         *,
         generator: torch.Generator | None = None,
-        **options,
+        **options: Any,
     ):
         super().__init__()
         fn = type(self).__name__
@@ -68,6 +69,7 @@ class GumbelSoftmax(torch.nn.Module):
         self.dim = dim
         self.generator = generator
         self.options = options
+        self.step: torch.Tensor
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def current_tau(self):
@@ -81,7 +83,7 @@ class GumbelSoftmax(torch.nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         out = sample(logits, self.method, self.current_tau(), self.dim, generator=self.generator, **self.options)
         if self.training:
-            self.step += 1
+            self.step.add_(1)
         return out
 
     def extra_repr(self) -> str:

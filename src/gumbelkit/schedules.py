@@ -45,14 +45,14 @@ __all__ = [
 
 def _pos(name: str, value, owner: str) -> float:
     """A finite float > 0 (bools, NaN and inf rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or math.isinf(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0 or math.isinf(value):
         raise GumbelkitValueError(f"{owner}: expected {name} > 0 and finite, got {value!r}")
     return float(value)
 
 
 def _nonneg(name: str, value, owner: str) -> float:
     """A finite float >= 0 (`not value >= 0` also rejects NaN)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or math.isinf(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0 or math.isinf(value):
         raise GumbelkitValueError(f"{owner}: expected {name} >= 0 and finite, got {value!r}")
     return float(value)
 
@@ -90,7 +90,8 @@ class Schedule:
     @property
     def spec(self) -> str:
         """The text form, e.g. ``exp:tau0=1.0,rate=3e-05,floor=0.5,interval=1000``."""
-        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        # every concrete schedule is a frozen dataclass; the base only declares the interface
+        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))  # type: ignore[arg-type]
         return f"{self._name}:{args}"
 
     def __str__(self) -> str:
@@ -234,7 +235,7 @@ def parse_schedule(spec: str) -> Schedule:
     ``"linear:start=1,end=0.5,steps=5000"``, ``"cosine:start=2,end=0.5,steps=5000"``, ``"jang"``.
     ``parse_schedule(str(s)) == s`` for every schedule ``s``.
 
-    Example:
+    Examples:
         >>> s = parse_schedule("exp:tau0=1,rate=3e-5,floor=0.5,interval=1000")
         >>> s
         Exponential(tau0=1.0, rate=3e-05, floor=0.5, interval=1000)
@@ -257,7 +258,9 @@ def parse_schedule(spec: str) -> Schedule:
         return jang_schedule()
     name, _, rest = text.partition(":")
     if name not in _FACTORIES:
-        raise GumbelkitValueError(f"{fn}: expected a schedule in {tuple(_FACTORIES) + ('jang',)} or a number, got {text!r}")
+        raise GumbelkitValueError(
+            f"{fn}: expected a schedule in {tuple(_FACTORIES) + ('jang',)} or a number, got {text!r}"
+        )
     kwargs = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, val = item.partition("=")
@@ -266,7 +269,9 @@ def parse_schedule(spec: str) -> Schedule:
         try:
             kwargs[key.strip()] = int(val) if key.strip() in _INT_ARGS else float(val)
         except ValueError:
-            raise GumbelkitValueError(f"{fn}: expected a number for {key.strip()!r} in schedule spec, got {val!r}") from None
+            raise GumbelkitValueError(
+                f"{fn}: expected a number for {key.strip()!r} in schedule spec, got {val!r}"
+            ) from None
     try:
         return _build(text, _FACTORIES[name], **kwargs)
     except TypeError as exc:
@@ -304,7 +309,7 @@ class LearnableTemperature(torch.nn.Module):
 
     For every finite rho the value is finite and strictly greater than ``floor``.
 
-    Example:
+    Examples:
         >>> import gumbelkit as gk
         >>> temp = LearnableTemperature(1.0)
         >>> y = gk.gumbel_softmax(torch.randn(4, 10), tau=temp())

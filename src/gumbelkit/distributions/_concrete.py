@@ -92,7 +92,7 @@ class _Checked:
     """Mixin: ``log_prob``'s support/shape check (torch's, under validate_args) raises our error type."""
 
     def _validate_sample(self, value):
-        _torch_checked(f"{type(self).__name__}.log_prob", super()._validate_sample, value)
+        _torch_checked(f"{type(self).__name__}.log_prob", super()._validate_sample, value)  # type: ignore[misc]
 
 
 def _param(owner: str, logits, probs, vector: bool) -> tuple[str, torch.Tensor]:
@@ -170,7 +170,9 @@ def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool
     n_bad = int(bad.sum())
     if n_bad:
         want = "probs >= 0 and finite" if vector else "probs in [0, 1]"
-        raise GumbelkitValueError(f"{owner}: expected {want}, got {n_bad} invalid entries in probs of shape {shape_str(v.shape)}")
+        raise GumbelkitValueError(
+            f"{owner}: expected {want}, got {n_bad} invalid entries in probs of shape {shape_str(v.shape)}"
+        )
     if vector and not bool((v.sum(-1) > 0).all()):
         raise GumbelkitValueError(
             f"{owner}: expected probs with a positive sum over the last dimension, "
@@ -182,13 +184,17 @@ def _expanded_batch(owner: str, batch_shape, old: torch.Size) -> torch.Size:
     try:
         batch_shape = torch.Size(batch_shape)
     except TypeError:
-        raise GumbelkitTypeError(f"{owner}.expand: expected batch_shape to be a sequence of ints, got {batch_shape!r}") from None
+        raise GumbelkitTypeError(
+            f"{owner}.expand: expected batch_shape to be a sequence of ints, got {batch_shape!r}"
+        ) from None
     try:
         ok = torch.broadcast_shapes(old, batch_shape) == batch_shape
     except RuntimeError:
         ok = False
     if not ok:
-        raise GumbelkitValueError(f"{owner}.expand: expected a batch_shape that {shape_str(old)} expands to, got {shape_str(batch_shape)}")
+        raise GumbelkitValueError(
+            f"{owner}.expand: expected a batch_shape that {shape_str(old)} expands to, got {shape_str(batch_shape)}"
+        )
     return batch_shape
 
 
@@ -233,10 +239,11 @@ class ExpConcrete(_Checked, Distribution):
     Args:
         temperature: lambda > 0, a number or a tensor broadcastable with ``logits.shape[:-1]``;
             the batch shape is the broadcast of the two.
-        logits / probs: exactly one of them, categories on the last dimension.
+        probs: class probabilities (categories on the last dimension); give this or ``logits``.
+        logits: unnormalised log-probabilities (categories on the last dimension); or ``probs``.
         validate_args: check parameter values and ``log_prob`` arguments (default: torch's).
 
-    Example:
+    Examples:
         >>> d = ExpConcrete(torch.tensor(0.5), logits=torch.zeros(3))
         >>> x = d.rsample((2,), generator=torch.Generator().manual_seed(0))
         >>> x.shape, d.log_prob(x).shape
@@ -248,13 +255,23 @@ class ExpConcrete(_Checked, Distribution):
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
-        "temperature": constraints.positive, "logits": constraints.real_vector, "probs": constraints.simplex
+        "temperature": constraints.positive,
+        "logits": constraints.real_vector,
+        "probs": constraints.simplex,
     }
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
-        self._setup(type(self).__name__, temperature, probs, logits, validate_args, _resolve_validate(self, validate_args))
+    def __init__(
+        self,
+        temperature: float | torch.Tensor,
+        probs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        self._setup(
+            type(self).__name__, temperature, probs, logits, validate_args, _resolve_validate(self, validate_args)
+        )
 
     def _setup(self, owner, temperature, probs, logits, validate_args, check_values_: bool) -> None:
         name, param = _param(owner, logits, probs, vector=True)
@@ -339,10 +356,11 @@ class Concrete(_Checked, TransformedDistribution):
 
     Args:
         temperature: lambda > 0, a number or a tensor broadcastable with ``logits.shape[:-1]``.
-        logits / probs: exactly one of them.
+        probs: class probabilities; give this or ``logits``.
+        logits: unnormalised log-probabilities; or ``probs``.
         validate_args: check parameter values and ``log_prob`` arguments (default: torch's).
 
-    Example:
+    Examples:
         >>> d = Concrete(torch.tensor(0.5), logits=torch.zeros(3))
         >>> y = d.rsample((2,), generator=torch.Generator().manual_seed(0))
         >>> bool(torch.allclose(y.sum(-1), torch.ones(2))), d.log_prob(y).shape
@@ -357,7 +375,13 @@ class Concrete(_Checked, TransformedDistribution):
     support = constraints.simplex
     has_rsample = True
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+    def __init__(
+        self,
+        temperature: float | torch.Tensor,
+        probs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         owner = type(self).__name__
         base = ExpConcrete.__new__(ExpConcrete)
         # The value checks run once, here, with this class's name in the messages.
@@ -376,7 +400,7 @@ class Concrete(_Checked, TransformedDistribution):
         return super().expand(batch_shape, _instance=new)
 
     def __repr__(self) -> str:
-        return type(self).__name__ + repr(self.base_dist)[len("ExpConcrete"):]
+        return type(self).__name__ + repr(self.base_dist)[len("ExpConcrete") :]
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         base = cast(ExpConcrete, self.base_dist)
@@ -410,7 +434,7 @@ class StraightThroughConcrete(Concrete):
     value is the categorical log-probability log softmax(theta)_k -- a function of the value alone,
     with no soft sample hidden on the tensor.
 
-    Example:
+    Examples:
         >>> d = StraightThroughConcrete(torch.tensor(0.5), logits=torch.randn(4, 3, requires_grad=True))
         >>> y = d.rsample(generator=torch.Generator().manual_seed(0))
         >>> bool((y.sum(-1) == 1).all()), d.log_prob(y).shape
@@ -419,7 +443,7 @@ class StraightThroughConcrete(Concrete):
     Reference: Jang, Gu, Poole, ICLR 2017 (straight-through Gumbel-Softmax).
     """
 
-    support = constraints.one_hot
+    support = constraints.one_hot  # type: ignore[assignment]  # a one-hot value is a point of the simplex
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         soft = super().rsample(sample_shape, generator=generator)
@@ -443,10 +467,11 @@ class BinaryConcrete(_Checked, Distribution):
     Args:
         temperature: lambda > 0, a number or a tensor broadcastable with the logits;
             the batch shape is the broadcast of the two.
-        logits / probs: exactly one of them (probability of 1).
+        probs: probability of 1; give this or ``logits``.
+        logits: log-odds of 1; or ``probs``.
         validate_args: check parameter values and ``log_prob`` arguments (default: torch's).
 
-    Example:
+    Examples:
         >>> d = BinaryConcrete(torch.tensor(0.5), logits=torch.zeros(4))
         >>> y = d.rsample(generator=torch.Generator().manual_seed(0))
         >>> bool(((y > 0) & (y < 1)).all()), d.log_prob(y).shape
@@ -456,12 +481,20 @@ class BinaryConcrete(_Checked, Distribution):
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
-        "temperature": constraints.positive, "logits": constraints.real, "probs": constraints.unit_interval
+        "temperature": constraints.positive,
+        "logits": constraints.real,
+        "probs": constraints.unit_interval,
     }
     support = constraints.unit_interval
     has_rsample = True
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+    def __init__(
+        self,
+        temperature: float | torch.Tensor,
+        probs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         owner = type(self).__name__
         name, param = _param(owner, logits, probs, vector=False)
         t = _temperature(owner, temperature, param)

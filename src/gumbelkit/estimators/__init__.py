@@ -13,6 +13,8 @@ complete example).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._validation import Tau
@@ -59,7 +61,7 @@ def sample(
     dim: int = -1,
     *,
     generator: torch.Generator | None = None,
-    **options,
+    **options: Any,
 ) -> torch.Tensor:
     r"""Draw a (relaxed or one-hot) sample of Categorical(softmax(logits)) with the chosen estimator.
 
@@ -80,7 +82,7 @@ def sample(
     Returns:
         Tensor shaped like ``logits``.
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> y = gk.sample(torch.randn(100, 20, 10, requires_grad=True), "gumbel_rao", tau=0.5, k=10)
         >>> y.shape, bool((y.sum(-1) == 1).all())

@@ -29,7 +29,7 @@ def softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
 
     Backward: the exact gradient of softmax(theta / tau).
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> gk.sample(torch.zeros(3), "softmax")
         tensor([0.3333, 0.3333, 0.3333])

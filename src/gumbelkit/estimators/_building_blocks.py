@@ -68,7 +68,7 @@ def one_hot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) 
         A tensor shaped and typed like ``soft``: 1 at ``index`` and 0 elsewhere, exactly, whose
         gradient with respect to ``soft`` is the identity.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gumbelkit.estimators import one_hot_straight_through
         >>> x = torch.tensor([[1.0, 2.0, 0.5]], requires_grad=True)
@@ -98,7 +98,7 @@ def softmax_backward(y: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor
     Returns:
         The gradient with respect to the softmax's input, shaped like ``y``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gumbelkit.estimators import softmax_backward
         >>> x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)

@@ -29,9 +29,7 @@ from ._registry import OptionSpec, register
 __all__ = ["conditional_gumbel", "gumbel_rao_estimator"]
 
 
-def conditional_gumbel(
-    logits: torch.Tensor, index: torch.Tensor, k: int, dim: int, *, generator=None
-) -> torch.Tensor:
+def conditional_gumbel(logits: torch.Tensor, index: torch.Tensor, k: int, dim: int, *, generator=None) -> torch.Tensor:
     r"""k draws of theta + g, g ~ Gumbel, conditioned on argmax(theta + g) = index.
 
     Math (E ~ Exp(1), Z = sum_i exp(theta_i), D the sampled class):
@@ -66,11 +64,13 @@ def conditional_gumbel(
     "gumbel_rao",
     one_hot=True,
     relaxed=True,
-    options=(OptionSpec("k", int, 10, minimum=1, help="conditional noise draws per sample (memory grows as k x logits)"),),
+    options=(
+        OptionSpec("k", int, 10, minimum=1, help="conditional noise draws per sample (memory grows as k x logits)"),
+    ),
     reference="Paulus, Maddison, Krause, Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator, ICLR 2021",
 )
 def gumbel_rao_estimator(
-    logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator=None, k: int = 10
+    logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generator: torch.Generator | None = None, k: int = 10
 ) -> torch.Tensor:
     r"""Gumbel-Rao: forward one_hot(D), D = argmax(theta + g); backward E[grad of ST-Gumbel | D].
 
@@ -79,10 +79,13 @@ def gumbel_rao_estimator(
     its mean equals the ST-Gumbel gradient's mean and its variance is lower.
 
     Args:
-        logits, tau, dim, generator: as in :func:`gumbelkit.sample`.
+        logits: unnormalised log-probabilities.
+        tau: temperature > 0 (float or tensor broadcastable to ``logits``).
+        dim: the category dimension.
+        generator: optional ``torch.Generator``.
         k: number of conditional noise draws (default 10); memory grows as k x logits.
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> y = gk.sample(torch.randn(4, 6, requires_grad=True), "gumbel_rao", tau=0.5, k=20)
         >>> y.sum(-1)

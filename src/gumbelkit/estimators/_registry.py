@@ -85,7 +85,7 @@ class OptionSpec:
 
     Bounds are inclusive; ``None`` means unbounded. ``choices`` (if given) lists every valid value.
 
-    Example:
+    Examples:
         >>> from gumbelkit.estimators import OptionSpec
         >>> k = OptionSpec("k", int, 10, minimum=1, help="conditional noise draws")
         >>> k.describe()
@@ -108,7 +108,9 @@ class OptionSpec:
         if not isinstance(self.name, str) or not _OPTION_NAME.match(self.name):
             raise _ValueError(f"OptionSpec: expected an identifier as the option name, got {self.name!r}")
         if self.type not in _OPTION_TYPES:
-            raise _TypeError(f"OptionSpec: expected type in (int, float, bool, str) for option {self.name!r}, got {self.type!r}")
+            raise _TypeError(
+                f"OptionSpec: expected type in (int, float, bool, str) for option {self.name!r}, got {self.type!r}"
+            )
         object.__setattr__(self, "choices", tuple(self.choices))
         self.check(self.default, "<declaration>")  # a default outside its own range is a declaration bug
 
@@ -188,7 +190,9 @@ class OptionSpec:
             else:
                 value = raw
         except ValueError:
-            raise _ValueError(f"{where}expected {self.name} to be {self.describe(cap)} for method {method!r}, got {raw!r}") from None
+            raise _ValueError(
+                f"{where}expected {self.name} to be {self.describe(cap)} for method {method!r}, got {raw!r}"
+            ) from None
         return self.check(value, method, cap=cap, where=where)
 
     def format(self, value: Any) -> str:
@@ -219,7 +223,7 @@ class MethodSpec:
             (``"n"`` for REINFORCE with n samples); ``None``: once.
         summary: a one-line description (the first line of ``fn``'s docstring).
 
-    Example:
+    Examples:
         >>> import gumbelkit as gk
         >>> spec = gk.get_spec("gumbel_rao")
         >>> spec.kind, spec.one_hot, spec.defaults()
@@ -247,7 +251,9 @@ class MethodSpec:
     def _valid_options(self) -> str:
         if not self.options:
             return f"{self.name} takes no options"
-        return "valid options: " + ", ".join(f"{o.name} ({o.describe()}, default {o.format(o.default)})" for o in self.options)
+        return "valid options: " + ", ".join(
+            f"{o.name} ({o.describe()}, default {o.format(o.default)})" for o in self.options
+        )
 
     def defaults(self) -> dict:
         """Every option at its default value."""
@@ -307,7 +313,7 @@ class MethodSpec:
             (objective, losses): the objective per example, and the loss at the method's forward
             value (the mean over its samples for a score-function method), both with the batch shape.
 
-        Example:
+        Examples:
             >>> import torch, gumbelkit as gk
             >>> logits = torch.zeros(5, 3, requires_grad=True)
             >>> target = torch.tensor([0.0, 1.0, 0.0])
@@ -343,7 +349,9 @@ def _check_signature(name: str, fn: Estimator, options: Sequence[OptionSpec]) ->
         return
     for opt in options:
         if opt.name not in params:
-            raise _ValueError(f"register: option {opt.name!r} of method {name!r} is not a parameter of {getattr(fn, '__name__', fn)!r}")
+            raise _ValueError(
+                f"register: option {opt.name!r} of method {name!r} is not a parameter of {getattr(fn, '__name__', fn)!r}"
+            )
 
 
 def register(
@@ -366,7 +374,7 @@ def register(
         ValueError: a name already registered or not usable on a command line, an unknown kind,
             an option the function does not accept.
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> from gumbelkit.estimators import OptionSpec, one_hot_straight_through
         >>> @gk.register("doc_st_identity", one_hot=True,
@@ -458,7 +466,9 @@ def load_plugins() -> tuple[str, ...]:
     try:
         eps = _entry_points()
     except Exception as exc:  # broken metadata of some installed distribution
-        warnings.warn(f"gumbelkit: cannot list estimator plugins ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"gumbelkit: cannot list estimator plugins ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2
+        )
         return ()
     for ep in eps:
         before = set(_REGISTRY)
@@ -491,7 +501,7 @@ def _reset_plugins() -> None:
 def get_spec(name: str) -> MethodSpec:
     """The :class:`MethodSpec` of method ``name`` (any kind); ValueError listing the choices otherwise.
 
-    Example:
+    Examples:
         >>> import gumbelkit as gk
         >>> gk.get_spec("reinforce").kind
         'score_function'
@@ -526,7 +536,7 @@ class MethodsView(Sequence):
     ``in``, iteration, ``len``, indexing and ``sorted`` work, and it compares equal to a list or
     tuple of the same names.
 
-    Example:
+    Examples:
         >>> import gumbelkit as gk
         >>> "st_gumbel" in gk.METHODS, "reinforce" in gk.METHODS
         (True, False)

@@ -92,7 +92,7 @@ def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     grad_theta = 2 J(pi_1)^T g - 1/2 J(pi)^T g. The paper recommends tau >= 1. A tensor tau gets
     no gradient from this estimator.
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> y = gk.sample(torch.randn(4, 6, requires_grad=True), "reinmax", tau=1.0)
         >>> bool(((y == 0) | (y == 1)).all())

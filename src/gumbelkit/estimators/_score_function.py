@@ -69,7 +69,9 @@ def categorical_log_prob(logits: torch.Tensor, value: torch.Tensor, dim: int = -
         if check:
             lo, hi = (int(t) for t in torch.aminmax(value.detach()))
             if lo < 0 or hi >= K:
-                raise ValueError(f"expected indices in [0, {K - 1}] (K = {K} classes along dim={dim}), got values in [{lo}, {hi}]")
+                raise ValueError(
+                    f"expected indices in [0, {K - 1}] (K = {K} classes along dim={dim}), got values in [{lo}, {hi}]"
+                )
         index = value.long()
     lp = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim)
     return lp.gather(dim, index.unsqueeze(dim)).squeeze(dim)
@@ -79,7 +81,7 @@ def reinforce_surrogate(
     losses: torch.Tensor,
     log_probs: torch.Tensor,
     *,
-    baseline="loo",
+    baseline: str | float | torch.Tensor = "loo",
     dim: int = 0,
 ) -> torch.Tensor:
     r"""Surrogate loss whose gradient is the REINFORCE estimate (plus any pathwise gradient of the losses).
@@ -100,7 +102,7 @@ def reinforce_surrogate(
     Returns:
         The surrogate, ``losses`` with ``dim`` reduced by the mean.
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> logits = torch.zeros(8, 3, requires_grad=True)
         >>> z = gk.gumbel_max(logits.expand(4, 8, 3), generator=torch.Generator().manual_seed(0))  # n = 4 draws
@@ -184,7 +186,7 @@ class MovingAverageBaseline:
     Math: b <- decay * b + (1 - decay) * mean(f). Call :meth:`value` *before* :meth:`update` with
     the current batch, so the baseline does not depend on the samples it is applied to.
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> base = gk.MovingAverageBaseline(0.9)
         >>> losses, log_probs = torch.tensor([[1.0, 3.0]]), torch.zeros(1, 2, requires_grad=True)
@@ -276,7 +278,7 @@ def reinforce_objective(
     Returns:
         (surrogate of shape ``batch``, losses of shape (n, *batch)).
 
-    Example:
+    Examples:
         >>> import torch, gumbelkit as gk
         >>> logits = torch.zeros(6, 2, 3, requires_grad=True)           # 6 examples, 2 variables, 3 classes
         >>> target = torch.tensor([1.0, 0.0, 0.0])
@@ -299,7 +301,11 @@ def reinforce_objective(
         z = z.movedim(-1, dim + 1)
     losses = loss_fn(z)
     log_q = categorical_log_prob(rep, index, dim=dim + 1)
-    if not isinstance(losses, torch.Tensor) or losses.dim() < 1 or tuple(losses.shape) != tuple(log_q.shape[: losses.dim()]):
+    if (
+        not isinstance(losses, torch.Tensor)
+        or losses.dim() < 1
+        or tuple(losses.shape) != tuple(log_q.shape[: losses.dim()])
+    ):
         got = shape_str(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise ValueError(
             f"reinforce_objective: expected loss_fn to return losses of a leading shape of {shape_str(log_q.shape)} "

@@ -23,7 +23,7 @@ MAX_OUTCOMES = 100_000
 def all_one_hot(n: int, k: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """All K^N joint outcomes as one-hot codes, shape (K^N, N, K), in lexicographic order.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._enumerate import all_one_hot
         >>> all_one_hot(2, 3).shape
         torch.Size([9, 2, 3])
@@ -54,7 +54,7 @@ def exact_expectation(
     Returns:
         0-d tensor in ``logits``' dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gumbelkit.experiments._enumerate import exact_expectation
         >>> theta = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)

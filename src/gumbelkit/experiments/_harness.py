@@ -81,7 +81,7 @@ __all__ = [
 def parse_list(text: Any, flag: str) -> list[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]``; a list or tuple is taken item by item.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import parse_list
         >>> parse_list("a, b,c", "--x")
         ['a', 'b', 'c']
@@ -98,7 +98,7 @@ def parse_list(text: Any, flag: str) -> list[str]:
 def check_path(value: Any, flag: str) -> str:
     """A path option as text; UserError for empty or blank paths and NUL characters.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import check_path
         >>> check_path("runs/vae", "--out")
         'runs/vae'
@@ -133,7 +133,7 @@ def prepare_out_dir(path: Any, flag: str = "--out") -> _PathType:
 class Int:
     """An integer in [minimum, maximum] (text or number; not a bool or a fractional number).
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import Int
         >>> Int(1, 10)("7", "--steps")
         7
@@ -148,7 +148,11 @@ class Int:
         return f">= {self.minimum}" if self.maximum is None else f"{self.minimum}..{self.maximum}"
 
     def __call__(self, value: Any, flag: str) -> int:
-        span = f"an integer >= {self.minimum}" if self.maximum is None else f"an integer from {self.minimum} to {self.maximum}"
+        span = (
+            f"an integer >= {self.minimum}"
+            if self.maximum is None
+            else f"an integer from {self.minimum} to {self.maximum}"
+        )
         try:
             if isinstance(value, bool):
                 raise TypeError
@@ -171,7 +175,7 @@ class Int:
 class Float:
     """A finite number, optionally > 0 (``positive``), >= ``minimum``, <= ``maximum``, < ``below``.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import Float
         >>> Float(positive=True)("1e-3", "--lr")
         0.001
@@ -218,7 +222,7 @@ class Float:
 class Floats:
     """A comma-separated list of numbers, each checked by ``item`` under the name ``name``.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import Float, Floats
         >>> Floats(Float(positive=True), "tau")("0.5,1", "--taus")
         [0.5, 1.0]
@@ -249,7 +253,7 @@ class Path:
 class Choice:
     """One of ``choices`` (text).
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import Choice
         >>> Choice(("fixed", "dynamic"))("dynamic", "--binarize")
         'dynamic'
@@ -263,7 +267,9 @@ class Choice:
     def __call__(self, value: Any, flag: str) -> str:
         text = str(value).strip()
         if text not in self.choices:
-            listed = ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}" if len(self.choices) > 1 else self.choices[0]
+            listed = (
+                ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}" if len(self.choices) > 1 else self.choices[0]
+            )
             raise UserError(f"expected {flag} {listed}, got {value!r}")
         return text
 
@@ -272,7 +278,7 @@ class Choice:
 class Names:
     """A comma-separated list of names from ``allowed`` (duplicates dropped); ``joined``: as one string.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import Names
         >>> Names(("a", "b", "c"))("b,a,b", "--x")
         ['b', 'a']
@@ -394,7 +400,7 @@ class Config(Mapping):
     Subclasses set :attr:`COMMAND`, may list computed properties in :attr:`DERIVED` (readable as
     ``cfg[name]``), deprecated keys in :attr:`ALIASES` and override :meth:`cross_check`.
 
-    Example:
+    Examples:
         >>> import argparse, dataclasses
         >>> from gumbelkit.experiments import _harness as H
         >>> @dataclasses.dataclass(frozen=True)
@@ -508,7 +514,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
         if meta.hidden:
             text = argparse.SUPPRESS
         if isinstance(meta.check, Flag):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=_default(f), help=text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=_default(f), help=text
+            )
             continue
         default = _default(f)
         if text is not argparse.SUPPRESS:
@@ -560,7 +568,7 @@ def compute_settings(threads: int, *, flush_denormal: bool = False) -> Iterator[
     """Inside: ``threads`` torch CPU threads (0 keeps the current number) and, with
     ``flush_denormal``, subnormal floats flushed to zero on CPU; both restored afterwards.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gumbelkit.experiments._harness import compute_settings
         >>> before = torch.get_num_threads()
@@ -592,7 +600,7 @@ class Timer:
     """Wall-clock seconds of a block of work: the device is synchronised at both ends, so queued
     GPU work is counted where it runs, then ``time.perf_counter``.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._harness import Timer
         >>> with Timer("cpu") as t:
         ...     _ = sum(range(1000))

@@ -38,7 +38,7 @@ __all__ = ["MethodChoice", "apply_option_aliases", "describe_methods", "parse_me
 class MethodChoice:
     """One method with its options, as chosen on a command line.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._methods import parse_method
         >>> m = parse_method("gumbel_rao:k=100")
         >>> m.label, m.tag, m.options, m.uses_tau
@@ -108,7 +108,7 @@ def describe_methods(kinds: Sequence[str] | None = None) -> str:
     """The registered methods with their options, for ``--help`` (read when the parser is built,
     so plugins are listed).
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._methods import describe_methods
         >>> "gumbel_rao[:k=int >= 1, default 10]" in describe_methods()
         True
@@ -126,8 +126,14 @@ def _short(opt: Any) -> str:
     if opt.choices:
         rng = "|".join(map(str, opt.choices))
     else:
-        rng = " ".join(b for b in (f">= {opt.minimum:g}" if opt.minimum is not None else "",
-                                   f"<= {opt.maximum:g}" if opt.maximum is not None else "") if b)
+        rng = " ".join(
+            b
+            for b in (
+                f">= {opt.minimum:g}" if opt.minimum is not None else "",
+                f"<= {opt.maximum:g}" if opt.maximum is not None else "",
+            )
+            if b
+        )
     return f"{opt.name}={opt.type.__name__}{' ' + rng if rng else ''}, default {opt.format(opt.default)}"
 
 
@@ -210,7 +216,7 @@ def parse_methods(
 ) -> list[MethodChoice]:
     """Every method of a ``--methods`` value (text or a list of items), duplicates dropped.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments._methods import parse_methods
         >>> [m.label for m in parse_methods("st,gumbel_rao:k=100,reinforce:n=2,st")]
         ['st', 'gumbel_rao:k=100', 'reinforce:n=2']

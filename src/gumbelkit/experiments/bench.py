@@ -58,8 +58,16 @@ from ._common import (
 )
 from ._methods import MethodChoice, describe_methods, parse_method, parse_methods
 
-__all__ = ["DEFAULTS", "IMPLS", "BenchConfig", "add_arguments", "config_from_args", "main", "parse_shapes",
-           "resolve_config"]
+__all__ = [
+    "DEFAULTS",
+    "IMPLS",
+    "BenchConfig",
+    "add_arguments",
+    "config_from_args",
+    "main",
+    "parse_shapes",
+    "resolve_config",
+]
 
 IMPLS = ("builtin", "eager", "fused", "softmax", "clone")
 MODES = ("soft", "hard")
@@ -167,8 +175,10 @@ def _check_methods(value: Any, flag: str) -> list[str]:
 
 
 def _methods_help() -> str:
-    return ("registered methods to time as well, through gumbelkit.sample, each as the implementation "
-            f"sample:<label>: NAME[:OPTION=VALUE,...] from {describe_methods(_SAMPLE_KIND)}")
+    return (
+        "registered methods to time as well, through gumbelkit.sample, each as the implementation "
+        f"sample:<label>: NAME[:OPTION=VALUE,...] from {describe_methods(_SAMPLE_KIND)}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,15 +191,22 @@ class BenchConfig(H.Config):
     shapes: str = H.setting(
         "4096x10,100x20x10,1024x1000,256x32000,64x262144",
         f"comma-separated BxK (or BxNxK) shapes, categories last; each at most 2^31-1 elements and {PEAK_BUFFERS} "
-        "float32 buffers of it must fit in memory", H.Custom(_check_shapes), fingerprint=False)
+        "float32 buffers of it must fit in memory",
+        H.Custom(_check_shapes),
+        fingerprint=False,
+    )
     impls: str = H.setting(",".join(IMPLS), "implementations", H.Names(IMPLS, joined=True))
     modes: str = H.setting(",".join(MODES), "soft, hard or both", H.Names(MODES, joined=True))
     methods: list = dataclasses.field(default_factory=list, metadata=H.meta(_methods_help, H.Custom(_check_methods)))
     tau: float = H.setting(1.0, "temperature, any finite tau > 0 (speed only)", H.Float(positive=True))
-    repeats: int = H.setting(0, "timing rounds per shape, 0 (automatic: 15, 7 or 5 by size) or 3..100000",
-                             H.Custom(_check_repeats, "0 or 3..100000"))
-    min_time: float = H.setting(0.002, "seconds per timed sample; small shapes loop inside it",
-                                H.Float(positive=True, maximum=60.0))
+    repeats: int = H.setting(
+        0,
+        "timing rounds per shape, 0 (automatic: 15, 7 or 5 by size) or 3..100000",
+        H.Custom(_check_repeats, "0 or 3..100000"),
+    )
+    min_time: float = H.setting(
+        0.002, "seconds per timed sample; small shapes loop inside it", H.Float(positive=True, maximum=60.0)
+    )
     memory: bool = H.setting(True, "measure the peak memory", H.Flag())
     vae: bool = H.setting(True, "time a categorical-VAE training step", H.Flag(), fingerprint=False)
     vae_steps: int = H.setting(30, "timed VAE steps per sampler", H.Int(1, 100_000), fingerprint=False)
@@ -200,17 +217,30 @@ class BenchConfig(H.Config):
     device: str = H.setting("cpu", "cpu, cuda or auto", H.Custom(_check_device))
     seed: int = H.setting(0, "seed of the random logits and weights", H.Int(0, 2**63 - 1))
     out: str = H.setting("runs/bench", "output folder", H.Path(), fingerprint=False)
-    resume: bool = H.setting(False, "reuse the finished shapes in --out/checkpoint.json (refused if it fails its "
-                             "SHA-256 check)", H.Flag(), fingerprint=False, in_command=False)
-    progress: bool | None = H.setting(None, "progress bar (default: only when stderr is a terminal)", H.Tri(),
-                                      fingerprint=False, in_command=False)
-    plots: bool | None = H.setting(None, "draw bench.png after the results are written (default: when matplotlib "
-                                   "is installed; --plots without it is refused)", H.Tri(), fingerprint=False,
-                                   in_command=False)
+    resume: bool = H.setting(
+        False,
+        "reuse the finished shapes in --out/checkpoint.json (refused if it fails its SHA-256 check)",
+        H.Flag(),
+        fingerprint=False,
+        in_command=False,
+    )
+    progress: bool | None = H.setting(
+        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
+    )
+    plots: bool | None = H.setting(
+        None,
+        "draw bench.png after the results are written (default: when matplotlib "
+        "is installed; --plots without it is refused)",
+        H.Tri(),
+        fingerprint=False,
+        in_command=False,
+    )
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
-        _check_memory([[int(d) for d in s.split("x")] for s in values["shapes"].split(",")], torch.device(values["device"]))
+        _check_memory(
+            [[int(d) for d in s.split("x")] for s in values["shapes"].split(",")], torch.device(values["device"])
+        )
         return values
 
     @property
@@ -257,7 +287,7 @@ def sampler(impl: str, mode: str, tau: float):
     method ``sample:<label>`` has its own mode and ignores ``mode``)."""
     hard = mode == "hard"
     if impl.startswith(METHOD_PREFIX):
-        choice = parse_method(impl[len(METHOD_PREFIX):], kinds=_SAMPLE_KIND)
+        choice = parse_method(impl[len(METHOD_PREFIX) :], kinds=_SAMPLE_KIND)
         return lambda x: gumbelkit.sample(x, choice.name, tau, **choice.options)
     if impl == "builtin":
         return lambda x: F.gumbel_softmax(x, tau=tau, hard=hard)
@@ -278,7 +308,7 @@ _SOFT_ONLY = ("softmax", "clone")
 
 def _modes_for(impl: str, modes: list) -> list:
     if impl.startswith(METHOD_PREFIX):  # a registered method has one mode: its own
-        one_hot = parse_method(impl[len(METHOD_PREFIX):], kinds=_SAMPLE_KIND).one_hot
+        one_hot = parse_method(impl[len(METHOD_PREFIX) :], kinds=_SAMPLE_KIND).one_hot
         return ["hard" if one_hot else "soft"]
     return ["soft"] if impl in _SOFT_ONLY else modes
 
@@ -324,7 +354,7 @@ def _time_shape(shape, cfg: BenchConfig, device: torch.device, bar) -> dict:
     rounds = cfg.repeats or _auto_repeats(x.numel())
     samples: dict[tuple, list[float]] = {u: [] for u in units}
     for r in range(rounds):
-        order = units[r % len(units):] + units[: r % len(units)]
+        order = units[r % len(units) :] + units[: r % len(units)]
         for unit in order:
             i, m, p = unit
             fn, n = fns[i, m], inner[unit]
@@ -340,18 +370,20 @@ def _time_shape(shape, cfg: BenchConfig, device: torch.device, bar) -> dict:
         med = statistics.median(samples[unit])
         base = ("builtin", m if m in modes else "soft", p)
         base_med = statistics.median(samples[base]) if base in samples else float("nan")
-        rows.append({
-            "shape": "x".join(map(str, shape)),
-            "impl": i,
-            "mode": m,
-            "pass": p,
-            "median_ms": med * 1e3,
-            "min_ms": min(samples[unit]) * 1e3,
-            "ratio_vs_builtin": base_med / med,
-            "gb_per_s": BYTES_PER_ELEMENT[p] * numel / med / 1e9,
-            "rounds": rounds,
-            "calls_per_sample": inner[unit],
-        })
+        rows.append(
+            {
+                "shape": "x".join(map(str, shape)),
+                "impl": i,
+                "mode": m,
+                "pass": p,
+                "median_ms": med * 1e3,
+                "min_ms": min(samples[unit]) * 1e3,
+                "ratio_vs_builtin": base_med / med,
+                "gb_per_s": BYTES_PER_ELEMENT[p] * numel / med / 1e9,
+                "rounds": rounds,
+                "calls_per_sample": inner[unit],
+            }
+        )
     compile_info = [
         {"mode": m, "pass": p, **v} for (i, m, p), v in first_call.items() if i == "fused" and isinstance(v, dict)
     ]
@@ -359,7 +391,8 @@ def _time_shape(shape, cfg: BenchConfig, device: torch.device, bar) -> dict:
     if cfg.memory:
         result["memory"] = [
             {"impl": i, "mode": m, **measure_memory(fns[i, m], x, w, device)}
-            for i in impls for m in _modes_for(i, modes)
+            for i in impls
+            for m in _modes_for(i, modes)
         ]
     return result
 
@@ -430,10 +463,18 @@ class _TinyVAE(torch.nn.Module):
         super().__init__()
         self.n, self.k = n, k
         self.enc = torch.nn.Sequential(
-            torch.nn.Linear(d, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, n * k)
+            torch.nn.Linear(d, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, n * k),
         )
         self.dec = torch.nn.Sequential(
-            torch.nn.Linear(n * k, 256), torch.nn.ReLU(), torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, d)
+            torch.nn.Linear(n * k, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, d),
         )
 
     def loss(self, x: torch.Tensor, sample) -> torch.Tensor:
@@ -474,7 +515,7 @@ def time_vae_step(cfg: BenchConfig, device: torch.device, bar) -> dict:
         step(v)
     samples: dict[tuple, list[float]] = {v: [] for v in variants}
     for r in range(cfg.vae_steps):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             with H.Timer(device) as timer:
                 step(v)
@@ -484,14 +525,16 @@ def time_vae_step(cfg: BenchConfig, device: torch.device, bar) -> dict:
     for i, m in variants:
         med = statistics.median(samples[i, m])
         base = statistics.median(samples["builtin", m]) if ("builtin", m) in samples else float("nan")
-        rows.append({
-            "impl": i,
-            "mode": m,
-            "median_ms": med * 1e3,
-            "ratio_vs_builtin": base / med,
-            "first_step_s": first[i, m],
-            "steps": cfg.vae_steps,
-        })
+        rows.append(
+            {
+                "impl": i,
+                "mode": m,
+                "median_ms": med * 1e3,
+                "ratio_vs_builtin": base / med,
+                "first_step_s": first[i, m],
+                "steps": cfg.vae_steps,
+            }
+        )
     return {"shape": "100x30x10", "model": "784-512-256-(30*10), decoder mirrored, Adam, batch 100", "rows": rows}
 
 
@@ -517,14 +560,18 @@ def _tables(results: dict) -> str:
         for s in shapes:
             for r in s["rows"]:
                 if r["pass"] == p:
-                    rows.append([s["shape"], r["mode"], r["impl"], r["median_ms"], r["ratio_vs_builtin"], r["gb_per_s"]])
+                    rows.append(
+                        [s["shape"], r["mode"], r["impl"], r["median_ms"], r["ratio_vs_builtin"], r["gb_per_s"]]
+                    )
         lines += [markdown_table(headers, rows), ""]
     if any("memory" in s for s in shapes):
         lines += [
             "## Peak memory (forward + backward), in B x K float32 buffers beyond the inputs",
             "",
-            ("peak: everything allocated at the worst moment, incoming gradient and output included; "
-             "held: kept by the autograd graph between forward and backward, besides the output."),
+            (
+                "peak: everything allocated at the worst moment, incoming gradient and output included; "
+                "held: kept by the autograd graph between forward and backward, besides the output."
+            ),
             "",
         ]
         rows = []
@@ -535,7 +582,10 @@ def _tables(results: dict) -> str:
     comp = [(s["shape"], c) for s in shapes for c in s.get("fused_first_calls", []) if c["compiled"]]
     if comp:
         lines += ["## Fused path: first calls (compilation included)", ""]
-        rows = [[shp, c["mode"], c["pass"], c["seconds"], ", ".join(f"{n} {t:.1f} s" for n, t in c["compiled"])] for shp, c in comp]
+        rows = [
+            [shp, c["mode"], c["pass"], c["seconds"], ", ".join(f"{n} {t:.1f} s" for n, t in c["compiled"])]
+            for shp, c in comp
+        ]
         lines += [markdown_table(["shape", "mode", "pass", "first call s", "compiled variants"], rows), ""]
         if not results.get("fused_available", True):
             lines += [f"The fused path was unavailable and fell back to eager: {results.get('fused_failure')}", ""]
@@ -563,8 +613,14 @@ def _figure(results: dict, path: Path) -> None:
         for j, impl in enumerate(impls):
             vals = []
             for s in shapes:
-                r = [r for r in s["rows"] if r["impl"] == impl and r["pass"] == "fwdbwd" and r["mode"] in (mode, "soft")
-                     and (r["mode"] == mode or impl in _SOFT_ONLY)]
+                r = [
+                    r
+                    for r in s["rows"]
+                    if r["impl"] == impl
+                    and r["pass"] == "fwdbwd"
+                    and r["mode"] in (mode, "soft")
+                    and (r["mode"] == mode or impl in _SOFT_ONLY)
+                ]
                 vals.append(r[0]["ratio_vs_builtin"] if r else float("nan"))
             ax.bar([k + j * width for k in range(len(shapes))], vals, width, label=impl)
         ax.axhline(1.0, color="black", lw=0.8)
@@ -596,20 +652,27 @@ def _check_checkpoint(ckpt: dict) -> str | None:
             return "a shape entry has no shape name or rows"
         name = s["shape"]
         for r in s["rows"]:
-            if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("impl", "mode", "pass")) or not all(
-                _num(r.get(k)) for k in _ROW_NUMBERS
+            if (
+                not isinstance(r, dict)
+                or not all(isinstance(r.get(k), str) for k in ("impl", "mode", "pass"))
+                or not all(_num(r.get(k)) for k in _ROW_NUMBERS)
             ):
                 return f"a row of shape {name} lacks a field it needs"
         if not isinstance(s.get("fused_first_calls", []), list) or not all(
-            isinstance(c, dict) and _num(c.get("seconds")) and isinstance(c.get("compiled"), list)
-            and isinstance(c.get("mode"), str) and isinstance(c.get("pass"), str)
+            isinstance(c, dict)
+            and _num(c.get("seconds"))
+            and isinstance(c.get("compiled"), list)
+            and isinstance(c.get("mode"), str)
+            and isinstance(c.get("pass"), str)
             and all(isinstance(v, list) and len(v) == 2 and _num(v[1]) for v in c["compiled"])
             for c in s.get("fused_first_calls", [])
         ):
             return f"the fused first calls of shape {name} are malformed"
         for m in s.get("memory", []) if isinstance(s.get("memory", []), list) else [None]:
-            if not isinstance(m, dict) or not all(_num(m.get(k)) for k in ("peak_buffers", "held_buffers")) or not all(
-                isinstance(m.get(k), str) for k in ("impl", "mode")
+            if (
+                not isinstance(m, dict)
+                or not all(_num(m.get(k)) for k in ("peak_buffers", "held_buffers"))
+                or not all(isinstance(m.get(k), str) for k in ("impl", "mode"))
             ):
                 return f"the memory entry of shape {name} is malformed"
     return None
@@ -657,11 +720,20 @@ def main(config: dict | BenchConfig) -> dict:
         "vae": vae,
     }
     enabled, note = plots
-    H.write_outputs(out, results, json_name="bench.json", md_name="bench.md", markdown=_tables,
-                    plots=[("bench.png", functools.partial(_figure, results))], enabled=enabled,
-                    note=note and f"bench: {note}")
-    print(f"gumbelkit bench: wrote {out / 'bench.json'}, bench.md" + (", bench.png" if results["plots"] else ""),
-          file=sys.stderr)
+    H.write_outputs(
+        out,
+        results,
+        json_name="bench.json",
+        md_name="bench.md",
+        markdown=_tables,
+        plots=[("bench.png", functools.partial(_figure, results))],
+        enabled=enabled,
+        note=note and f"bench: {note}",
+    )
+    print(
+        f"gumbelkit bench: wrote {out / 'bench.json'}, bench.md" + (", bench.png" if results["plots"] else ""),
+        file=sys.stderr,
+    )
     return results
 
 
@@ -669,10 +741,18 @@ def _finished_shapes(cfg: BenchConfig, ckpt_path: Path, settings: dict) -> dict:
     """With --resume, the verified shapes of a checkpoint written with the same settings."""
 
     def other_settings() -> None:
-        print(f"gumbelkit bench: {ckpt_path} was written with other settings; timing every shape again", file=sys.stderr)
+        print(
+            f"gumbelkit bench: {ckpt_path} was written with other settings; timing every shape again", file=sys.stderr
+        )
 
-    data = H.load_checked_table(ckpt_path, use=cfg.resume, matches=lambda d: d["settings"] == settings,
-                                layout=_check_checkpoint, hint=_RESUME_HINT, on_mismatch=other_settings)
+    data = H.load_checked_table(
+        ckpt_path,
+        use=cfg.resume,
+        matches=lambda d: d["settings"] == settings,
+        layout=_check_checkpoint,
+        hint=_RESUME_HINT,
+        on_mismatch=other_settings,
+    )
     return {s["shape"]: s for s in data["shapes"]} if data is not None else {}
 
 

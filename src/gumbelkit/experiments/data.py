@@ -139,7 +139,7 @@ def read_idx(path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
         DataError: missing file, wrong magic, unknown type code, absurd dimensions or size,
             truncation, trailing bytes or a corrupt gzip stream.
 
-    Example:
+    Examples:
         >>> import gzip, pathlib, struct, tempfile
         >>> from gumbelkit.experiments.data import read_idx
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "t10k-images-idx3-ubyte.gz"
@@ -388,7 +388,9 @@ def _load_idx_folder(name: str, folder: Path, hint: str = "") -> Dataset:
     if not folder.exists():
         raise DataError(f"--data {name}: folder {folder} does not exist{hint}")
     if not folder.is_dir():
-        raise DataError(f"--data {name}: {folder} is not a folder (expected a folder with train-images-idx3-ubyte[.gz])")
+        raise DataError(
+            f"--data {name}: {folder} is not a folder (expected a folder with train-images-idx3-ubyte[.gz])"
+        )
     train_path = find_idx_file(folder, _TRAIN_NAMES)
     if train_path is None:
         raise DataError(f"--data {name}: no train-images-idx3-ubyte[.gz] in {folder}{hint}")
@@ -431,7 +433,7 @@ def parse_data_spec(spec: str) -> tuple[str, Path | None]:
 def required_package(spec: str) -> tuple[str, str] | None:
     """(import name, pip name) of the optional package that ``--data spec`` needs, or None.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments.data import required_package
         >>> required_package("digits")
         ('sklearn', 'scikit-learn')
@@ -455,7 +457,7 @@ def load_dataset(spec: str, *, fashion_dir=None) -> Dataset:
     Raises:
         DataError: unknown name, missing package or files, malformed files.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments.data import load_dataset
         >>> ds = load_dataset("digits")
         >>> ds.input_dim, ds.train.shape[0] + ds.val.shape[0] + ds.test.shape[0]
@@ -490,7 +492,7 @@ def binarize(x: torch.Tensor, mode: str = "fixed", *, threshold: float = 0.5, ge
     Returns:
         A float tensor of 0s and 1s shaped like ``x``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gumbelkit.experiments.data import binarize
         >>> binarize(torch.tensor([0.2, 0.7]))

@@ -127,8 +127,10 @@ def _check_demo_methods(value: Any, flag: str) -> list[str]:
 
 
 def _methods_help() -> str:
-    return ("comma-separated methods NAME[:OPTION=VALUE,...] (the same method may appear with different options), "
-            f"any of: {describe_methods()}; integer options at most {MAX_DRAWS}")
+    return (
+        "comma-separated methods NAME[:OPTION=VALUE,...] (the same method may appear with different options), "
+        f"any of: {describe_methods()}; integer options at most {MAX_DRAWS}"
+    )
 
 
 def _demo_methods_help() -> str:
@@ -142,43 +144,69 @@ class GradientsConfig(H.Config):
     COMMAND: ClassVar[str] = "gradients"
 
     out: str = H.setting("runs/gradients", "output folder", H.Path(), fingerprint=False)
-    fig_dir: str | None = H.setting(None, "folder for the PNG plots (default: the --out folder)", H.Path(),
-                                    fingerprint=False, show_default=False)
-    problems: list = dataclasses.field(default_factory=lambda: list(PROBLEMS),
-                                       metadata=H.meta("problems", H.Names(PROBLEMS, what="problem")))
-    methods: list = dataclasses.field(default_factory=lambda: list(DEFAULT_METHODS),
-                                      metadata=H.meta(_methods_help, H.Custom(_check_methods)))
+    fig_dir: str | None = H.setting(
+        None, "folder for the PNG plots (default: the --out folder)", H.Path(), fingerprint=False, show_default=False
+    )
+    problems: list = dataclasses.field(
+        default_factory=lambda: list(PROBLEMS), metadata=H.meta("problems", H.Names(PROBLEMS, what="problem"))
+    )
+    methods: list = dataclasses.field(
+        default_factory=lambda: list(DEFAULT_METHODS), metadata=H.meta(_methods_help, H.Custom(_check_methods))
+    )
     taus: list = dataclasses.field(
         default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0],
-        metadata=H.meta(f"temperatures, each finite and >= {MIN_TAU:g}: below that a float32 relaxed sample is "
-                        "one-hot to the last bit and its gradient underflows to zero",
-                        H.Floats(H.Float(positive=True, minimum=MIN_TAU), "tau")))
-    samples: str | int = H.setting("auto", f"gradient estimates per cell (2..{MAX_SAMPLES:.0e}), or 'auto': enough for a "
-                             "standard error of --target-stderr x ||g||", H.Custom(_check_samples))
+        metadata=H.meta(
+            f"temperatures, each finite and >= {MIN_TAU:g}: below that a float32 relaxed sample is "
+            "one-hot to the last bit and its gradient underflows to zero",
+            H.Floats(H.Float(positive=True, minimum=MIN_TAU), "tau"),
+        ),
+    )
+    samples: str | int = H.setting(
+        "auto",
+        f"gradient estimates per cell (2..{MAX_SAMPLES:.0e}), or 'auto': enough for a "
+        "standard error of --target-stderr x ||g||",
+        H.Custom(_check_samples),
+    )
     target_stderr: float = H.setting(0.01, "relative standard error 'auto' aims for", H.Float(positive=True))
     min_samples: int = H.setting(4096, "pilot size for 'auto'", H.Int(2, MAX_SAMPLES))
     max_samples: int = H.setting(400_000, "cap for 'auto' (at least --min-samples)", H.Int(2, MAX_SAMPLES))
     chunk: int = H.setting(4096, "estimates per vectorised batch", H.Int(1, MAX_CHUNK))
-    cell_seconds: float = H.setting(1.0, "with --samples auto, time cap per (method, tau) cell except "
-                                    "score-function methods", H.Float(positive=True))
+    cell_seconds: float = H.setting(
+        1.0,
+        "with --samples auto, time cap per (method, tau) cell except score-function methods",
+        H.Float(positive=True),
+    )
     seed: int = H.setting(0, "seed of the problems and of every cell's random stream", H.Int(0))
     device: str = H.setting("auto", "cpu, cuda or auto", H.Custom(lambda v, f: str(v)))
-    threads: int = H.setting(1, "torch CPU threads while measuring (1 for stable timings)", H.Int(1, MAX_THREADS),
-                             fingerprint=False)
+    threads: int = H.setting(
+        1, "torch CPU threads while measuring (1 for stable timings)", H.Int(1, MAX_THREADS), fingerprint=False
+    )
     demo: bool = H.setting(True, "run the 70/30 training demonstration", H.Flag())
-    demo_methods: list = dataclasses.field(default_factory=lambda: list(DEMO_METHODS),
-                                           metadata=H.meta(_demo_methods_help, H.Custom(_check_demo_methods)))
+    demo_methods: list = dataclasses.field(
+        default_factory=lambda: list(DEMO_METHODS), metadata=H.meta(_demo_methods_help, H.Custom(_check_demo_methods))
+    )
     demo_tau: float = H.setting(0.5, "temperature of the demonstration", H.Float(positive=True, minimum=MIN_TAU))
     demo_steps: int = H.setting(600, "training steps of the demonstration", H.Int(1, 10**7))
     demo_batch: int = H.setting(128, "batch of the demonstration", H.Int(2, MAX_DEMO_BATCH))
     demo_seeds: int = H.setting(3, "seeds of the demonstration", H.Int(1, 1000))
-    fresh: bool = H.setting(False, "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise "
-                            "refused)", H.Flag(), fingerprint=False, in_command=False)
-    plots: bool | None = H.setting(None, "draw the PNG plots after the results are written (default: when "
-                                   "matplotlib is installed; --plots without it is refused)", H.Tri(),
-                                   fingerprint=False, in_command=False)
-    progress: bool | None = H.setting(None, "progress bar (default: only when stderr is a terminal)", H.Tri(),
-                                      fingerprint=False, in_command=False)
+    fresh: bool = H.setting(
+        False,
+        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
+        H.Flag(),
+        fingerprint=False,
+        in_command=False,
+    )
+    plots: bool | None = H.setting(
+        None,
+        "draw the PNG plots after the results are written (default: when "
+        "matplotlib is installed; --plots without it is refused)",
+        H.Tri(),
+        fingerprint=False,
+        in_command=False,
+    )
+    progress: bool | None = H.setting(
+        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
+    )
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
@@ -329,7 +357,7 @@ def _mmd_parts():
     y = torch.tensor(SEVENTY_THIRTY["data"], dtype=torch.float64)
     w = torch.tensor(SEVENTY_THIRTY["weights"], dtype=torch.float64)
     s2 = 2.0 * SEVENTY_THIRTY["bandwidth"] ** 2
-    kyy = float((w[:, None] * w[None, :] * torch.exp(-torch.cdist(y, y) ** 2 / s2)).sum())
+    kyy = float((w[:, None] * w[None, :] * torch.exp(-(torch.cdist(y, y) ** 2) / s2)).sum())
     return cb, y, w, s2, kyy
 
 
@@ -469,9 +497,6 @@ class _Moments:
         return m, math.sqrt(var / self.count)
 
 
-
-
-
 def estimate(
     problem: Problem,
     method: str | MethodChoice,
@@ -531,8 +556,7 @@ def estimate(
     else:
         while mom.count < int(samples):
             run(min(chunk, int(samples) - mom.count))
-    return {"moments": mom, "samples": mom.count, "us_per_grad": 1e6 * statistics.median(times),
-            "wall_s": cell.stop()}
+    return {"moments": mom, "samples": mom.count, "us_per_grad": 1e6 * statistics.median(times), "wall_s": cell.stop()}
 
 
 # --------------------------------------------------------------------------- cells
@@ -555,8 +579,14 @@ def _div(a: float, b: float) -> float:
     return a / b if b != 0 else float("nan")
 
 
-def _row(problem_name: str, method: str | MethodChoice, tau: float | None, truth: torch.Tensor, res: dict,
-         ref: dict | None = None) -> dict:
+def _row(
+    problem_name: str,
+    method: str | MethodChoice,
+    tau: float | None,
+    truth: torch.Tensor,
+    res: dict,
+    ref: dict | None = None,
+) -> dict:
     choice = _choice(method)
     mom = res["moments"]
     s = res["samples"]
@@ -617,19 +647,37 @@ def equal_work_errors(rows: list, budgets=BUDGETS) -> list:
         for label in dict.fromkeys(r["method"] for r in rows if r["problem"] == problem):
             cand = [r for r in rows if r["problem"] == problem and r["method"] == label]
             for e in budgets:
+
                 def err(r, e=e):
                     bias2 = max(r["rel_bias"] ** 2 - r["stderr_bias"] ** 2, 0.0)
                     return bias2 + r["rel_variance"] * r["f_evals"] / e
+
                 best = min(cand, key=err)
-                out.append({"problem": problem, "method": label, "budget": e, "tau": best["tau"],
-                            "rel_error": math.sqrt(err(best))})
+                out.append(
+                    {
+                        "problem": problem,
+                        "method": label,
+                        "budget": e,
+                        "tau": best["tau"],
+                        "rel_error": math.sqrt(err(best)),
+                    }
+                )
     return out
 
 
-
 _ROW_FIELDS = (
-    "rel_bias", "variance", "cosine", "mse", "stderr_bias", "us_per_grad", "samples", "f_evals", "rel_variance",
-    "rel_mse", "rel_variance_x_evals", "wall_s",
+    "rel_bias",
+    "variance",
+    "cosine",
+    "mse",
+    "stderr_bias",
+    "us_per_grad",
+    "samples",
+    "f_evals",
+    "rel_variance",
+    "rel_mse",
+    "rel_variance_x_evals",
+    "wall_s",
 )
 _REF_FIELDS = ("variance", "samples", "value", "value_stderr", "rel_dist_true", "stderr_rel_dist", "wall_s")
 _DEMO_FIELDS = ("mmd2_hard", "final_loss", "wall_s")
@@ -661,8 +709,10 @@ def _check_checkpoint(data: dict) -> str | None:
     for cid, ref in data["refs"].items():
         if not isinstance(ref, dict) or not all(_num(ref.get(f)) for f in _REF_FIELDS) or not _num(ref.get("tau")):
             return f"reference {cid!r} lacks a number it needs"
-        if not isinstance(ref.get("problem"), str) or not isinstance(ref.get("grad"), list) or not all(
-            _num(v) for v in ref["grad"]
+        if (
+            not isinstance(ref.get("problem"), str)
+            or not isinstance(ref.get("grad"), list)
+            or not all(_num(v) for v in ref["grad"])
         ):
             return f"reference {cid!r} has no gradient"
     demo = data.get("demo")
@@ -673,7 +723,9 @@ def _check_checkpoint(data: dict) -> str | None:
             if not isinstance(run, dict) or not all(_num(run.get(f)) for f in _DEMO_FIELDS):
                 return f"demo run {rid!r} lacks a number it needs"
             for view in ("as_trained", "hard"):
-                if not isinstance(run.get(view), dict) or not all(_num(run[view].get(k)) for k in ("x1", "x2", "other")):
+                if not isinstance(run.get(view), dict) or not all(
+                    _num(run[view].get(k)) for k in ("x1", "x2", "other")
+                ):
                     return f"demo run {rid!r} has no {view} fractions"
             for f in ("code_probs", "mean_output", "proj_hist"):
                 if not isinstance(run.get(f), list) or not all(_num(v) for v in run[f]):
@@ -723,8 +775,13 @@ class _Lab:
 
 
 def _estimate_kwargs(cfg: GradientsConfig) -> dict:
-    return {"samples": cfg.samples, "target_stderr": cfg.target_stderr, "min_samples": cfg.min_samples,
-            "max_samples": cfg.max_samples, "chunk": cfg.chunk}
+    return {
+        "samples": cfg.samples,
+        "target_stderr": cfg.target_stderr,
+        "min_samples": cfg.min_samples,
+        "max_samples": cfg.max_samples,
+        "chunk": cfg.chunk,
+    }
 
 
 def _budget(cfg: GradientsConfig, choice: MethodChoice) -> float | None:
@@ -765,15 +822,27 @@ def _relaxed_references(cfg: GradientsConfig, lab: _Lab, problem: Problem, truth
         cid = f"{problem.name}|ref|{tau!r}"
         if cid not in lab.ckpt["refs"]:
             gen = _cell_generator(cfg.seed, problem.name, "relaxed_reference", tau, device=device)
-            res = estimate(problem, reference, tau, g_norm, generator=gen, max_seconds=_budget(cfg, reference),
-                           **_estimate_kwargs(cfg))
+            res = estimate(
+                problem,
+                reference,
+                tau,
+                g_norm,
+                generator=gen,
+                max_seconds=_budget(cfg, reference),
+                **_estimate_kwargs(cfg),
+            )
             mom = res["moments"]
             g_rel = mom.mean()
             v_mean, v_se = mom.value_mean_stderr()
             var = mom.variance_trace()
             lab.ckpt["refs"][cid] = {
-                "problem": problem.name, "tau": tau, "grad": g_rel.tolist(), "variance": var,
-                "samples": res["samples"], "value": v_mean, "value_stderr": v_se,
+                "problem": problem.name,
+                "tau": tau,
+                "grad": g_rel.tolist(),
+                "variance": var,
+                "samples": res["samples"],
+                "value": v_mean,
+                "value_stderr": v_se,
                 "rel_dist_true": _norm(g_rel - truth) / g_norm,
                 "stderr_rel_dist": math.sqrt(var / res["samples"]) / g_norm,
                 "wall_s": res["wall_s"],
@@ -781,16 +850,19 @@ def _relaxed_references(cfg: GradientsConfig, lab: _Lab, problem: Problem, truth
             lab.save()
         entry = lab.ckpt["refs"][cid]
         if len(entry["grad"]) != truth.numel():
-            raise UserError(f"checkpoint {lab.ckpt_path} is unusable: reference {cid!r} has a gradient of "
-                            f"{len(entry['grad'])} numbers, expected {truth.numel()}; {_CKPT_HINT}")
+            raise UserError(
+                f"checkpoint {lab.ckpt_path} is unusable: reference {cid!r} has a gradient of "
+                f"{len(entry['grad'])} numbers, expected {truth.numel()}; {_CKPT_HINT}"
+            )
         ref_by_tau[tau] = {**entry, "grad": torch.tensor(entry["grad"], dtype=torch.float64, device=device)}
         lab.refs.append({k: v for k, v in entry.items() if k != "grad"})
         bar.update(1)
     return ref_by_tau
 
 
-def _cells(cfg: GradientsConfig, lab: _Lab, problem: Problem, truth: torch.Tensor, ref_by_tau: dict, device,
-           bar) -> None:
+def _cells(
+    cfg: GradientsConfig, lab: _Lab, problem: Problem, truth: torch.Tensor, ref_by_tau: dict, device, bar
+) -> None:
     """One cell per (method, tau): its estimates against the exact gradient (from the checkpoint if done)."""
     g_norm = _norm(truth)
     for choice in cfg.method_choices:
@@ -798,8 +870,15 @@ def _cells(cfg: GradientsConfig, lab: _Lab, problem: Problem, truth: torch.Tenso
             cid = f"{problem.name}|{choice.label}|{tau!r}"
             if cid not in lab.ckpt["cells"]:
                 gen = _cell_generator(cfg.seed, problem.name, choice.tag, tau, device=device)
-                res = estimate(problem, choice, tau, g_norm, generator=gen, max_seconds=_budget(cfg, choice),
-                               **_estimate_kwargs(cfg))
+                res = estimate(
+                    problem,
+                    choice,
+                    tau,
+                    g_norm,
+                    generator=gen,
+                    max_seconds=_budget(cfg, choice),
+                    **_estimate_kwargs(cfg),
+                )
                 lab.ckpt["cells"][cid] = _row(problem.name, choice, tau, truth, res, ref_by_tau.get(tau))
                 lab.save()
             lab.rows.append(lab.ckpt["cells"][cid])
@@ -833,8 +912,11 @@ def _run_demo(cfg: GradientsConfig, lab: _Lab, device, bar) -> None:
             bar.update(1)
     by_method = {c.label: [runs[f"{c.label}|{s}"] for s in range(cfg.demo_seeds)] for c in cfg.demo_choices}
     lab.demo = {
-        "tau": cfg.demo_tau, "steps": cfg.demo_steps, "batch": cfg.demo_batch,
-        "seeds": cfg.demo_seeds, "setup": SEVENTY_THIRTY,
+        "tau": cfg.demo_tau,
+        "steps": cfg.demo_steps,
+        "batch": cfg.demo_batch,
+        "seeds": cfg.demo_seeds,
+        "setup": SEVENTY_THIRTY,
         "summary": _summarise_demo(by_method),
     }
 
@@ -868,8 +950,10 @@ def main(config: dict | GradientsConfig) -> dict:
         bar.close()
     results = _results(cfg, lab, device, wall.stop())
     figures = _write(cfg, out, fig_dir, results, plots)
-    print(f"gumbelkit gradients: {len(lab.rows)} rows in {results['runtime_s']:.1f} s; wrote {out / 'results.json'}, "
-          f"{out / 'results.md'} and {len(figures)} plot(s) in {fig_dir}")
+    print(
+        f"gumbelkit gradients: {len(lab.rows)} rows in {results['runtime_s']:.1f} s; wrote {out / 'results.json'}, "
+        f"{out / 'results.md'} and {len(figures)} plot(s) in {fig_dir}"
+    )
     return results
 
 
@@ -888,23 +972,24 @@ def _results(cfg: GradientsConfig, lab: _Lab, device, runtime_s: float) -> dict:
         "environment": environment_info(device) | {"threads": cfg.threads},
         "runtime_s": runtime_s,
         # Sum of the measured work, including cells taken from a checkpoint of an earlier process.
-        "compute_s": sum(r.get("wall_s", 0.0) for r in rows) + sum(r.get("wall_s", 0.0) for r in refs)
+        "compute_s": sum(r.get("wall_s", 0.0) for r in rows)
+        + sum(r.get("wall_s", 0.0) for r in refs)
         + sum(r.get("wall_s", 0.0) for r in demo_runs.values()),
         "cells_computed": lab.fresh_cells,
         "cells_resumed": len(rows) + len(refs) + len(demo_runs) - lab.fresh_cells,
         "definitions": {
             "rel_bias": "||mean of S estimates - g|| / ||g||, g the exact gradient by enumeration",
             "stderr_bias": "sqrt(tr Cov / S) / ||g||: Monte Carlo error of the mean; an unbiased estimator "
-                           "shows rel_bias of about this size",
+            "shows rel_bias of about this size",
             "variance": "trace of the covariance of one gradient estimate",
             "mse": "mean over the S estimates of ||estimate - g||^2",
             "cosine": "cosine similarity of the mean estimate with g",
             "us_per_grad": "microseconds per gradient estimate, median over batches of `chunk` estimates "
-                           "(sampling + f + backward), measured in this process after a warm-up",
+            "(sampling + f + backward), measured in this process after a warm-up",
             "f_evals": "evaluations of f per gradient estimate (the number of samples of a score-function method)",
             "rel_bias_relaxed": "||mean estimate - g_relaxed|| / ||g_relaxed||, g_relaxed the gradient of "
-                                "E_g[f(softmax((theta+g)/tau))] from an independent Gumbel-Softmax run "
-                                "(relaxed_reference); stderr combines both runs",
+            "E_g[f(softmax((theta+g)/tau))] from an independent Gumbel-Softmax run "
+            "(relaxed_reference); stderr combines both runs",
         },
     }
 
@@ -915,14 +1000,30 @@ def _write(cfg: GradientsConfig, out: Path, fig_dir: Path, results: dict, plots:
     for pname in cfg.problems:
         prow = [r for r in results["rows"] if r["problem"] == pname]
         info = results["problems"][pname]
-        draw.append((f"gradients_{pname}.png", functools.partial(
-            _plot_problem, prow, pname, info["description"], info["grad_norm"])))
+        draw.append(
+            (
+                f"gradients_{pname}.png",
+                functools.partial(_plot_problem, prow, pname, info["description"], info["grad_norm"]),
+            )
+        )
     if results["demo"] is not None:
-        draw.append(("gradients_70_30_demo.png", functools.partial(_plot_demo, results["demo"]["summary"], cfg.demo_tau)))
+        draw.append(
+            ("gradients_70_30_demo.png", functools.partial(_plot_demo, results["demo"]["summary"], cfg.demo_tau))
+        )
     enabled, note = plots
-    return H.write_outputs(out, results, json_name="results.json", md_name="results.md", markdown=_markdown,
-                           plots=draw, plot_dir=fig_dir, enabled=enabled, note=note and f"gradients: {note}",
-                           key="figures", full_paths=True)
+    return H.write_outputs(
+        out,
+        results,
+        json_name="results.json",
+        md_name="results.md",
+        markdown=_markdown,
+        plots=draw,
+        plot_dir=fig_dir,
+        enabled=enabled,
+        note=note and f"gradients: {note}",
+        key="figures",
+        full_paths=True,
+    )
 
 
 # --------------------------------------------------------------------------- 70/30 demonstration
@@ -935,8 +1036,9 @@ def _classify(x: torch.Tensor, data: torch.Tensor, radius: float) -> torch.Tenso
     return torch.where(near < radius, which, torch.full_like(which, 2))
 
 
-def _demo_run(method: str | MethodChoice, tau: float, seed: int, steps: int, batch: int, device,
-              n_eval: int = 20_000) -> dict:
+def _demo_run(
+    method: str | MethodChoice, tau: float, seed: int, steps: int, batch: int, device, n_eval: int = 20_000
+) -> dict:
     """Train the logits of the 70/30 generator with ``method`` (a sample method); report the generated outputs."""
     choice = _choice(method, _SAMPLE_KIND)
     cb, y, w, s2, kyy = _mmd_parts()
@@ -951,9 +1053,9 @@ def _demo_run(method: str | MethodChoice, tau: float, seed: int, steps: int, bat
     for _ in range(steps):
         yb = gumbelkit.sample(theta.expand(batch, k), choice.name, tau, generator=gen, **choice.options)
         x = yb @ cb
-        kxx = torch.exp(-torch.cdist(x, x) ** 2 / s2)
+        kxx = torch.exp(-(torch.cdist(x, x) ** 2) / s2)
         # Unbiased U-statistic of MMD^2: the mean over pairs i != j of the lab's pair loss f.
-        loss = kxx[off_diag].mean() - 2 * (torch.exp(-torch.cdist(x, y) ** 2 / s2) @ w).mean() + kyy
+        loss = kxx[off_diag].mean() - 2 * (torch.exp(-(torch.cdist(x, y) ** 2) / s2) @ w).mean() + kyy
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -998,7 +1100,6 @@ def _summarise_demo(runs: dict) -> dict:
     return out
 
 
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -1006,8 +1107,17 @@ def _summarise_demo(runs: dict) -> dict:
 # figures (softmax grey, gumbel_softmax blue, st_gumbel orange, st brown, gumbel_rao green, reinmax
 # purple, reinforce red); later registrations take the next ones.
 _PALETTE = (
-    ("tab:gray", "o"), ("tab:blue", "s"), ("tab:orange", "^"), ("tab:brown", "v"), ("tab:green", "D"),
-    ("tab:purple", "P"), ("tab:red", None), ("tab:olive", "X"), ("tab:cyan", "<"), ("tab:pink", ">"), ("black", "x"),
+    ("tab:gray", "o"),
+    ("tab:blue", "s"),
+    ("tab:orange", "^"),
+    ("tab:brown", "v"),
+    ("tab:green", "D"),
+    ("tab:purple", "P"),
+    ("tab:red", None),
+    ("tab:olive", "X"),
+    ("tab:cyan", "<"),
+    ("tab:pink", ">"),
+    ("black", "x"),
 )
 
 
@@ -1023,9 +1133,11 @@ def _plot_problem(rows: list, name: str, description: str, grad_norm: float, pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    panels = (("rel_bias", "relative bias  ‖E[ĝ] − g‖ / ‖g‖  (± s.e.)"),
-              ("rel_variance", "relative variance  tr Cov[ĝ] / ‖g‖²"),
-              ("rel_mse", "relative MSE  E‖ĝ − g‖² / ‖g‖²"))
+    panels = (
+        ("rel_bias", "relative bias  ‖E[ĝ] − g‖ / ‖g‖  (± s.e.)"),
+        ("rel_variance", "relative variance  tr Cov[ĝ] / ‖g‖²"),
+        ("rel_mse", "relative MSE  E‖ĝ − g‖² / ‖g‖²"),
+    )
     labels = list(dict.fromkeys(r["method"] for r in rows))
     ls_cycle = ["-", "--", ":", "-."]
     seen_base: dict[str, int] = {}
@@ -1045,8 +1157,18 @@ def _plot_problem(rows: list, name: str, description: str, grad_norm: float, pat
                 continue
             taus = [r["tau"] for r in sel]
             if key == "rel_bias":
-                ax.errorbar(taus, vals, yerr=[r["stderr_bias"] for r in sel], color=color, marker=marker, ls=ls,
-                            ms=4, lw=1.3, capsize=2, label=label)
+                ax.errorbar(
+                    taus,
+                    vals,
+                    yerr=[r["stderr_bias"] for r in sel],
+                    color=color,
+                    marker=marker,
+                    ls=ls,
+                    ms=4,
+                    lw=1.3,
+                    capsize=2,
+                    label=label,
+                )
             else:
                 ax.plot(taus, vals, color=color, marker=marker, ls=ls, ms=4, lw=1.3, label=label)
     for ax in axes:
@@ -1059,15 +1181,28 @@ def _plot_problem(rows: list, name: str, description: str, grad_norm: float, pat
         lo, hi = axes[0].get_ylim()
         lo = min(lo, 0.5 * min(r["rel_bias"] for r in rows if r["rel_bias"] > 0))
         axes[0].axhspan(lo, 2 * max(se_sf), color="tab:red", alpha=0.08, lw=0)
-        axes[0].text(0.98, 0.03, "score-function (unbiased): 2 s.e. band", transform=axes[0].transAxes, ha="right",
-                     fontsize=7, color="tab:red")
+        axes[0].text(
+            0.98,
+            0.03,
+            "score-function (unbiased): 2 s.e. band",
+            transform=axes[0].transAxes,
+            ha="right",
+            fontsize=7,
+            color="tab:red",
+        )
         axes[0].set_ylim(lo, hi)
     for ax, (_, title) in zip(axes, panels):
         ax.set_xlabel("temperature tau")
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
-    axes[1].text(0.02, 0.02, "deterministic methods: variance exactly 0 (not drawn)", transform=axes[1].transAxes,
-                 fontsize=7, color="gray")
+    axes[1].text(
+        0.02,
+        0.02,
+        "deterministic methods: variance exactly 0 (not drawn)",
+        transform=axes[1].transAxes,
+        fontsize=7,
+        color="gray",
+    )
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"{name}: {description}  (‖g‖ = {grad_norm:.3g}; methods without tau: horizontal lines)", fontsize=9)
@@ -1085,12 +1220,21 @@ def _plot_demo(summary: dict, tau: float, path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1.0, 1.0, 1.2]})
     cats = (("x1", "near x1", "tab:blue"), ("x2", "near x2", "tab:orange"), ("other", "blend / other", "tab:gray"))
     width = 0.26
-    for ax, view, title in ((axes[0], "as_trained", "outputs as trained (the method's own forward)"),
-                            (axes[1], "hard", "outputs of the trained logits sampled discretely")):
+    for ax, view, title in (
+        (axes[0], "as_trained", "outputs as trained (the method's own forward)"),
+        (axes[1], "hard", "outputs of the trained logits sampled discretely"),
+    ):
         for j, (key, name, color) in enumerate(cats):
             xs = [i + (j - 1) * width for i in range(len(methods))]
-            ax.bar(xs, [summary[m][view][key]["mean"] for m in methods], width,
-                   yerr=[summary[m][view][key]["std"] for m in methods], color=color, label=name, capsize=2)
+            ax.bar(
+                xs,
+                [summary[m][view][key]["mean"] for m in methods],
+                width,
+                yerr=[summary[m][view][key]["std"] for m in methods],
+                color=color,
+                label=name,
+                capsize=2,
+            )
         ax.axhline(0.7, color="tab:blue", ls="--", lw=0.8)
         ax.axhline(0.3, color="tab:orange", ls="--", lw=0.8)
         ax.set_xticks(range(len(methods)))
@@ -1102,8 +1246,14 @@ def _plot_demo(summary: dict, tau: float, path: Path) -> Path:
     from matplotlib.colors import LogNorm
 
     grid = [[max(v, 1e-4) for v in summary[m]["proj_hist"]] for m in methods]
-    im = axes[2].imshow(grid, aspect="auto", cmap="viridis", norm=LogNorm(vmin=1e-4, vmax=1.0),
-                        extent=(-0.05, 1.05, len(methods) - 0.5, -0.5), interpolation="nearest")
+    im = axes[2].imshow(
+        grid,
+        aspect="auto",
+        cmap="viridis",
+        norm=LogNorm(vmin=1e-4, vmax=1.0),
+        extent=(-0.05, 1.05, len(methods) - 0.5, -0.5),
+        interpolation="nearest",
+    )
     axes[2].set_yticks(range(len(methods)))
     axes[2].set_yticklabels(methods, fontsize=8)
     axes[2].set_xlabel("output projected on the segment x1 (0) → x2 (1)")
@@ -1129,30 +1279,77 @@ def _markdown(results: dict) -> str:
         "to the gradient of the Gumbel-Softmax objective E_g[f(softmax((theta+g)/tau))] at the same tau.\n"
     )
     for name, info in results["problems"].items():
-        lines.append(f"\n## {name}\n\n{info['description']}; {info['outcomes']} outcomes; E[f] = {info['value']:.6g}, "
-                     f"‖g‖ = {info['grad_norm']:.4g}.\n")
+        lines.append(
+            f"\n## {name}\n\n{info['description']}; {info['outcomes']} outcomes; E[f] = {info['value']:.6g}, "
+            f"‖g‖ = {info['grad_norm']:.4g}.\n"
+        )
         rel = [r for r in results["relaxed_reference"] if r["problem"] == name]
         if rel:
-            lines.append("\nRelaxed objective E_g[f(softmax((theta+g)/tau))] (Monte Carlo, ± standard error) and "
-                         "its gradient's distance from the true gradient:\n\n")
-            lines.append(markdown_table(
-                ["tau", "relaxed E[f]", "± se", "true E[f]", "‖g_rel − g‖ / ‖g‖", "± se", "S"],
-                [[_fmt_tau(r["tau"]), r["value"], r["value_stderr"], info["value"], r["rel_dist_true"],
-                  r["stderr_rel_dist"], r["samples"]] for r in rel]))
+            lines.append(
+                "\nRelaxed objective E_g[f(softmax((theta+g)/tau))] (Monte Carlo, ± standard error) and "
+                "its gradient's distance from the true gradient:\n\n"
+            )
+            lines.append(
+                markdown_table(
+                    ["tau", "relaxed E[f]", "± se", "true E[f]", "‖g_rel − g‖ / ‖g‖", "± se", "S"],
+                    [
+                        [
+                            _fmt_tau(r["tau"]),
+                            r["value"],
+                            r["value_stderr"],
+                            info["value"],
+                            r["rel_dist_true"],
+                            r["stderr_rel_dist"],
+                            r["samples"],
+                        ]
+                        for r in rel
+                    ],
+                )
+            )
         rows = [r for r in results["rows"] if r["problem"] == name]
         lines.append("\n")
-        lines.append(markdown_table(
-            ["method", "tau", "rel bias", "± se", "rel variance", "cosine", "rel MSE", "rel bias vs relaxed", "± se",
-             "f-evals", "µs/grad", "S"],
-            [[r["method"], _fmt_tau(r["tau"]), r["rel_bias"], r["stderr_bias"], r["rel_variance"], r["cosine"],
-              r["rel_mse"], "-" if r["rel_bias_relaxed"] is None else r["rel_bias_relaxed"],
-              "-" if r["stderr_bias_relaxed"] is None else r["stderr_bias_relaxed"], r["f_evals"], r["us_per_grad"],
-              r["samples"]] for r in rows]))
+        lines.append(
+            markdown_table(
+                [
+                    "method",
+                    "tau",
+                    "rel bias",
+                    "± se",
+                    "rel variance",
+                    "cosine",
+                    "rel MSE",
+                    "rel bias vs relaxed",
+                    "± se",
+                    "f-evals",
+                    "µs/grad",
+                    "S",
+                ],
+                [
+                    [
+                        r["method"],
+                        _fmt_tau(r["tau"]),
+                        r["rel_bias"],
+                        r["stderr_bias"],
+                        r["rel_variance"],
+                        r["cosine"],
+                        r["rel_mse"],
+                        "-" if r["rel_bias_relaxed"] is None else r["rel_bias_relaxed"],
+                        "-" if r["stderr_bias_relaxed"] is None else r["stderr_bias_relaxed"],
+                        r["f_evals"],
+                        r["us_per_grad"],
+                        r["samples"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     eq = results.get("equal_work", [])
     if eq:
-        lines.append("\n## Equal work: relative error of the averaged gradient at each method's best tau\n\n"
-                     "sqrt(bias² + variance × f-evals / E) / ‖g‖ when E evaluations of f are averaged "
-                     "(best tau in brackets).\n")
+        lines.append(
+            "\n## Equal work: relative error of the averaged gradient at each method's best tau\n\n"
+            "sqrt(bias² + variance × f-evals / E) / ‖g‖ when E evaluations of f are averaged "
+            "(best tau in brackets).\n"
+        )
         budgets = sorted({r["budget"] for r in eq})
         for name in results["problems"]:
             sel = [r for r in eq if r["problem"] == name]
@@ -1164,21 +1361,48 @@ def _markdown(results: dict) -> str:
             lines.append(markdown_table(["method"] + [f"E = {b}" for b in budgets], table))
     demo = results.get("demo")
     if demo:
-        lines.append(f"\n## 70/30 training demonstration (tau = {demo['tau']}, {demo['steps']} steps, "
-                     f"batch {demo['batch']}, {demo['seeds']} seeds)\n\n")
+        lines.append(
+            f"\n## 70/30 training demonstration (tau = {demo['tau']}, {demo['steps']} steps, "
+            f"batch {demo['batch']}, {demo['seeds']} seeds)\n\n"
+        )
         table = []
         for m, e in demo["summary"].items():
             a, h = e["as_trained"], e["hard"]
-            table.append([m, a["x1"]["mean"], a["x2"]["mean"], a["other"]["mean"], h["x1"]["mean"], h["x2"]["mean"],
-                          h["other"]["mean"], e["mmd2_hard"]["mean"], str([round(v, 3) for v in e["mean_output"]])])
-        lines.append(markdown_table(
-            ["method", "as trained: x1", "x2", "other", "discrete: x1", "x2", "other", "MMD² (discrete)",
-             "mean output"],
-            table))
-    lines.append(f"\nRun time: {results['runtime_s']:.1f} s in this process "
-                 f"({results['cells_computed']} cells computed, "
-                 f"{results['cells_resumed']} taken from the checkpoint; measured work in all cells: "
-                 f"{results['compute_s']:.1f} s).\n")
+            table.append(
+                [
+                    m,
+                    a["x1"]["mean"],
+                    a["x2"]["mean"],
+                    a["other"]["mean"],
+                    h["x1"]["mean"],
+                    h["x2"]["mean"],
+                    h["other"]["mean"],
+                    e["mmd2_hard"]["mean"],
+                    str([round(v, 3) for v in e["mean_output"]]),
+                ]
+            )
+        lines.append(
+            markdown_table(
+                [
+                    "method",
+                    "as trained: x1",
+                    "x2",
+                    "other",
+                    "discrete: x1",
+                    "x2",
+                    "other",
+                    "MMD² (discrete)",
+                    "mean output",
+                ],
+                table,
+            )
+        )
+    lines.append(
+        f"\nRun time: {results['runtime_s']:.1f} s in this process "
+        f"({results['cells_computed']} cells computed, "
+        f"{results['cells_resumed']} taken from the checkpoint; measured work in all cells: "
+        f"{results['compute_s']:.1f} s).\n"
+    )
     return "".join(lines)
 
 

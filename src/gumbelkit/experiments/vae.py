@@ -145,7 +145,7 @@ _RESUME_HINT = "delete it or run without --resume"
 def parse_latent(text: Any) -> tuple[int, int]:
     """``"30x10"`` -> (30, 10): N latent variables with K >= 2 classes each.
 
-    Example:
+    Examples:
         >>> from gumbelkit.experiments.vae import parse_latent
         >>> parse_latent("30x10")
         (30, 10)
@@ -200,8 +200,11 @@ def _check_schedule(value: Any, flag: str) -> str:
 
 
 def _methods_help() -> str:
-    return ("comma-separated methods NAME[:OPTION=VALUE,...], any of: " + describe_methods()
-            + " (the same method may appear with different options)")
+    return (
+        "comma-separated methods NAME[:OPTION=VALUE,...], any of: "
+        + describe_methods()
+        + " (the same method may appear with different options)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,10 +217,15 @@ class VAEConfig(H.Config):
 
     data: str = H.setting("mnist5k", "mnist5k, digits, fashion-mnist or idx:FOLDER", H.Custom(_check_data))
     latent: str = H.setting("30x10", "N x K categorical latents", H.Custom(_check_latent, "N >= 1, K >= 2"))
-    steps: int = H.setting(DEFAULT_STEPS, f"training steps per run ({DEFAULT_STEPS}: ~10 min for all default methods on "
-                           "2 CPU cores)", H.Int(1, 10**9))
-    methods: list = dataclasses.field(default_factory=lambda: list(DEFAULT_METHODS),
-                                      metadata=H.meta(_methods_help, H.Custom(_check_methods), fingerprint=False))
+    steps: int = H.setting(
+        DEFAULT_STEPS,
+        f"training steps per run ({DEFAULT_STEPS}: ~10 min for all default methods on 2 CPU cores)",
+        H.Int(1, 10**9),
+    )
+    methods: list = dataclasses.field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata=H.meta(_methods_help, H.Custom(_check_methods), fingerprint=False),
+    )
     seeds: int = H.setting(1, "number of seeds R (runs seeds 0..R-1)", H.Int(1, 10_000), fingerprint=False)
     tau_schedule: str = H.setting(
         "exp:tau0=1,rate=3e-5,floor=0.5,interval=1000",
@@ -231,36 +239,57 @@ class VAEConfig(H.Config):
     eval_samples: int = H.setting(100, "m of the importance-weighted test bound (0 skips it)", H.Int(0, 100_000))
     out: str = H.setting("runs/vae", "output folder", H.Path(), fingerprint=False)
     resume: bool = H.setting(
-        False, "continue from the checkpoints in --out (bit-identical to an uninterrupted run); a checkpoint that "
-        "fails its SHA-256 check or does not fit the model is refused", H.Flag(), fingerprint=False, in_command=False)
-    device: str = H.setting("auto", "cpu, cuda or auto (CUDA when available)", H.Custom(lambda v, f: str(v)),
-                            fingerprint=False)
-    hidden: str = H.setting("512,256", f"encoder hidden sizes (1..{MAX_HIDDEN} each); the decoder mirrors them",
-                            H.Custom(_check_hidden))
-    binarize: str = H.setting("fixed", "fixed (threshold) or dynamic (Bernoulli draw at every use)",
-                              H.Choice(("fixed", "dynamic")))
-    threshold: float = H.setting(0.5, "fixed binarisation threshold on grey levels in [0,1]",
-                                 H.Float(minimum=0.0, below=1.0))
+        False,
+        "continue from the checkpoints in --out (bit-identical to an uninterrupted run); a checkpoint that "
+        "fails its SHA-256 check or does not fit the model is refused",
+        H.Flag(),
+        fingerprint=False,
+        in_command=False,
+    )
+    device: str = H.setting(
+        "auto", "cpu, cuda or auto (CUDA when available)", H.Custom(lambda v, f: str(v)), fingerprint=False
+    )
+    hidden: str = H.setting(
+        "512,256", f"encoder hidden sizes (1..{MAX_HIDDEN} each); the decoder mirrors them", H.Custom(_check_hidden)
+    )
+    binarize: str = H.setting(
+        "fixed", "fixed (threshold) or dynamic (Bernoulli draw at every use)", H.Choice(("fixed", "dynamic"))
+    )
+    threshold: float = H.setting(
+        0.5, "fixed binarisation threshold on grey levels in [0,1]", H.Float(minimum=0.0, below=1.0)
+    )
     log_every: int = H.setting(100, "steps per point of the training curve", H.Int(1))
     val_every: int = H.setting(500, "steps between validation -ELBO evaluations", H.Int(1))
     checkpoint_every: int = H.setting(500, "steps between checkpoints", H.Int(1))
     # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled partner;
     # measured 3-15x slower steps than one thread whenever another process was running.
-    threads: int = H.setting(1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS),
-                             fingerprint=False)
+    threads: int = H.setting(
+        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
+    )
     # torch.distributed (under torchrun): spread whole (method, seed) runs over the ranks instead
     # of splitting each batch.
-    sweep_parallel: bool = H.setting(False, "under torchrun: spread whole (method, seed) runs over the ranks "
-                                     "instead of DDP", H.Flag(), fingerprint=False)
+    sweep_parallel: bool = H.setting(
+        False,
+        "under torchrun: spread whole (method, seed) runs over the ranks instead of DDP",
+        H.Flag(),
+        fingerprint=False,
+    )
     # Long enough for a sweep's ranks to wait for the slowest share; torchrun itself stops the
     # job at once when a worker process dies.
-    dist_timeout: int = H.setting(1800, "seconds a rank waits in a collective before failing", H.Int(1, 7 * 24 * 3600),
-                                  fingerprint=False)
-    progress: bool | None = H.setting(None, "progress bars (default: only when stderr is a terminal)", H.Tri(),
-                                      fingerprint=False, in_command=False)
-    plots: bool | None = H.setting(None, "draw the PNG plots after the results are written (default: when "
-                                   "matplotlib is installed; --plots without it is refused)", H.Tri(),
-                                   fingerprint=False, in_command=False)
+    dist_timeout: int = H.setting(
+        1800, "seconds a rank waits in a collective before failing", H.Int(1, 7 * 24 * 3600), fingerprint=False
+    )
+    progress: bool | None = H.setting(
+        None, "progress bars (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
+    )
+    plots: bool | None = H.setting(
+        None,
+        "draw the PNG plots after the results are written (default: when "
+        "matplotlib is installed; --plots without it is refused)",
+        H.Tri(),
+        fingerprint=False,
+        in_command=False,
+    )
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
@@ -539,7 +568,9 @@ def evaluate(
             log_q = torch.log_softmax(logits, -1)
             idx = gumbelkit.gumbel_max(logits.unsqueeze(0).expand(m, *logits.shape), dim=-1, generator=generator)
             log_q_z = log_q.unsqueeze(0).expand(m, *log_q.shape).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
-            log_px = -_bernoulli_nll(model.decode(F.one_hot(idx, K).to(logits.dtype)), xb.unsqueeze(0).expand(m, *xb.shape))
+            log_px = -_bernoulli_nll(
+                model.decode(F.one_hot(idx, K).to(logits.dtype)), xb.unsqueeze(0).expand(m, *xb.shape)
+            )
             log_w = (log_px + log_prior - log_q_z).double()
             # log-mean-exp over the m samples: logsumexp keeps the largest weight at exp(0).
             sums["iw_bound"] += float(-(torch.logsumexp(log_w, 0) - math.log(m)).sum())
@@ -579,18 +610,24 @@ class _ExactTable:
         return float(neg_elbo.sum()), float(nll.sum())
 
 
-
 # --------------------------------------------------------------------------- one run
 
 _STREAMS = {"init": 1, "noise": 2, "data": 3, "eval": 4, "val": 5}
 
 
-def _fingerprint(cfg: VAEConfig, ds: Dataset, choice: MethodChoice, seed: int, device: torch.device,
-                 world_size: int = 1) -> dict:
+def _fingerprint(
+    cfg: VAEConfig, ds: Dataset, choice: MethodChoice, seed: int, device: torch.device, world_size: int = 1
+) -> dict:
     """Everything that decides what a run computes: resume files must match it exactly."""
     fp = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.fingerprint().items()}
-    fp.update(method=choice.label, options=choice.options, seed=seed, device_type=device.type,
-              data_digest=ds.digest, world_size=world_size)
+    fp.update(
+        method=choice.label,
+        options=choice.options,
+        seed=seed,
+        device_type=device.type,
+        data_digest=ds.digest,
+        world_size=world_size,
+    )
     return fp
 
 
@@ -661,12 +698,17 @@ def _check_rng_state(state, where: str) -> None:
         raise _Bad(f"{where} is not a generator state (a 1-d uint8 tensor)")
 
 
-def _validate_checkpoint(ckpt: dict, model, optimizer, *, n_train: int, world_size: int, steps: int,
-                         initial_keys: set) -> None:
+def _validate_checkpoint(
+    ckpt: dict, model, optimizer, *, n_train: int, world_size: int, steps: int, initial_keys: set
+) -> None:
     """Everything ``run_one`` takes from a checkpoint has the type and shape this run needs (_Bad otherwise)."""
     _check_tensors(ckpt["model"], model.state_dict(), "model")
     opt = ckpt["optimizer"]
-    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+    if (
+        not isinstance(opt, dict)
+        or not isinstance(opt.get("state"), dict)
+        or not isinstance(opt.get("param_groups"), list)
+    ):
         raise _Bad("optimizer is not an optimizer state (state and param_groups)")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     groups = opt["param_groups"]
@@ -675,8 +717,10 @@ def _validate_checkpoint(ckpt: dict, model, optimizer, *, n_train: int, world_si
     for g, mine in zip(groups, optimizer.param_groups):
         ids = g.get("params")
         if not isinstance(ids, list) or len(ids) != len(mine["params"]) or not all(_is_int(i) for i in ids):
-            raise _Bad(f"optimizer parameter group lists {len(ids) if isinstance(ids, list) else 'no'} parameters, "
-                       f"expected {len(mine['params'])}")
+            raise _Bad(
+                f"optimizer parameter group lists {len(ids) if isinstance(ids, list) else 'no'} parameters, "
+                f"expected {len(mine['params'])}"
+            )
     ids = [i for g in groups for i in g["params"]]
     if sorted(ids) != list(range(len(params))):
         raise _Bad("optimizer parameter ids are not 0..n-1")
@@ -706,7 +750,12 @@ def _validate_checkpoint(ckpt: dict, model, optimizer, *, n_train: int, world_si
     if not isinstance(smp, dict) or not {"perm", "pos", "epoch"} <= set(smp):
         raise _Bad("sampler is not a dict with perm, pos and epoch")
     perm = smp["perm"]
-    if not isinstance(perm, torch.Tensor) or perm.dtype != torch.long or perm.dim() != 1 or perm.numel() not in (0, n_train):
+    if (
+        not isinstance(perm, torch.Tensor)
+        or perm.dtype != torch.long
+        or perm.dim() != 1
+        or perm.numel() not in (0, n_train)
+    ):
         raise _Bad(f"sampler['perm'] is not a permutation of the {n_train} training images")
     if perm.numel() and not torch.equal(perm.sort().values, torch.arange(n_train)):
         raise _Bad(f"sampler['perm'] is not a permutation of the {n_train} training images")
@@ -726,7 +775,9 @@ def _validate_checkpoint(ckpt: dict, model, optimizer, *, n_train: int, world_si
     if not _is_num(st["train_seconds"]):
         raise _Bad("state['train_seconds'] is not a number")
     init = st["initial"]
-    if init is not None and not (isinstance(init, dict) and set(init) == initial_keys and all(_is_num(v) for v in init.values())):
+    if init is not None and not (
+        isinstance(init, dict) and set(init) == initial_keys and all(_is_num(v) for v in init.values())
+    ):
         raise _Bad(f"state['initial'] is not the evaluation numbers {', '.join(sorted(initial_keys))}")
     if st["step"] == steps and not st["val_curve"]:
         raise _Bad("state says training finished but holds no validation number")
@@ -747,7 +798,6 @@ def _load_record(path: Path, fp: dict) -> dict | None:
     if bad:
         raise UserError(f"run record {path} is unusable: {bad[0]!r} is missing or not a number; {_RESUME_HINT}")
     return rec
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -799,8 +849,15 @@ def _restore(cfg: VAEConfig, ds: Dataset, ctx: DistContext, ckpt_path: Path, fp:
     initial_keys = {"neg_elbo"} | ({"iw_bound"} if cfg.eval_samples else set())
     initial_keys |= {"exact_neg_elbo", "exact_nll"} if n_classes**n_latent <= MAX_ENUMERATE else set()
     try:
-        _validate_checkpoint(ckpt, model, optimizer, n_train=ds.train.shape[0], world_size=ctx.world_size,
-                             steps=cfg.steps, initial_keys=initial_keys)
+        _validate_checkpoint(
+            ckpt,
+            model,
+            optimizer,
+            n_train=ds.train.shape[0],
+            world_size=ctx.world_size,
+            steps=cfg.steps,
+            initial_keys=initial_keys,
+        )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         noise_states = ckpt["rng"]["noise"]
@@ -856,8 +913,15 @@ def _enumerable(cfg: VAEConfig) -> bool:
     return n_classes**n_latent <= MAX_ENUMERATE
 
 
-def run_one(cfg: VAEConfig | dict, ds: Dataset, method: str, seed: int, ctx: DistContext, out: Path,
-            log: Callable[[str], None] | None = None) -> dict:
+def run_one(
+    cfg: VAEConfig | dict,
+    ds: Dataset,
+    method: str,
+    seed: int,
+    ctx: DistContext,
+    out: Path,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Train and evaluate one (method, seed); resume from its checkpoint when ``cfg.resume``.
 
     Phases: reuse a finished record, start (or resume), train, evaluate, record.
@@ -916,8 +980,13 @@ def _start(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, log) -
     run.noise_digest = _generator_digest(noise_gen) if ctx.enabled else None
     with H.Timer(ctx.device) as timer:
         if run.state["initial"] is None:
-            run.state["initial"] = evaluate(model, ds.test, generator=_eval_generator(plan.seed, "eval", ctx.device),
-                                            iw_samples=cfg.eval_samples, exact=_enumerable(cfg))
+            run.state["initial"] = evaluate(
+                model,
+                ds.test,
+                generator=_eval_generator(plan.seed, "eval", ctx.device),
+                iw_samples=cfg.eval_samples,
+                exact=_enumerable(cfg),
+            )
     run.eval_seconds = timer.seconds
     return run
 
@@ -964,7 +1033,9 @@ def _train(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _
                 bar.set_postfix(loss=f"{w_sum / w_n:.2f}", tau=f"{tau:.3f}")
             if step % cfg.val_every == 0 or step == steps:
                 with H.Timer(ctx.device) as timer:
-                    val = evaluate(run.model, ds.val, generator=_eval_generator(plan.seed, "val", ctx.device))["neg_elbo"]
+                    val = evaluate(run.model, ds.val, generator=_eval_generator(plan.seed, "val", ctx.device))[
+                        "neg_elbo"
+                    ]
                 run.eval_seconds += timer.seconds
                 state["val_curve"].append([step, val])
             if step % cfg.checkpoint_every == 0 or step == steps:
@@ -981,8 +1052,15 @@ def _step(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _T
         if cfg.binarize == "dynamic":
             xb = binarize(xb, "dynamic", generator=run.data_gen)
         try:
-            loss = train_step(run.trainer, run.optimizer, xb.to(ctx.device), plan.choice.name, tau, run.noise_gen,
-                              **plan.choice.options)
+            loss = train_step(
+                run.trainer,
+                run.optimizer,
+                xb.to(ctx.device),
+                plan.choice.name,
+                tau,
+                run.noise_gen,
+                **plan.choice.options,
+            )
         except ValueError as exc:  # e.g. NaN logits after divergence: a clear message, not a traceback
             raise UserError(f"{plan.tag} failed at step {run.state['step'] + 1}: {exc} (try a smaller --lr)") from None
     run.state["train_seconds"] += timer.seconds
@@ -992,8 +1070,13 @@ def _step(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _T
 def _evaluate_final(cfg: VAEConfig, ds: Dataset, ctx: DistContext, plan: _RunPlan, run: _Training) -> dict:
     """Phase 4: the trained model's test numbers."""
     with H.Timer(ctx.device) as timer:
-        final = evaluate(run.model, ds.test, generator=_eval_generator(plan.seed, "eval", ctx.device),
-                         iw_samples=cfg.eval_samples, exact=_enumerable(cfg))
+        final = evaluate(
+            run.model,
+            ds.test,
+            generator=_eval_generator(plan.seed, "eval", ctx.device),
+            iw_samples=cfg.eval_samples,
+            exact=_enumerable(cfg),
+        )
     run.eval_seconds += timer.seconds
     return final
 
@@ -1202,11 +1285,17 @@ def _write(cfg: VAEConfig, out: Path, results: dict, plots: tuple[bool, str | No
     table = markdown_table(headers, rows)
     enabled, note = plots
     H.write_outputs(
-        out, results, json_name="results.json", md_name="results.md",
+        out,
+        results,
+        json_name="results.json",
+        md_name="results.md",
         markdown=lambda res: _markdown(cfg, res, table),
-        plots=[("train_curves.png", lambda p: _plot_curves(cfg, results["runs"], p)),
-               ("tau_schedule.png", lambda p: _plot_schedule(cfg, p))],
-        enabled=enabled, note=note and f"vae: {note}",
+        plots=[
+            ("train_curves.png", lambda p: _plot_curves(cfg, results["runs"], p)),
+            ("tau_schedule.png", lambda p: _plot_schedule(cfg, p)),
+        ],
+        enabled=enabled,
+        note=note and f"vae: {note}",
     )
     print(table, end="")
 
@@ -1250,7 +1339,14 @@ def summarize(cfg: VAEConfig, runs: list) -> tuple[list, list, list]:
         ]
         rows.append(row)
         entry = {"method": method, "seeds": len(rs)}
-        for key in ("test_neg_elbo", "test_iw_bound", "test_exact_neg_elbo", "test_exact_nll", "initial_test_neg_elbo", "seconds"):
+        for key in (
+            "test_neg_elbo",
+            "test_iw_bound",
+            "test_exact_neg_elbo",
+            "test_exact_nll",
+            "initial_test_neg_elbo",
+            "seconds",
+        ):
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
                 entry[key], entry[key + "_std"] = mean_std(vals)
@@ -1310,8 +1406,10 @@ def _markdown(cfg: VAEConfig, results: dict, table: str) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
-        (f"Data: {d['source']}; {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images "
-         f"({d['test_split']}); binarisation {d['binarization']}."),
+        (
+            f"Data: {d['source']}; {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images "
+            f"({d['test_split']}); binarisation {d['binarization']}."
+        ),
         f"Training: {cfg.steps} steps of batch {cfg.batch_size}, Adam lr {cfg.lr}, τ {cfg.tau_schedule}.",
         f"Methods and their options: {_methods_line(cfg)}.",
         f"Machine: torch {env['torch']} on {env['device']}, {env['threads']} thread(s); job wall time {results['wall_seconds']:.0f} s.",

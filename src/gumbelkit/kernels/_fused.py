@@ -133,7 +133,7 @@ def gumbel_noise_philox(n: int, key: torch.Tensor, dtype: torch.dtype = torch.fl
     dev = key.device
     if m <= 2**31 - 1:
         c0 = torch.arange(m, dtype=torch.int32, device=dev)
-        c1 = 0
+        c1: torch.Tensor | int = 0
     else:  # more than 2^31 Philox calls: the element index needs the second counter word
         i = torch.arange(m, dtype=torch.int64, device=dev)
         c0 = (i & 0xFFFFFFFF).to(torch.int32)
@@ -191,7 +191,7 @@ def _forward(x2d: torch.Tensor, key: torch.Tensor, inv_tau: torch.Tensor, hard: 
 _lock = threading.Lock()
 _compiled: dict = {}
 _compile_times: dict = {}
-_state = {"failed": None}
+_state: dict[str, str | None] = {"failed": None}
 _warned = [False]
 
 
@@ -199,11 +199,11 @@ _warned = [False]
 # rounds the default threshold re-traces the chain exponentially often (measured: 70 s to compile
 # the noise alone). Realizing nodes above 20 ops compiles in ~20 s and runs as fast (the realized
 # words stay inside one fused loop).
-_INDUCTOR_OPTIONS = {"realize_opcount_threshold": 20}
+_INDUCTOR_OPTIONS: dict[str, str | int | bool] = {"realize_opcount_threshold": 20}
 
 
 def _compile(fn):
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=_INDUCTOR_OPTIONS)
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=dict(_INDUCTOR_OPTIONS))
 
 
 def _get_compiled(name: str, fn):
@@ -240,7 +240,7 @@ def _row_key(k: int):
 def _signature(name: str, args) -> tuple:
     # What a compiled variant specialises on: the row-length class, dtypes, device (the number of
     # rows is always a dynamic dimension, so batch sizes share one kernel).
-    parts = [name]
+    parts: list = [name]
     for a in args:
         if isinstance(a, torch.Tensor):
             parts.append((_row_key(a.shape[-1]) if a.dim() == 2 else tuple(a.shape), str(a.dtype), a.device.type))
@@ -526,7 +526,7 @@ def gumbel_softmax(
     Returns:
         Tensor shaped and typed like ``logits``.
 
-    Example:
+    Examples:
         >>> from gumbelkit import kernels
         >>> y = kernels.gumbel_softmax(torch.randn(256, 1000), tau=0.5, hard=True)
 

@@ -50,6 +50,7 @@ PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9  # golden ratio
 PHILOX_W1 = 0xBB67AE85  # sqrt(3) - 1
 
+
 def as_int32(v: int) -> int:
     """The int32 value with the same 32-bit pattern as the unsigned integer ``v`` (mod 2^32)."""
     v &= 0xFFFFFFFF

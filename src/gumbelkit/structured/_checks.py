@@ -57,7 +57,7 @@ def check_structured(
         GumbelkitDimError: a dim out of range, or the same dim twice.
         GumbelkitValueError: an empty dim, NaN, +inf or an all-masked slice.
 
-    Example:
+    Examples:
         >>> check_structured(torch.zeros(2, 3, 3), dims=(-2, -1))
         (1, 2)
         >>> check_structured(torch.zeros(3, 3), dims=(0, -2), fn="sinkhorn")
@@ -70,7 +70,9 @@ def check_structured(
     try:
         given = tuple(given)
     except TypeError:
-        raise GumbelkitTypeError(prefixed(fn, f"expected dims to be an int or a sequence of ints, got {type(dims).__name__}")) from None
+        raise GumbelkitTypeError(
+            prefixed(fn, f"expected dims to be an int or a sequence of ints, got {type(dims).__name__}")
+        ) from None
     if not given:
         raise GumbelkitValueError(prefixed(fn, "expected at least one dim, got dims=()"))
     out: list[int] = []
@@ -78,7 +80,10 @@ def check_structured(
         nd = normalize_dim(logits, d, name, fn)
         if nd in out:
             raise GumbelkitDimError(
-                prefixed(fn, f"expected distinct dims, got {given} (both dim {nd}) for {name} of shape {shape_str(logits.shape)}")
+                prefixed(
+                    fn,
+                    f"expected distinct dims, got {given} (both dim {nd}) for {name} of shape {shape_str(logits.shape)}",
+                )
             )
         out.append(nd)
     if values:
@@ -108,7 +113,7 @@ def check_square(
     Raises:
         GumbelkitValueError: the two sizes differ (and everything :func:`check_structured` raises).
 
-    Example:
+    Examples:
         >>> check_square(torch.zeros(5, 4, 4))
         (1, 2)
         >>> check_square(torch.zeros(4, 3), fn="gumbel_sinkhorn")
@@ -118,7 +123,9 @@ def check_square(
     """
     out = check_structured(logits, dims, fn=fn, name=name, values=values)
     if len(out) != 2:
-        raise GumbelkitValueError(prefixed(fn, f"expected exactly two dims for a square matrix, got {len(out)}: {tuple(out)}"))
+        raise GumbelkitValueError(
+            prefixed(fn, f"expected exactly two dims for a square matrix, got {len(out)}: {tuple(out)}")
+        )
     a, b = out
     if logits.shape[a] != logits.shape[b]:
         raise GumbelkitValueError(
@@ -158,7 +165,7 @@ def check_subset_size(
     Raises:
         GumbelkitValueError: k not an integer in [1, K], or larger than a row's unmasked count.
 
-    Example:
+    Examples:
         >>> check_subset_size(2, torch.zeros(3, 5))
         2
         >>> x = torch.tensor([[0.0, float("-inf"), 1.0]])
@@ -194,7 +201,7 @@ def check_iterations(n_iters, *, fn: str | None = None, name: str = "n_iters", m
     Returns:
         The count as a Python int.
 
-    Example:
+    Examples:
         >>> check_iterations(20)
         20
         >>> check_iterations(0, fn="gumbel_sinkhorn")

@@ -43,7 +43,10 @@ def _index_tensor(index, fn: str, name: str) -> torch.Tensor:
         raise GumbelkitTypeError(prefixed(fn, f"expected {name} to be a torch.Tensor, got {type(index).__name__}"))
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
         raise GumbelkitTypeError(
-            prefixed(fn, f"expected {name} with an integer dtype, got {index.dtype} ({name} of shape {shape_str(index.shape)})")
+            prefixed(
+                fn,
+                f"expected {name} with an integer dtype, got {index.dtype} ({name} of shape {shape_str(index.shape)})",
+            )
         )
     return index if index.dtype == torch.int64 else index.to(torch.int64)
 
@@ -55,22 +58,30 @@ def _check_khot_index(soft: torch.Tensor, index: torch.Tensor, dim: int, fn: str
     ok = index.dim() == soft.dim() and 1 <= index.shape[dim] <= K
     ok = ok and all(index.shape[d] == soft.shape[d] for d in range(soft.dim()) if d != dim)
     if not ok:
-        raise GumbelkitValueError(prefixed(fn, f"expected index of {want}, got index of shape {shape_str(index.shape)}"))
+        raise GumbelkitValueError(
+            prefixed(fn, f"expected index of {want}, got index of shape {shape_str(index.shape)}")
+        )
     if skip_value_checks() or index.numel() == 0:
         return
     lo, hi = torch.aminmax(index)
     if int(lo) < 0 or int(hi) >= K:
         raise GumbelkitValueError(
-            prefixed(fn, f"expected index entries in [0, {K - 1}], got values in [{int(lo)}, {int(hi)}] "
-                         f"(index of shape {shape_str(index.shape)})")
+            prefixed(
+                fn,
+                f"expected index entries in [0, {K - 1}], got values in [{int(lo)}, {int(hi)}] "
+                f"(index of shape {shape_str(index.shape)})",
+            )
         )
     if index.shape[dim] > 1:
         s = index.sort(dim).values
         n_dup = int((s.narrow(dim, 1, s.shape[dim] - 1) == s.narrow(dim, 0, s.shape[dim] - 1)).sum())
         if n_dup:
             raise GumbelkitValueError(
-                prefixed(fn, f"expected distinct indices along dim={dim} (a k-hot), got {n_dup} repeated "
-                             f"(index of shape {shape_str(index.shape)})")
+                prefixed(
+                    fn,
+                    f"expected distinct indices along dim={dim} (a k-hot), got {n_dup} repeated "
+                    f"(index of shape {shape_str(index.shape)})",
+                )
             )
 
 
@@ -78,7 +89,10 @@ def _check_perm(perm: torch.Tensor, n: int, batch: torch.Size, fn: str, what: st
     """perm: shape batch + (n,), each row a permutation of 0..n-1."""
     if perm.shape != batch + (n,):
         raise GumbelkitValueError(
-            prefixed(fn, f"expected perm of shape {shape_str(batch + (n,))} ({what}), got perm of shape {shape_str(perm.shape)}")
+            prefixed(
+                fn,
+                f"expected perm of shape {shape_str(batch + (n,))} ({what}), got perm of shape {shape_str(perm.shape)}",
+            )
         )
     if skip_value_checks() or perm.numel() == 0:
         return
@@ -86,8 +100,11 @@ def _check_perm(perm: torch.Tensor, n: int, batch: torch.Size, fn: str, what: st
     if not bool(ok.all()):
         n_bad = int((~ok.all(-1)).sum())
         raise GumbelkitValueError(
-            prefixed(fn, f"expected each row of perm to be a permutation of 0..{n - 1}, got {n_bad} row(s) that are not "
-                         f"(perm of shape {shape_str(perm.shape)})")
+            prefixed(
+                fn,
+                f"expected each row of perm to be a permutation of 0..{n - 1}, got {n_bad} row(s) that are not "
+                f"(perm of shape {shape_str(perm.shape)})",
+            )
         )
 
 
@@ -115,7 +132,7 @@ def topk_indices(scores: torch.Tensor, k: int, dim: int = -1, *, sorted: bool = 
         GumbelkitError: a non-floating ``scores``, a bad ``dim``, NaN / +inf / all-masked rows, or
         k outside [1, unmasked count].
 
-    Example:
+    Examples:
         >>> topk_indices(torch.tensor([[0.1, 3.0, -1.0, 2.0]]), 2)
         tensor([[1, 3]])
     """
@@ -139,7 +156,7 @@ def khot(index: torch.Tensor, like: torch.Tensor, dim: int = -1) -> torch.Tensor
     Returns:
         Tensor shaped and typed like ``like``, exactly 0/1, no gradient.
 
-    Example:
+    Examples:
         >>> khot(torch.tensor([[2, 0]]), torch.zeros(1, 4))
         tensor([[1., 0., 1., 0.]])
     """
@@ -172,7 +189,7 @@ def khot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int = -1
         GumbelkitError: a non-floating ``soft``, a non-integer ``index``, a shape mismatch, indices
         out of range or repeated in a row (the value checks are skipped under compile / vmap).
 
-    Example:
+    Examples:
         >>> soft = torch.tensor([[0.7, 0.2, 0.9, 0.2]], requires_grad=True)
         >>> y = khot_straight_through(soft, torch.tensor([[2, 0]]), dim=-1)
         >>> y
@@ -201,7 +218,7 @@ def permutation_matrix(perm: torch.Tensor, dtype: torch.dtype = torch.float32) -
     Returns:
         Tensor (..., n, n) of ``dtype`` on perm's device, exactly 0/1, one 1 per row and column.
 
-    Example:
+    Examples:
         >>> permutation_matrix(torch.tensor([2, 0, 1]))
         tensor([[0., 0., 1.],
                 [1., 0., 0.],
@@ -238,7 +255,7 @@ def permutation_straight_through(soft: torch.Tensor, perm: torch.Tensor) -> torc
         GumbelkitError: a non-floating or non-square ``soft``, a non-integer ``perm``, a shape
         mismatch, or a row of ``perm`` that is not a permutation (skipped under compile / vmap).
 
-    Example:
+    Examples:
         >>> soft = torch.full((3, 3), 1.0 / 3, requires_grad=True)
         >>> y = permutation_straight_through(soft, torch.tensor([1, 2, 0]))
         >>> bool(torch.equal(y.detach(), permutation_matrix(torch.tensor([1, 2, 0]))))
@@ -256,7 +273,9 @@ def permutation_straight_through(soft: torch.Tensor, perm: torch.Tensor) -> torc
     check_structured(soft, (-2, -1), fn=fn, name="soft", values=False)
     if soft.shape[-1] != soft.shape[-2]:
         raise GumbelkitValueError(
-            prefixed(fn, f"expected soft square in its last two dims (..., n, n), got soft of shape {shape_str(soft.shape)}")
+            prefixed(
+                fn, f"expected soft square in its last two dims (..., n, n), got soft of shape {shape_str(soft.shape)}"
+            )
         )
     perm = _index_tensor(perm, fn, "perm")
     n = soft.shape[-1]
