@@ -1,7 +1,7 @@
 """gumbelkit: exact Gumbel samplers, straight-through / Gumbel-Rao / ReinMax estimators,
 Concrete distributions and temperature schedules for PyTorch."""
 
-from . import distributions, errors, nn, schedules, structured
+from . import distributions, errors, nn, schedules, structured, subsets
 from ._kl import kl_categorical
 from ._noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
@@ -58,6 +58,7 @@ __all__ = [
     "sample",
     "schedules",
     "structured",
+    "subsets",
     "tempered_softmax",
     "uniform_open",
 ]
