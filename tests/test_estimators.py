@@ -19,8 +19,16 @@ def _gen(seed=0):
 
 
 def test_registry_lists_the_designed_methods():
-    assert set(gk.METHODS) == {"softmax", "gumbel_softmax", "st", "st_gumbel", "gumbel_rao", "reinmax"}
-    assert set(ONE_HOT) == {"st", "st_gumbel", "gumbel_rao", "reinmax"}
+    assert set(gk.METHODS) == {
+        "softmax",
+        "gumbel_softmax",
+        "st",
+        "st_gumbel",
+        "gumbel_rao",
+        "reinmax",
+        "gapped_st",
+    }
+    assert set(ONE_HOT) == {"st", "st_gumbel", "gumbel_rao", "reinmax", "gapped_st"}
     with pytest.raises(ValueError, match="expected method in"):
         gk.sample(torch.zeros(3), "argmax")
     with pytest.raises(ValueError, match="already registered"):

@@ -49,7 +49,17 @@ def _index(method: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @pytest.mark.parametrize("requires_grad", [True, False])
 @pytest.mark.parametrize(
-    "method", ["st_gumbel", "st", "gumbel_rao", "reinmax", "gumbel_softmax_hard", "gumbel_softmax_soft", "gumbel_topk"]
+    "method",
+    [
+        "st_gumbel",
+        "st",
+        "gumbel_rao",
+        "reinmax",
+        "gapped_st",
+        "gumbel_softmax_hard",
+        "gumbel_softmax_soft",
+        "gumbel_topk",
+    ],
 )
 def test_every_eager_sampler_draws_the_gumbel_max_sample(method, requires_grad):
     # Logits with a 19-nat tail in every row, so that the tail noise matters here too.

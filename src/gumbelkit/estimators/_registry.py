@@ -541,7 +541,7 @@ class MethodsView(Sequence):
         >>> "st_gumbel" in gk.METHODS, "reinforce" in gk.METHODS
         (True, False)
         >>> sorted(gk.METHODS)[:2]
-        ['gumbel_rao', 'gumbel_softmax']
+        ['gapped_st', 'gumbel_rao']
     """
 
     __slots__ = ("_kind",)
