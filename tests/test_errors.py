@@ -152,6 +152,13 @@ for cls in (ExpConcrete, Concrete, StraightThroughConcrete, BinaryConcrete):
         bad_value = torch.full((2, 3, 2), 0.0)  # wrong event shape
     case(n + ".log_prob", lambda cls=cls, s=shape, v=bad_value: cls(T, logits=torch.zeros(s)).log_prob(v), ValueError)
 
+# HardConcrete (a binary gate: logits of any shape)
+HC = gk.distributions.HardConcrete
+case("HardConcrete", lambda: HC(torch.zeros(3), temperature=-1.0), ValueError)
+case("HardConcrete", lambda: HC(torch.zeros(3, dtype=torch.long)), TypeError, "(3)")
+case("HardConcrete", lambda: HC(torch.full((3,), NAN)), ValueError, "shape (")
+case("HardConcrete", lambda: HC(torch.zeros(3), limits=(0.1, 1.1)), ValueError)
+
 # --- schedules and modules
 case("Constant", lambda: schedules.Constant(-1.0), ValueError)
 case("Constant", lambda: schedules.constant(1.0)(-1), ValueError)

@@ -1,7 +1,7 @@
 """gumbelkit: exact Gumbel samplers, straight-through / Gumbel-Rao / ReinMax estimators,
 Concrete distributions and temperature schedules for PyTorch."""
 
-from . import distributions, errors, nn, schedules, structured, subsets
+from . import binary, distributions, errors, nn, permutations, schedules, structured, subsets
 from ._kl import kl_categorical
 from ._noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
@@ -39,6 +39,7 @@ __all__ = [
     "MovingAverageBaseline",
     "OptionSpec",
     "__version__",
+    "binary",
     "categorical_log_prob",
     "distributions",
     "errors",
@@ -53,6 +54,7 @@ __all__ = [
     "kl_categorical",
     "logistic_noise",
     "nn",
+    "permutations",
     "register",
     "reinforce_surrogate",
     "sample",

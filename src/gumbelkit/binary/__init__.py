@@ -1,0 +1,25 @@
+r"""Independent Bernoulli bits: pathwise relaxations and unbiased score-function estimators.
+
+* :func:`sample` -- a differentiable sample of Bernoulli(sigmoid(logits)) bits, elementwise:
+  straight-through (``"st"``), Binary Concrete (``"binary_concrete"``), straight-through Binary
+  Concrete (``"st_binary_concrete"``) and the Hard Concrete of Louizos et al. (``"hard_concrete"``);
+* :func:`surrogate` -- a surrogate whose gradient is an unbiased estimate of
+  :math:`\nabla_\phi \mathbb{E}[f(b)]`: REINFORCE with a leave-one-out baseline, ARM and DisARM;
+* :data:`METHODS` -- every method declared once (:class:`BinaryMethod`: kind, exact 0/1 forward,
+  temperature, options, reference).
+
+Example:
+
+    >>> logits = torch.randn(2, 5, requires_grad=True)
+    >>> b = gk.binary.sample(logits, "st_binary_concrete", tau=0.5, generator=torch.Generator().manual_seed(0))
+    >>> sorted(set(b.detach().flatten().tolist())) in ([0.0], [1.0], [0.0, 1.0])
+    True
+    >>> gk.binary.METHODS["hard_concrete"].default_tau == 2 / 3
+    True
+"""
+
+from ._registry import METHODS, BinaryMethod, get_method
+from ._sample import sample
+from ._surrogate import surrogate
+
+__all__ = ["METHODS", "BinaryMethod", "get_method", "sample", "surrogate"]
