@@ -55,6 +55,7 @@ COMMANDS = {
     "vae": ("gumbelkit.experiments.vae", "train and evaluate a categorical VAE with each estimator"),
     "gradients": ("gumbelkit.experiments.gradients", "exact bias/variance of every gradient estimator"),
     "bench": ("gumbelkit.experiments.bench", "speed and memory of Gumbel-Softmax implementations"),
+    "subsets": ("gumbelkit.experiments.subsets", "subset laws and gradient bias/variance of the k-subset estimators"),
 }
 
 

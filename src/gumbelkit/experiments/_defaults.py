@@ -7,7 +7,7 @@ fix the order of the tables and the comparison each experiment was designed and 
 
 from __future__ import annotations
 
-__all__ = ["DEMO_METHODS", "GRADIENT_METHODS", "VAE_METHODS", "VAE_OPTION_ALIASES"]
+__all__ = ["DEMO_METHODS", "GRADIENT_METHODS", "SUBSET_ESTIMATORS", "VAE_METHODS", "VAE_OPTION_ALIASES"]
 
 #: ``gumbelkit vae``: the straight-through family, the relaxation and REINFORCE (the issue's six).
 VAE_METHODS = ("st", "st_gumbel", "gumbel_softmax", "gumbel_rao", "reinmax", "reinforce")
@@ -31,3 +31,8 @@ DEMO_METHODS = ("softmax", "st", "gumbel_softmax", "st_gumbel", "gumbel_rao", "r
 #: Deprecated ``gumbelkit vae`` flags -> (method, option) they set: ``--gumbel-rao-k K`` is
 #: ``--methods ...,gumbel_rao:k=K``; ``--reinforce-samples N`` is ``reinforce:n=N``.
 VAE_OPTION_ALIASES = {"gumbel_rao_k": ("gumbel_rao", "k"), "reinforce_samples": ("reinforce", "n")}
+
+#: ``gumbelkit subsets``: the k-subset estimators of :mod:`gumbelkit.subsets` (not registry methods),
+#: in this order: relaxed top-k with its exact k-hot forward (straight-through), relaxed top-k soft,
+#: SIMPLE, and REINFORCE over SIMPLE's exact conditional law with a leave-one-out baseline.
+SUBSET_ESTIMATORS = ("relaxed_topk_hard", "relaxed_topk_soft", "simple", "reinforce_loo")
