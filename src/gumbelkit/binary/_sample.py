@@ -2,6 +2,8 @@ r"""Pathwise samples of independent Bernoullis: straight-through, Binary Concret
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._noise import logistic_noise
@@ -105,7 +107,7 @@ def sample(
     tau: Tau | None = None,
     *,
     generator: torch.Generator | None = None,
-    **options,
+    **options: Any,
 ) -> torch.Tensor:
     r"""A differentiable sample of independent Bernoulli(sigmoid(logits)) bits, elementwise.
 
@@ -148,7 +150,7 @@ def sample(
 
     Raises:
         GumbelkitError: a non-floating dtype, NaN logits, tau <= 0 / inf / NaN, an unknown
-        method or option, or an option out of range.
+            method or option, or an option out of range.
 
     Examples:
         >>> logits = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)

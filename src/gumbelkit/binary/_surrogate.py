@@ -146,7 +146,7 @@ def surrogate(
 
     Raises:
         GumbelkitError: a non-floating dtype, a 0-d tensor, NaN logits, an unknown method, a bad
-        ``n``, a non-callable ``f`` or an ``f`` that returns the wrong shape.
+            ``n``, a non-callable ``f`` or an ``f`` that returns the wrong shape.
 
     Examples:
         >>> logits = torch.zeros(4, 3, requires_grad=True)

@@ -111,7 +111,7 @@ def sinkhorn(log_alpha: torch.Tensor, n_iters: int = 20) -> torch.Tensor:
 
     Raises:
         GumbelkitError: a non-floating dtype, fewer than two dims or a non-square matrix, NaN,
-        +inf, an all -inf row or column, or n_iters not an integer >= 1.
+            +inf, an all -inf row or column, or n_iters not an integer >= 1.
 
     Examples:
         >>> S = gk.permutations.sinkhorn(torch.randn(2, 4, 4), n_iters=50)
@@ -244,8 +244,8 @@ def gumbel_sinkhorn(
 
     Raises:
         GumbelkitError: everything :func:`sinkhorn` raises, tau <= 0 / inf / NaN or of a bad
-        shape, a bad ``noise`` or ``generator``, and (``hard=True``) a -inf pattern admitting no
-        permutation.
+            shape, a bad ``noise`` or ``generator``, and (``hard=True``) a -inf pattern admitting no
+            permutation.
 
     Examples:
         >>> log_alpha = torch.randn(3, 3, requires_grad=True)

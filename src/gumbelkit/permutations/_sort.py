@@ -79,7 +79,7 @@ def neural_sort(
 
     Raises:
         GumbelkitError: a non-floating dtype, a 0-d or empty ``scores``, NaN or infinite scores,
-        tau <= 0 / inf / NaN or of a bad shape, or a bad ``generator``.
+            tau <= 0 / inf / NaN or of a bad shape, or a bad ``generator``.
 
     Examples:
         >>> s = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
@@ -146,7 +146,7 @@ def soft_sort(scores: torch.Tensor, tau: Tau = 1.0, p: float = 1) -> torch.Tenso
 
     Raises:
         GumbelkitError: a non-floating dtype, a 0-d or empty ``scores``, NaN or infinite scores,
-        tau <= 0 / inf / NaN or of a bad shape, or p < 1.
+            tau <= 0 / inf / NaN or of a bad shape, or p < 1.
 
     Examples:
         >>> s = torch.tensor([0.5, -1.0, 2.0])

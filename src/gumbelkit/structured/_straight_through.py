@@ -130,7 +130,7 @@ def topk_indices(scores: torch.Tensor, k: int, dim: int = -1, *, sorted: bool = 
 
     Raises:
         GumbelkitError: a non-floating ``scores``, a bad ``dim``, NaN / +inf / all-masked rows, or
-        k outside [1, unmasked count].
+            k outside [1, unmasked count].
 
     Examples:
         >>> topk_indices(torch.tensor([[0.1, 3.0, -1.0, 2.0]]), 2)
@@ -187,7 +187,7 @@ def khot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int = -1
 
     Raises:
         GumbelkitError: a non-floating ``soft``, a non-integer ``index``, a shape mismatch, indices
-        out of range or repeated in a row (the value checks are skipped under compile / vmap).
+            out of range or repeated in a row (the value checks are skipped under compile / vmap).
 
     Examples:
         >>> soft = torch.tensor([[0.7, 0.2, 0.9, 0.2]], requires_grad=True)
@@ -253,7 +253,7 @@ def permutation_straight_through(soft: torch.Tensor, perm: torch.Tensor) -> torc
 
     Raises:
         GumbelkitError: a non-floating or non-square ``soft``, a non-integer ``perm``, a shape
-        mismatch, or a row of ``perm`` that is not a permutation (skipped under compile / vmap).
+            mismatch, or a row of ``perm`` that is not a permutation (skipped under compile / vmap).
 
     Examples:
         >>> soft = torch.full((3, 3), 1.0 / 3, requires_grad=True)

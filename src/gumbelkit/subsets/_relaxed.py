@@ -65,7 +65,7 @@ def relaxed_topk(
 
     Raises:
         GumbelkitError: a non-floating dtype, a bad ``dim``, NaN / +inf / all-masked rows,
-        tau <= 0 / inf / NaN, or k outside [1, the fewest unmasked entries in a row].
+            tau <= 0 / inf / NaN, or k outside [1, the fewest unmasked entries in a row].
 
     Examples:
         >>> logits = torch.tensor([[1.0, 2.0, 0.5, -1.0, 0.0]], requires_grad=True)

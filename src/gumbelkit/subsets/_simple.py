@@ -97,7 +97,7 @@ def topk_marginals(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
 
     Raises:
         GumbelkitError: a non-floating dtype, a bad ``dim``, NaN / +inf / all-masked rows, or k
-        outside [1, the fewest unmasked entries in a row].
+            outside [1, the fewest unmasked entries in a row].
 
     Examples:
         >>> p = torch.tensor([0.3, 0.6, 0.5, 0.2])
