@@ -74,13 +74,17 @@ def _antithetic(phi, f, logits, generator, n, disarm: bool):
     return torch.stack(fs).mean(0), g / n
 
 
+# ARM and DisARM share their one option: the number of antithetic pairs per row.
+_PAIRS = OptionSpec("n", int, 2, minimum=1, help="antithetic pairs per row (2n evaluations of f)")
+
+
 @declare(
     "arm",
     "surrogate",
     hard=True,
     uses_tau=False,
     default_tau=None,
-    options=(OptionSpec("n", int, 2, minimum=1, help="antithetic pairs per row (2n evaluations of f)"),),
+    options=(_PAIRS,),
     reference="Yin and Zhou, ICLR 2019",
 )
 def _arm(phi, f, logits, generator, n):
@@ -93,7 +97,7 @@ def _arm(phi, f, logits, generator, n):
     hard=True,
     uses_tau=False,
     default_tau=None,
-    options=(OptionSpec("n", int, 2, minimum=1, help="antithetic pairs per row (2n evaluations of f)"),),
+    options=(_PAIRS,),
     reference="Dong, Mnih, Tucker, NeurIPS 2020",
 )
 def _disarm(phi, f, logits, generator, n):
