@@ -27,8 +27,9 @@ def test_registry_lists_the_designed_methods():
         "gumbel_rao",
         "reinmax",
         "gapped_st",
+        "decoupled_st_gumbel",
     }
-    assert set(ONE_HOT) == {"st", "st_gumbel", "gumbel_rao", "reinmax", "gapped_st"}
+    assert set(ONE_HOT) == {"st", "st_gumbel", "gumbel_rao", "reinmax", "gapped_st", "decoupled_st_gumbel"}
     with pytest.raises(ValueError, match="expected method in"):
         gk.sample(torch.zeros(3), "argmax")
     with pytest.raises(ValueError, match="already registered"):

@@ -56,6 +56,7 @@ def _index(method: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         "gumbel_rao",
         "reinmax",
         "gapped_st",
+        "decoupled_st_gumbel",
         "gumbel_softmax_hard",
         "gumbel_softmax_soft",
         "gumbel_topk",

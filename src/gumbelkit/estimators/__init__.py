@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .._validation import Tau
-from . import _basic, _gapped, _gumbel_rao, _reinmax, _score_function  # noqa: F401  (importing registers the methods)
+from . import _basic, _decoupled, _gapped, _gumbel_rao, _reinmax, _score_function  # noqa: F401  (importing registers the methods)
 from ._basic import (
     gumbel_softmax_estimator,
     softmax_estimator,
@@ -26,6 +26,7 @@ from ._basic import (
     st_gumbel_estimator,
 )
 from ._building_blocks import one_hot_straight_through, softmax_backward
+from ._decoupled import decoupled_st_gumbel_estimator
 from ._gapped import gapped_logits, gapped_st_estimator
 from ._gumbel_rao import conditional_gumbel, gumbel_rao_estimator
 from ._registry import (
@@ -110,6 +111,7 @@ __all__ = [
     "OptionSpec",
     "categorical_log_prob",
     "conditional_gumbel",
+    "decoupled_st_gumbel_estimator",
     "gapped_logits",
     "gapped_st_estimator",
     "get_estimator",

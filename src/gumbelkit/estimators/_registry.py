@@ -541,7 +541,7 @@ class MethodsView(Sequence):
         >>> "st_gumbel" in gk.METHODS, "reinforce" in gk.METHODS
         (True, False)
         >>> sorted(gk.METHODS)[:2]
-        ['gapped_st', 'gumbel_rao']
+        ['decoupled_st_gumbel', 'gapped_st']
     """
 
     __slots__ = ("_kind",)
