@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import gumbelkit
 from gumbelkit import cli
 from gumbelkit.experiments import bench
 
@@ -107,3 +108,60 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
     assert cli.main(["bench", *args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_layout_cost_and_compile_sections(tmp_path, monkeypatch):
+    import functools
+
+    # Inductor's C++ compile takes tens of seconds on a small CPU; the section's logic is the same
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    res = bench.main(
+        {
+            "shapes": "8x5",
+            "impls": "builtin,eager",
+            "repeats": 3,
+            "min_time": 0.0001,
+            "vae": False,
+            "memory": True,
+            "layout_shapes": "2x6x8x8",
+            "cost_shapes": "2x6x4x4",
+            "compile_shape": "2x8x2x2",
+            "out": str(tmp_path),
+            "progress": False,
+            "plots": False,
+        }
+    )
+    layout = {(r["mode"], r["impl"]): r for r in res["layout"]}
+    assert set(layout) == {
+        (m, i) for m in ("soft", "hard") for i in ("builtin dim=1", "gumbelkit dim=1", "gumbelkit dim=-1 (twin)")
+    }
+    for m in ("soft", "hard"):
+        assert layout[m, "gumbelkit dim=-1 (twin)"]["vs_last"] == pytest.approx(1.0)
+        assert layout[m, "builtin dim=1"]["vs_builtin"] == pytest.approx(1.0)
+    cost = {r["method"]: r for r in res["cost"]}
+    assert set(cost) == set(gumbelkit.METHODS) | {"builtin (hard)"}
+    from gumbelkit.experiments._defaults import BENCH_COST_BASELINE
+
+    assert cost[BENCH_COST_BASELINE]["vs_baseline"] == pytest.approx(1.0)
+    assert cost["builtin (hard)"]["vs_builtin"] == pytest.approx(1.0)
+    assert all(r["peak_buffers"] > 0 and r["median_ms"] > 0 for r in res["cost"])
+    variants = {r["variant"] for r in res["compiled_model"]["rows"]}
+    assert variants == {f"{c} {s}" for c in ("eager", "compiled") for s in ("builtin", "gumbelkit")}
+    md = (tmp_path / "bench.md").read_text()
+    for title in ("## Categories not last", "## Cost of each method", "## Compiled model"):
+        assert title in md
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["cost"] == res["cost"] and saved["layout"] == res["layout"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--layout-shapes", "4x5"], "expected --layout-shapes with 4 sizes each"),
+        (["--cost-shapes", "2x3x4x0"], "at least two positive sizes"),
+        (["--compile-shape", "2x3x4x4,2x3x4x4"], "expected one shape for --compile-shape"),
+    ],
+)
+def test_section_shapes_are_checked(args, message, tmp_path, capsys):
+    assert cli.main(["bench", *args, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err

@@ -78,6 +78,14 @@ SMOKE = {
         ["--hist-samples", "50", "--hist-taus", "1", "--grad-taus", "0.5", "--grad-samples", "8"],
         ["results.json", "results.md"],
     ),
+    "l0": (
+        ["--data", "digits", "--hidden", "8,6", "--epochs", "1", "--lambdas", "1", "--finetune-epochs", "1"],
+        ["results.json", "results.md", "checkpoint.json"],
+    ),
+    "sort": (
+        ["--sizes", "4", "--steps", "3", "--batch-size", "2", "--samples", "2", "--test-sequences", "9"],
+        ["results.json", "results.md", "checkpoint.json"],
+    ),
 }
 #: The plot files each command draws when matplotlib is there.
 PLOTS = {
@@ -85,12 +93,49 @@ PLOTS = {
     "gradients": ["gradients_quadratic.png", "gradients_70_30_demo.png"],
     "bench": ["bench.png"],
     "subsets": ["subsets.png"],
+    "l0": ["l0.png"],
+    "sort": ["sort.png"],
 }
 #: The optional packages each smoke run needs besides matplotlib.
-NEEDS = {"vae": ["sklearn"], "gradients": [], "bench": [], "subsets": []}
+NEEDS = {"l0": ["sklearn"], "vae": ["sklearn"], "gradients": [], "bench": [], "subsets": [], "sort": ["scipy"]}
+SMOKE["binary"] = (
+    [
+        "--binary-methods",
+        "disarm:n=1",
+        "--methods",
+        "st_gumbel@0.5",
+        "--toy-thetas",
+        "0",
+        "--toy-samples",
+        "20",
+        "--train-steps",
+        "3",
+        "--train-seeds",
+        "1",
+        "--poly-latents",
+        "4",
+        "--poly-batch",
+        "2",
+        "--poly-steps",
+        "3",
+        "--poly-seeds",
+        "1",
+        "--record-every",
+        "1",
+    ],
+    ["results.json", "results.md", "checkpoint.json"],
+)
+PLOTS["binary"], NEEDS["binary"] = ["binary_toy.png", "poly.png"], []
 #: The commands whose --methods are estimator-registry methods (``subsets`` measures the k-subset
 #: functions of gumbelkit.subsets, which are not in the registry, so its --methods lists those).
 REGISTRY_COMMANDS = {"vae", "gradients", "bench"}
+SMOKE["dvae"] = (
+    ["--data", "digits", "--steps", "2", "--eval-every", "1", "--batch-size", "4", "--channels", "2"]
+    + ["--codes", "8", "--embedding-dim", "2", "--eval-images", "10", "--seeds", "1", "--methods", "st,reinmax"],
+    ["results.json", "results.md", "checkpoint.json"],
+)
+PLOTS["dvae"], NEEDS["dvae"] = ["dvae.png"], ["sklearn"]
+REGISTRY_COMMANDS.add("dvae")
 
 
 def _commands() -> set[str]:

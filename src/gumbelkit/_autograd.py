@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._internals import one_hot
+from ._internals import one_hot, vertical_softmax_, vertical_softmax_grad
 from ._policy import compute_dtype, lean
 from ._validation import Tau
 
@@ -37,19 +37,48 @@ def softmax_grad(y: torch.Tensor, v: torch.Tensor, dim: int, *, overwrite_y: boo
     y -- the kernel finishes each row's <y, v> before writing it -- so the backward allocates no
     B x K buffer. Only on CPU (the kernel checked), outside compilation and torch.func transforms,
     when the graph is not retained (a second backward would read the overwritten y) and not
-    built (create_graph: an out= result cannot be differentiated).
+    built (create_graph: an out= result cannot be differentiated). Under the same conditions, more
+    than 1024 categories at a stride of 512 or more (dim=1 of B x K x H x W) take the cache-blocked
+    :func:`gumbelkit._internals.vertical_softmax_grad` instead of ATen's strided kernel.
     """
     v = v.to(y.dtype).contiguous()
-    if (
-        overwrite_y
-        and y.device.type == "cpu"
+    eager_cpu = (
+        y.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not torch.is_grad_enabled()
         and not torch._C._are_functorch_transforms_active()
-        and not torch._C._autograd._get_current_graph_task_keep_graph()
-    ):
+    )
+    # a retained graph (retain_graph=True) may read y again: then y is not overwritten
+    keep = overwrite_y and eager_cpu and torch._C._autograd._get_current_graph_task_keep_graph()
+    if eager_cpu and _vertical(y, dim) and y.stride(dim) >= _VGRAD_MIN_INNER and y.shape[dim] > _VGRAD_MIN_K:
+        # Many categories far apart (dim=1 of B x 8192 x 32 x 32): ATen's kernel walks each
+        # category column at a power-of-two stride and thrashes the cache; the blocked version
+        # measured faster there (and slower than ATen's for K <= 1024 or small H x W).
+        return vertical_softmax_grad(y, v, dim, overwrite_y=overwrite_y and not keep)
+    if overwrite_y and eager_cpu and not keep:
         return torch.ops.aten._softmax_backward_data.out(v, y, dim, y.dtype, grad_input=y)
     return torch._softmax_backward_data(v, y, dim, y.dtype)
+
+
+_VGRAD_MIN_INNER = 512
+_VGRAD_MIN_K = 1024
+
+
+# The blocked kernels reduce over the category dim of (slabs, K, inner) blocks; ATen's reductions
+# are vectorised across ``inner`` and measured slow below 64 (amax of a (256, 64, 16) block: ~20x
+# the time per element of a (1, 512, 512) one), where ATen's own softmax is the faster choice.
+_VERTICAL_MIN_INNER = 64
+
+
+def _vertical(t: torch.Tensor, dim: int) -> bool:
+    """Whether the blocked softmax kernels apply: CPU, contiguous, at least 64 elements after ``dim``."""
+    return (
+        t.device.type == "cpu"
+        and t.dim() > dim + 1
+        and t.is_contiguous()
+        and t.numel() > 0
+        and t.stride(dim) >= _VERTICAL_MIN_INNER
+    )
 
 
 class ScatterStraightThrough(torch.autograd.Function):
@@ -119,6 +148,26 @@ class TemperedSoftmax(torch.autograd.Function):
             # theta - log E = theta + g; in lean mode straight into the (private) noise buffer
             z = torch.sub(z, log_e, out=log_e) if lean else z - log_e
             own = True
+        if (
+            lean
+            and own
+            and log_e is not None
+            and not per_class
+            and not with_lse
+            and not isinstance(tau, torch.Tensor)
+            and _vertical(z, dim)
+        ):
+            # categories not innermost (dim=1 of B x K x H x W, ...): z is the private noise
+            # buffer, contiguous in the logical layout; softmax and one-hot in cache-sized blocks
+            h = vertical_softmax_(z, dim, float(tau), hard and index is None)
+            y = z.view_as(z)  # z is the log_e input: autograd takes an input's view as an output
+            if index is not None:
+                out = one_hot(y, index, dim, dtype=x.dtype)
+            elif h is not None:
+                out = h if h.dtype == x.dtype else h.to(x.dtype)
+            else:
+                out = y if y.dtype == x.dtype else y.to(x.dtype)
+            return (out,) if out is y else (out, y)
         if hard and index is None:
             index = z.argmax(dim, keepdim=True)
         if post:

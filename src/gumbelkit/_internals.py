@@ -20,6 +20,8 @@ dividing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._noise import log_exponential_noise
@@ -41,6 +43,8 @@ __all__ = [
     "plain_shift",
     "prepare_tau",
     "theta_shift",
+    "vertical_softmax_",
+    "vertical_softmax_grad",
 ]
 
 SHIFT_ABOVE = 16.0
@@ -172,3 +176,142 @@ def gumbel_argmax(logits: torch.Tensor, dim: int, generator=None, m: torch.Tenso
     :class:`gumbelkit._autograd.TemperedSoftmax` for the same generator state and the same ``m``.
     """
     return perturbed(logits, generator, m).argmax(dim, keepdim=True)
+
+
+# --------------------------------------------------------------------------- softmax along a strided dim
+#
+# For a contiguous buffer viewed as (outer, K, inner) with inner > 1 -- e.g. B x K x H x W with the
+# categories at dim=1 -- ATen's softmax, argmax and softmax backward walk each category column with a
+# stride of ``inner`` elements. With ``inner`` a power of two (H x W = 32 x 32: a 4 KiB stride) the
+# lines of one column fall into a few cache sets and evict each other between the kernel's passes,
+# so these kernels measured 2-4x slower than along the last dim. The functions below instead cut the
+# buffer into *contiguous* blocks of about _VBLOCK elements -- whole slabs (K x inner) when a slab
+# fits, else runs of category rows of one slab -- and run every pass of a block while it is in the
+# L2 cache: reductions over the category dim of a contiguous block are vectorised across ``inner``.
+# Blocks are cut by the logical shape only (never by strides), so the result is a function of the
+# logical values: the same generator state gives the same sample whatever the input's layout.
+
+_VBLOCK = 1 << 18  # elements per block: 1 MiB of float32, inside a 2 MiB L2 with the block's temporaries
+_VBLOCK_GRAD = 1 << 16  # the backward visits y, v, a temporary and the result: four blocks in cache
+
+
+def _vsplit(t3: torch.Tensor, size: int) -> tuple[bool, list[torch.Tensor]]:
+    """(whole, blocks) of a contiguous (outer, k, inner) buffer, about ``size`` elements per block.
+
+    whole: each block is a run of complete slabs (outer index range, all k categories); otherwise
+    each block holds a run of category rows of every slab, (outer, rows, inner), which is
+    ``outer`` contiguous pieces. One ``split`` call makes all the views.
+    """
+    outer, k, inner = t3.shape
+    if k * inner <= size:
+        return True, list(t3.split(max(1, size // (k * inner)), 0))
+    return False, list(t3.split(max(1, size // (outer * inner)), 1))
+
+
+def _first_max_fix(h3: torch.Tensor, count: torch.Tensor) -> None:
+    """Make every (outer, inner) column of the 0/1 buffer h3 one-hot at its first 1 where ``count`` != 1.
+
+    Columns with a tie (two equal maxima: the cell grid of the noise makes this a ~1e-3 event per row
+    for thousands of equal logits) keep the lowest index, as ``argmax`` does. Columns without a 1 (a
+    NaN row, which the public functions reject before getting here) take index 0.
+    """
+    bad = (count != 1).nonzero()
+    if bad.numel() == 0:
+        return
+    o, j = bad[:, 0], bad[:, 1]
+    cols = h3[o, :, j]  # (T, K): the offending columns
+    first = torch.nan_to_num(cols, nan=2.0).argmax(1)  # a NaN entry was the argmax's NaN maximum
+    fixed = torch.zeros_like(cols)
+    fixed[torch.arange(cols.shape[0]), first] = 1.0
+    h3[o, :, j] = fixed
+
+
+def vertical_softmax_(z: torch.Tensor, dim: int, tau: float, hard: bool) -> torch.Tensor | None:
+    """softmax(z / tau) along ``dim`` written over z (contiguous, private), blocked for the cache.
+
+    Returns the one-hot of argmax(z) along ``dim`` (ties to the lowest index, in z's dtype) when
+    ``hard``, else None. z must be contiguous with ``dim`` not its last dim.
+
+    Per block: m = max over the block's category rows, d = z - m (<= 0, exactly 0 at the maximum:
+    dividing by tau afterwards can give -inf, never inf - inf), one-hot candidates 1 + sign(d) (1 at
+    every maximum, 0 elsewhere, 0 at -inf), e = exp(d / tau) and its sum s. When a slab's categories
+    span several blocks the blocks are merged like an online softmax: M = max_b m_b,
+    S = sum_b s_b exp((m_b - M) / tau), and the second pass scales each block by exp((m_b - M) / tau) / S
+    (a block whose column is all -inf gets factor 0, never exp(nan)) and keeps only the candidates
+    of blocks that hold the global maximum.
+    """
+    shape = z.shape
+    k = shape[dim]
+    outer = math.prod(shape[:dim])
+    inner = math.prod(shape[dim + 1 :])
+    z3 = z.view(outer, k, inner)
+    h3 = torch.empty_like(z3) if hard else None
+    scale = tau != 1.0
+    whole, zb = _vsplit(z3, _VBLOCK)
+    hb: list[torch.Tensor | None] = list(_vsplit(h3, _VBLOCK)[1]) if h3 is not None else [None] * len(zb)
+    counts, stats = [], []
+    for c, h in zip(zb, hb):
+        m = c.amax(1, keepdim=True)
+        # an all-masked column of a block: subtract 0 instead of -inf (its exp is 0 either way)
+        c.sub_(m if whole else torch.where(torch.isneginf(m), 0.0, m))
+        if h is not None:
+            torch.sign(c, out=h).add_(1.0)  # 1 at every maximum, 0 below it and at -inf
+        if scale:
+            c.div_(tau)
+        c.exp_()
+        s = c.sum(1, keepdim=True)
+        if whole:
+            c.div_(s)
+            if h is not None:
+                counts.append(h.sum(1, keepdim=True))
+        else:
+            stats.append((m, s))
+    if not whole:
+        ms = torch.stack([t[0] for t in stats])  # (blocks, outer, 1, inner)
+        top = ms.amax(0, keepdim=True)
+        factor = torch.where(torch.isneginf(ms), 0.0, torch.exp((ms - top) / tau))
+        factor = factor / (torch.stack([t[1] for t in stats]) * factor).sum(0, keepdim=True)
+        is_top = (ms == top).to(z.dtype)
+        for b, (c, h) in enumerate(zip(zb, hb)):
+            c.mul_(factor[b])
+            if h is not None:
+                counts.append(h.mul_(is_top[b]).sum(1, keepdim=True))
+    if h3 is None:
+        return None
+    count = torch.cat(counts, 0) if whole else torch.stack(counts).sum(0)
+    _first_max_fix(h3, count.view(outer, inner))
+    return h3.view(shape)
+
+
+def vertical_softmax_grad(y: torch.Tensor, v: torch.Tensor, dim: int, *, overwrite_y: bool) -> torch.Tensor:
+    """y * (v - <y, v>) along ``dim`` for a contiguous y with ``dim`` not last, blocked for the cache.
+
+    Two passes over memory: the per-column <y, v> (accumulated over the blocks of a slab), then
+    (v - <y, v>) * y written over y (``overwrite_y``: a private saved softmax) or into a new buffer.
+    Not differentiable (in-place): the caller uses it only when no graph is being built.
+    """
+    shape = y.shape
+    k = shape[dim]
+    outer = math.prod(shape[:dim])
+    inner = math.prod(shape[dim + 1 :])
+    y3 = y.view(outer, k, inner)
+    v3 = v.reshape(outer, k, inner)
+    out3 = y3 if overwrite_y else torch.empty_like(y3)
+    whole, yb = _vsplit(y3, _VBLOCK_GRAD)
+    vb = _vsplit(v3, _VBLOCK_GRAD)[1]
+    ob = _vsplit(out3, _VBLOCK_GRAD)[1]
+    tmp = torch.empty(yb[0].numel(), dtype=y.dtype, device=y.device)
+    dots: torch.Tensor | None = None
+    if not whole:  # a slab spans several blocks: first every column's <y, v>
+        dots = torch.zeros(outer, 1, inner, dtype=y.dtype, device=y.device)
+        for a, b in zip(yb, vb):
+            dots += torch.mul(a, b, out=tmp[: a.numel()].view(a.shape)).sum(1, keepdim=True)
+    for a, b, o in zip(yb, vb, ob):
+        t = tmp[: a.numel()].view(a.shape)
+        # whole slabs: <y, v> and the result in one visit of the block, while it is in cache
+        d = torch.mul(a, b, out=t).sum(1, keepdim=True) if dots is None else dots
+        if overwrite_y:
+            a.mul_(torch.sub(b, d, out=t))
+        else:
+            torch.sub(b, d, out=o).mul_(a)
+    return out3.view(shape)

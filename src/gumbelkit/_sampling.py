@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from ._autograd import one_hot_straight_through, tempered_core
+from ._autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, tempered_core
 from ._autograd import softmax_grad as _softmax_grad
 from ._internals import SHIFT_ABOVE as _SHIFT_ABOVE
 from ._internals import (
@@ -33,7 +33,7 @@ from ._internals import (
 )
 from ._internals import needs_grad as _needs_grad
 from ._internals import one_hot as _one_hot
-from ._policy import compute_dtype, skip_value_checks
+from ._policy import compiling, compute_dtype, skip_value_checks
 from ._policy import lean as _lean
 from ._validation import (
     Tau,
@@ -62,6 +62,10 @@ __all__ = [
 
 
 def _relaxed(logits, tau: Tau, hard: bool, dim: int, generator, row_max, max_abs) -> torch.Tensor:
+    if compiling() and not isinstance(tau, torch.Tensor) and logits.numel() > 0:
+        # Inside torch.compile: one opaque custom op (the eager sampler) instead of tracing the
+        # noise construction op by op (see the notes above _op_generator).
+        return _compiled_gumbel_softmax(logits, float(tau), hard, dim)
     cdt = compute_dtype(logits.dtype)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m, post = noise_plan(row_max, max_abs, tau, cdt, per_class)
@@ -166,7 +170,11 @@ def gumbel_softmax(
     gradients; NaN logits, all-masked rows, tau <= 0 or non-finite and integer dtypes raise;
     ``generator`` makes it reproducible; only y is saved for backward (one buffer). Works under
     ``torch.func.grad``, ``torch.vmap(randomness="different")``, double backward and
-    ``torch.compile(fullgraph=True)``.
+    ``torch.compile(fullgraph=True)``: compiled, it runs as one opaque custom operator
+    (``gumbelkit::gumbel_softmax_soft`` / ``_hard``, with ``gumbelkit::softmax_backward``) fed a
+    seed drawn in the graph, so ``generator`` is not used there. Categories at dim=1 of
+    B x K x H x W (H x W >= 64) are softmaxed in cache-sized contiguous blocks rather than by
+    ATen's strided kernels or a transposed copy (see ``docs/bench.md``).
 
     Args:
         logits: unnormalised log-probabilities (float16, bfloat16, float32, float64).
@@ -237,3 +245,117 @@ def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> tor
     per_class = per_class_tau(tau, logits.dim(), dim)
     m = plain_shift(row_max, max_abs, tau, cdt, per_class)
     return tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, per_class=per_class)
+
+
+# --------------------------------------------------------------------------- torch.compile: custom ops
+#
+# Under torch.compile the sampler is opaque operators: gumbelkit::gumbel_softmax_soft / _hard
+# (forward: the eager sampler, noise included) and gumbelkit::softmax_backward (ATen's one-pass
+# softmax backward divided by tau), tied together by register_autograd. The compiler fuses the
+# model's other ops around them and calls them as kernels. Traced op by op instead, the sampler
+# gave Inductor ~12 elementwise passes of integer noise construction, and compiled models were
+# reported to run about 2x slower with it than the same model eager.
+#
+# Randomness: an operator cannot take a torch.Generator, so a 64-bit seed is drawn in the traced
+# graph (torch.randint, which follows torch.manual_seed like every random op under compile) and
+# passed in as a tensor; the operator seeds a private CPU/CUDA generator with it. The samples of a
+# compiled call therefore differ from an eager call's for the same seed (as every traced random
+# op's do), and a ``generator`` argument is not used while compiling. Tensor temperatures, empty
+# inputs and torch.func transforms keep the traced path.
+
+
+def _op_generator(seed: torch.Tensor, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed.item()) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _gs_outputs(logits: torch.Tensor, seed: torch.Tensor, tau: float, hard: bool, dim: int):
+    """(out, y) of the eager sampler: out the sample (one-hot when hard), y the softmax it saves."""
+    generator = _op_generator(seed, logits.device)
+    dim, tau_c, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="gumbel_softmax")
+    cdt = compute_dtype(logits.dtype)
+    m, post = noise_plan(row_max, max_abs, tau_c, cdt, False)
+    log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
+    outs = TemperedSoftmax.forward(
+        logits.detach(), log_e, m, prepare_tau(tau_c, cdt), dim, hard, None, post, False, True, False
+    )
+    return outs[0], outs[-1]
+
+
+@torch.library.custom_op("gumbelkit::gumbel_softmax_soft", mutates_args=())
+def _gs_op_soft(logits: torch.Tensor, seed: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
+    """softmax((logits + g) / tau) along dim, in the compute dtype (the saved softmax is the output's value)."""
+    _, y = _gs_outputs(logits, seed, tau, False, dim)
+    return y.clone() if y is logits else y
+
+
+@torch.library.custom_op("gumbelkit::gumbel_softmax_hard", mutates_args=())
+def _gs_op_hard(logits: torch.Tensor, seed: torch.Tensor, tau: float, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one_hot(argmax(logits + g)) in the logits' dtype, softmax((logits + g) / tau) in the compute dtype)."""
+    out, y = _gs_outputs(logits, seed, tau, True, dim)
+    return out, y
+
+
+@torch.library.custom_op("gumbelkit::softmax_backward", mutates_args=())
+def _softmax_backward_op(y: torch.Tensor, grad: torch.Tensor, tau: float, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """y * (grad - <y, grad>) / tau along dim, cast to ``dtype``: the gradient of softmax(s / tau) at y."""
+    g = softmax_grad(y, grad, dim)
+    return (g / tau if tau != 1.0 else g).to(dtype)
+
+
+@_gs_op_soft.register_fake
+def _(logits, seed, tau, dim):
+    return torch.empty_like(logits, dtype=compute_dtype(logits.dtype), memory_format=torch.contiguous_format)
+
+
+@_gs_op_hard.register_fake
+def _(logits, seed, tau, dim):
+    cdt = compute_dtype(logits.dtype)
+    return (
+        torch.empty_like(logits, memory_format=torch.contiguous_format),
+        torch.empty_like(logits, dtype=cdt, memory_format=torch.contiguous_format),
+    )
+
+
+@_softmax_backward_op.register_fake
+def _(y, grad, tau, dim, dtype):
+    return torch.empty_like(y, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+def _setup_soft(ctx, inputs, output):
+    logits, _seed, tau, dim = inputs
+    ctx.save_for_backward(output)
+    ctx.tau, ctx.dim, ctx.dtype = tau, dim, logits.dtype
+
+
+def _setup_hard(ctx, inputs, output):
+    logits, _seed, tau, dim = inputs
+    ctx.save_for_backward(output[1])
+    ctx.tau, ctx.dim, ctx.dtype = tau, dim, logits.dtype
+    # the softmax output is only read by the backward: no B x K zero gradient for it, no extra add
+    ctx.set_materialize_grads(False)
+
+
+def _backward_soft(ctx, grad):
+    (y,) = ctx.saved_tensors
+    return _softmax_backward_op(y, grad, ctx.tau, ctx.dim, ctx.dtype), None, None, None
+
+
+def _backward_hard(ctx, grad_out, grad_y):
+    (y,) = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(y)
+    v = grad_out if grad_y is None else grad_out.to(y.dtype) + grad_y
+    return _softmax_backward_op(y, v, ctx.tau, ctx.dim, ctx.dtype), None, None, None
+
+
+_gs_op_soft.register_autograd(_backward_soft, setup_context=_setup_soft)
+_gs_op_hard.register_autograd(_backward_hard, setup_context=_setup_hard)
+
+
+def _compiled_gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool, dim: int) -> torch.Tensor:
+    """The sampler as custom ops (for torch.compile): a seed drawn in the graph, one forward op."""
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=logits.device)
+    if hard:
+        return _gs_op_hard(logits, seed, tau, dim)[0]
+    y = _gs_op_soft(logits, seed, tau, dim)
+    return y if y.dtype == logits.dtype else y.to(logits.dtype)

@@ -56,6 +56,10 @@ COMMANDS = {
     "gradients": ("gumbelkit.experiments.gradients", "exact bias/variance of every gradient estimator"),
     "bench": ("gumbelkit.experiments.bench", "speed and memory of Gumbel-Softmax implementations"),
     "subsets": ("gumbelkit.experiments.subsets", "subset laws and gradient bias/variance of the k-subset estimators"),
+    "l0": ("gumbelkit.experiments.l0", "L0 (Hard Concrete) unit pruning of an MLP vs magnitude pruning"),
+    "sort": ("gumbelkit.experiments.sorting", "learn to sort numbers with each permutation relaxation"),
+    "dvae": ("gumbelkit.experiments.dvae", "train a discrete VAE with a Gumbel codebook with each method"),
+    "binary": ("gumbelkit.experiments.binary", "Bernoulli toy and polynomial programming with every binary estimator"),
 }
 
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from ._validation import check_tau
+from ._kl import kl_categorical
+from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
 from .errors import GumbelkitTypeError, GumbelkitValueError
-from .estimators import get_estimator, sample
+from .estimators import METHODS, get_estimator, get_spec, sample
 from .schedules import LearnableTemperature
 
-__all__ = ["GumbelSoftmax", "L0Gate"]
+__all__ = ["GumbelQuantizer", "GumbelSoftmax", "L0Gate", "QuantizerOutput"]
 
 
 class GumbelSoftmax(torch.nn.Module):
@@ -217,3 +219,314 @@ class L0Gate(torch.nn.Module):
             f"n={self.n}, group_size={self.group_size}, temperature={self.temperature:.4g}, "
             f"limits=({self.gamma}, {self.zeta})"
         )
+
+
+class QuantizerOutput(NamedTuple):
+    """What :class:`GumbelQuantizer` returns (a ``NamedTuple``: unpacks, indexes, crosses DDP and compile).
+
+    Attributes:
+        z_q: quantised output, the input's layout with ``embedding_dim`` channels at ``dim``.
+        loss: ``kl_weight * kl``, the term to add to the training loss.
+        kl: mean over positions of KL(q || prior), q = softmax(logits) (a scalar).
+        codes: code index per position (long), the input's shape without ``dim``.
+        logits: the projection's ``n_codes`` logits, the input's layout with ``n_codes`` at ``dim``.
+        perplexity: exp(entropy) of this batch's code histogram, in [1, n_codes] (no gradient).
+    """
+
+    z_q: torch.Tensor
+    loss: torch.Tensor
+    kl: torch.Tensor
+    codes: torch.Tensor
+    logits: torch.Tensor
+    perplexity: torch.Tensor
+
+
+def _histogram_perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(-sum p log p) of a count vector; 0 log 0 = 0, and an empty histogram gives 1."""
+    total = counts.sum()
+    p = counts / total.clamp_min(1)
+    # where() before the log: log(0) = -inf and 0 * -inf = NaN for unused codes.
+    plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, 1.0)), 0.0)
+    return torch.exp(-plogp.sum())
+
+
+class GumbelQuantizer(torch.nn.Module):
+    r"""Gumbel vector quantiser: project to code logits, sample a code per position, look it up.
+
+    The layer of the discrete VAE family (DALL-E's dVAE, taming-transformers' ``GumbelQuantize``):
+    for every position of the input (each pixel of a ``B x C x H x W`` map with ``dim=1``, each
+    token of a ``B x T x C`` sequence with ``dim=-1``)
+
+    .. math::
+
+        \ell = W x + b \in \mathbb{R}^{K}, \qquad
+        y = \mathrm{sample}(\ell, \text{method}, \tau) \in \Delta^{K-1}, \qquad
+        z_q = y^\top E \in \mathbb{R}^{D},
+
+    with :math:`W` a 1x1 projection (``in_features -> n_codes``), :math:`E` the ``n_codes x
+    embedding_dim`` codebook and ``sample`` :func:`gumbelkit.sample` with any registered method
+    (default the straight-through Gumbel estimator, so :math:`y` is exactly one-hot). The
+    regulariser is the analytic KL of :math:`q = \mathrm{softmax}(\ell)` to the prior
+    :math:`p` (uniform, or ``softmax(log_prior)`` with a learned ``log_prior`` parameter):
+
+    .. math::
+
+        \mathrm{kl} = \operatorname{mean}_{\text{positions}} \sum_k q_k (\log q_k - \log p_k),
+        \qquad \mathrm{loss} = \text{kl\_weight} \cdot \mathrm{kl}.
+
+    In eval mode the code is deterministic by default, :math:`y = \mathrm{one\_hot}(\arg\max \ell)`
+    (``deterministic_eval=False`` samples with the method instead).
+
+    **Temperature.** ``tau`` is a float, a tensor (broadcastable to the logits in the input's
+    layout; kept as a buffer), a schedule from :mod:`gumbelkit.schedules` evaluated at the
+    ``step`` buffer (one step per training forward, saved in the ``state_dict``), or a
+    :class:`~gumbelkit.schedules.LearnableTemperature`, exactly as :class:`GumbelSoftmax`.
+
+    **Usage statistics** (buffers, updated by training forwards only, like BatchNorm's running
+    statistics): ``code_counts`` (codes drawn since the last :meth:`reset_usage`) and
+    ``last_used`` (the ``step`` at which each code was last drawn). :meth:`dead_codes` lists the
+    codes unused since the reset or over the last ``window`` training steps;
+    :meth:`usage_perplexity` is the perplexity of the accumulated histogram.
+
+    **Distributed.** Everything is a parameter or a buffer, so the module pickles, saves and
+    works under ``DistributedDataParallel`` and ``torch.compile``. The statistics are those of the
+    local batch unless ``sync_usage=True``: then each training forward all-reduces the batch's code
+    histogram (one ``all_reduce`` of ``n_codes`` numbers, on every rank, so every rank must call
+    forward the same number of times) and the counts, dead codes and returned perplexity describe
+    the global batch. Without it each rank counts its own batch, and DDP's default
+    ``broadcast_buffers=True`` copies rank 0's buffers to every rank before each forward, so the
+    accumulated counts are rank 0's history plus the local batch. With no initialised process
+    group ``sync_usage`` does nothing. A schedule reads ``step`` on the host
+    (one sync per training forward); float and tensor temperatures do not.
+
+    Args:
+        in_features: channels of the input at ``dim``.
+        n_codes: codebook size K (>= 2).
+        embedding_dim: code vector size D.
+        method: a name from :data:`gumbelkit.METHODS` (default ``"st_gumbel"``).
+        tau: float, tensor, schedule or learnable temperature (default 1.0).
+        dim: channel dimension of the input (``1`` for images, ``-1`` for sequences).
+        kl_weight: weight of the KL term in ``loss`` (>= 0; default 5e-4, taming-transformers').
+        prior: ``"uniform"`` or ``"learned"`` (a ``log_prior`` parameter, initialised uniform).
+        deterministic_eval: eval mode picks argmax codes (default True).
+        track_usage: update the usage buffers in training mode (default True).
+        sync_usage: all-reduce the batch histogram across processes (default False).
+        dead_window: default window (in training steps) of :meth:`dead_codes`; None: since reset.
+        generator: optional ``torch.Generator`` for the noise (not picklable: leave None to pickle).
+        **options: method options (``k`` for gumbel_rao).
+
+    ``forward(x)`` returns a :class:`QuantizerOutput` ``(z_q, loss, kl, codes, logits, perplexity)``.
+
+    Raises:
+        GumbelkitValueError: unknown or score-function method, bad option, tau, sizes, prior,
+            kl_weight, dead_window, or an input whose ``dim`` does not hold ``in_features``.
+        GumbelkitTypeError: a tau of the wrong type, a non-floating input.
+        GumbelkitDimError: a ``dim`` the input does not have.
+
+    Examples:
+        >>> q = GumbelQuantizer(16, n_codes=32, embedding_dim=8, dim=1)
+        >>> out = q(torch.randn(2, 16, 7, 7))
+        >>> out.z_q.shape, out.codes.shape, out.logits.shape
+        (torch.Size([2, 8, 7, 7]), torch.Size([2, 7, 7]), torch.Size([2, 32, 7, 7]))
+        >>> int(q.code_counts.sum()), int(q.step)
+        (98, 1)
+        >>> _ = q.eval()
+        >>> bool(torch.equal(q(torch.ones(1, 16, 2, 2)).z_q, q(torch.ones(1, 16, 2, 2)).z_q))
+        True
+
+    References: Jang, Gu, Poole, ICLR 2017 (Gumbel-Softmax); Ramesh et al., ICML 2021 (dVAE);
+    Esser, Rombach, Ommer, CVPR 2021 (taming-transformers' GumbelQuantize).
+    """
+
+    step: torch.Tensor
+    code_counts: torch.Tensor
+    last_used: torch.Tensor
+    tau: Any  # float, tensor buffer, schedule or LearnableTemperature
+    in_features: int
+    n_codes: int
+    embedding_dim: int
+    method: str
+    options: dict
+    dim: int
+    kl_weight: float
+    prior: str
+    deterministic_eval: bool
+    track_usage: bool
+    sync_usage: bool
+    dead_window: int | None
+    generator: torch.Generator | None
+    proj: torch.nn.Linear
+    codebook: torch.nn.Embedding
+    log_prior: torch.nn.Parameter | None
+
+    def __init__(
+        self,
+        in_features: int,
+        n_codes: int,
+        embedding_dim: int,
+        *,
+        method: str = "st_gumbel",
+        tau: float | torch.Tensor | Callable[[int], float] | LearnableTemperature = 1.0,
+        dim: int = -1,
+        kl_weight: float = 5e-4,
+        prior: str = "uniform",
+        deterministic_eval: bool = True,
+        track_usage: bool = True,
+        sync_usage: bool = False,
+        dead_window: int | None = None,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ):
+        super().__init__()
+        fn = type(self).__name__
+        self.in_features = check_int(in_features, "in_features", fn=fn)
+        self.n_codes = check_int(n_codes, "n_codes", min=2, fn=fn)
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim", fn=fn)
+        try:
+            spec = get_spec(method)
+        except ValueError:  # the registry's message, named after this constructor below
+            spec = None
+        if spec is None or spec.kind != "sample":
+            raise GumbelkitValueError(f"{fn}: expected method in {tuple(METHODS)}, got {method!r}")
+        self.options = spec.check_options(options, where=f"{fn}: ") if options else {}
+        if isinstance(tau, torch.Tensor):
+            check_tau(tau, fn=fn)
+            self.register_buffer("tau", tau.detach().clone())
+        elif isinstance(tau, numbers.Real) and not isinstance(tau, bool):
+            self.tau = check_tau(tau, fn=fn)
+        elif callable(tau):
+            self.tau = tau  # a schedule, or a LearnableTemperature (registers as a submodule)
+        else:
+            raise GumbelkitTypeError(
+                f"{fn}: expected tau to be a float, a tensor, a schedule or a LearnableTemperature, "
+                f"got {type(tau).__name__}"
+            )
+        if not is_int(dim):
+            raise GumbelkitTypeError(f"{fn}: expected dim to be an int, got {type(dim).__name__}")
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, numbers.Real) or not 0 <= kl_weight < math.inf:
+            raise GumbelkitValueError(f"{fn}: expected kl_weight >= 0 and finite, got {kl_weight!r}")
+        if prior not in ("uniform", "learned"):
+            raise GumbelkitValueError(f"{fn}: expected prior in ('uniform', 'learned'), got {prior!r}")
+        if dead_window is not None:
+            dead_window = check_int(dead_window, "dead_window", fn=fn)
+        self.method = method
+        self.dim = int(dim)
+        self.kl_weight = float(kl_weight)
+        self.prior = prior
+        self.deterministic_eval = bool(deterministic_eval)
+        self.track_usage = bool(track_usage)
+        self.sync_usage = bool(sync_usage)
+        self.dead_window = dead_window
+        self.generator = generator
+        self.proj = torch.nn.Linear(self.in_features, self.n_codes)
+        self.codebook = torch.nn.Embedding(self.n_codes, self.embedding_dim)
+        self.log_prior = torch.nn.Parameter(torch.zeros(self.n_codes)) if prior == "learned" else None
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("code_counts", torch.zeros(self.n_codes, dtype=torch.long))
+        self.register_buffer("last_used", torch.zeros(self.n_codes, dtype=torch.long))
+
+    def current_tau(self) -> float | torch.Tensor:
+        """The temperature the next forward will use (float or tensor)."""
+        if isinstance(self.tau, (torch.Tensor, torch.nn.Module)):
+            return self.tau() if isinstance(self.tau, torch.nn.Module) else self.tau
+        if callable(self.tau):
+            return self.tau(int(self.step))
+        return self.tau
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        """Quantise ``x`` (``in_features`` channels at ``dim``); see the class docstring for the outputs."""
+        fn = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise GumbelkitTypeError(f"{fn}: expected x to be a tensor, got {type(x).__name__}")
+        check_dtype(x, "x", fn)
+        dim = normalize_dim(x, self.dim, "x", fn)
+        if x.shape[dim] != self.in_features:
+            raise GumbelkitValueError(
+                f"{fn}: expected x with in_features = {self.in_features} channels at dim {self.dim}, "
+                f"got x of shape {shape_str(x.shape)}"
+            )
+        # The 1x1 projection is a Linear on the channel-last view; the logits are handed back in
+        # the input's layout (a view), and sampled along `dim` there, so that a tensor tau
+        # broadcasts against them as the user sees them.
+        logits = self.proj(x.movedim(dim, -1)).movedim(-1, dim)
+        if self.training or not self.deterministic_eval:
+            y = sample(logits, self.method, self.current_tau(), dim, generator=self.generator, **self.options)
+            codes = y.argmax(dim)
+            z_q = (y.movedim(dim, -1) @ self.codebook.weight).movedim(-1, dim)
+        else:
+            # argmax codes: a lookup gives exactly the rows a one-hot product would, without
+            # building the (positions x n_codes) one-hot tensor and its matmul
+            codes = logits.argmax(dim)
+            z_q = self.codebook(codes).movedim(-1, dim)
+        prior = torch.zeros((), dtype=logits.dtype, device=logits.device) if self.log_prior is None else self.log_prior
+        # KL of the full posterior (not of the sample): exact, low variance, and it reaches the
+        # logits of every code, unused ones included, pulling them towards the prior.
+        kl = kl_categorical(logits.movedim(dim, -1), prior.to(logits.dtype).expand(self.n_codes)).mean()
+        with torch.no_grad():
+            counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device)
+            counts.scatter_add_(0, codes.reshape(-1), torch.ones_like(codes.reshape(-1)))
+            if self.training and self.sync_usage and _distributed():
+                torch.distributed.all_reduce(counts)
+            perplexity = _histogram_perplexity(counts.to(logits.dtype))
+            if self.training:
+                self.step.add_(1)
+                if self.track_usage:
+                    self.code_counts.add_(counts)
+                    self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
+        return QuantizerOutput(z_q, self.kl_weight * kl, kl, codes, logits, perplexity)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The codebook vectors of integer ``codes``, laid out like ``z_q`` (``embedding_dim`` at ``dim``).
+
+        ``codes`` has the input's shape without ``dim`` (as :attr:`QuantizerOutput.codes`), so
+        ``decode_codes(out.codes)`` equals ``out.z_q`` for a one-hot method.
+        """
+        if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.long, torch.int32, torch.int64):
+            raise GumbelkitTypeError(
+                f"{type(self).__name__}.decode_codes: expected codes to be an integer tensor, "
+                f"got {getattr(codes, 'dtype', type(codes).__name__)}"
+            )
+        z = self.codebook(codes)
+        # the input had one more dimension than codes: a negative dim counts from that rank
+        dim = self.dim if self.dim >= 0 else self.dim + codes.dim() + 1
+        return z.movedim(-1, dim)
+
+    def dead_codes(self, window: int | None = None) -> torch.Tensor:
+        """Indices of the codes not drawn since :meth:`reset_usage`, or in the last ``window`` training steps.
+
+        Args:
+            window: number of training steps; None uses ``dead_window`` from the constructor, and
+                if that is None too, every step since the reset counts. A code is only called dead
+                by a window once that many steps have passed since the reset.
+        """
+        window = self.dead_window if window is None else check_int(window, "window", fn="GumbelQuantizer.dead_codes")
+        if window is None:
+            dead = self.code_counts == 0
+        else:
+            dead = self.last_used <= self.step - window
+        return dead.nonzero().flatten()
+
+    def usage_perplexity(self) -> torch.Tensor:
+        """Perplexity of ``code_counts`` (1 when nothing was counted; ``n_codes`` when all codes are equally used)."""
+        return _histogram_perplexity(self.code_counts.double()).float()
+
+    @torch.no_grad()
+    def reset_usage(self) -> None:
+        """Zero ``code_counts`` and start every code's window at the current ``step``."""
+        self.code_counts.zero_()
+        self.last_used.fill_(0).add_(self.step)
+
+    def extra_repr(self) -> str:
+        tau: Any = self.tau
+        if isinstance(tau, torch.Tensor):
+            tau = f"tensor{tuple(tau.shape)}"
+        elif not isinstance(tau, numbers.Real):
+            tau = getattr(tau, "spec", type(tau).__name__)
+        return (
+            f"in_features={self.in_features}, n_codes={self.n_codes}, embedding_dim={self.embedding_dim}, "
+            f"method={self.method!r}, tau={tau}, dim={self.dim}, kl_weight={self.kl_weight:g}, prior={self.prior!r}"
+        )
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

