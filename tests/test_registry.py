@@ -378,3 +378,22 @@ def test_a_method_registered_at_runtime_runs_in_vae_and_gradients(registered, tm
     g1, _ = G.estimator_gradients(prob, "scaled_st:scale=1", 0.5, 16, generator=torch.Generator().manual_seed(3))
     g2, _ = G.estimator_gradients(prob, "scaled_st:scale=2", 0.5, 16, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(g2, 2 * g1)
+
+
+def test_option_spec_open_minimum_excludes_the_bound_and_says_so():
+    closed = gk.OptionSpec("gap", float, 1.0, minimum=0.0)
+    open_ = gk.OptionSpec("gap", float, 1.0, minimum=0.0, open_minimum=True)
+    assert closed.check(0.0, "m") == 0.0
+    with pytest.raises(ValueError, match=r"expected gap to be a finite number > 0 for method 'm', got 0.0"):
+        open_.check(0.0, "m")
+    assert open_.check(1e-300, "m") == 1e-300
+    assert closed.describe() == "a finite number >= 0" and open_.describe() == "a finite number > 0"
+    bounded = gk.OptionSpec("t", float, 1.0, minimum=0.0, maximum=2.0, open_minimum=True)
+    assert bounded.describe() == "a finite number with 0 < t <= 2"
+    with pytest.raises(ValueError, match="0 < t <= 2"):
+        bounded.parse("0", "m")
+    with pytest.raises(ValueError, match="expected gap"):
+        gk.OptionSpec("gap", float, 0.0, minimum=0.0, open_minimum=True)  # a default outside its own range
+    # the registered methods whose option must be strictly positive declare it so
+    assert gk.get_spec("gapped_st").options[0].open_minimum
+    assert gk.get_spec("decoupled_st_gumbel").options[0].open_minimum

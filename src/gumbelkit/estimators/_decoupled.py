@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._internals import log_exp_noise, noise_plan, one_hot_like
@@ -17,7 +15,6 @@ from .._sampling import (
     tempered_core,
 )
 from .._validation import Tau, check_sample_args_scale
-from ..errors import GumbelkitValueError
 from ._registry import OptionSpec, register
 
 __all__ = ["decoupled_st_gumbel_estimator"]
@@ -27,19 +24,13 @@ _TAU_FORWARD = OptionSpec(
     float,
     1.0,
     minimum=0.0,
+    open_minimum=True,
     help="forward temperature (> 0): the sample is drawn from Cat(softmax(theta / tau_forward))",
 )
 
 
 def _check_tau_forward(tau_forward) -> float:
-    _TAU_FORWARD.check(tau_forward, "decoupled_st_gumbel", where="sample: ")
-    value = float(tau_forward)
-    if not (value > 0 and math.isfinite(value)):  # OptionSpec bounds are inclusive; 0 is not a temperature
-        raise GumbelkitValueError(
-            f"sample: expected tau_forward to be a finite number > 0 for method 'decoupled_st_gumbel', "
-            f"got {tau_forward!r}"
-        )
-    return value
+    return float(_TAU_FORWARD.check(tau_forward, "decoupled_st_gumbel", where="sample: "))
 
 
 @register(

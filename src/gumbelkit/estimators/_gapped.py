@@ -17,7 +17,6 @@ from .._sampling import (
     theta_shift,
 )
 from .._validation import Tau, check_sample_args_scale
-from ..errors import GumbelkitValueError
 from ._registry import OptionSpec, register
 
 __all__ = ["gapped_logits", "gapped_st_estimator"]
@@ -27,15 +26,13 @@ _GAP = OptionSpec(
     float,
     1.0,
     minimum=0.0,
+    open_minimum=True,
     help="the margin (> 0) by which the moved logit of the sampled class leads the others in the backward",
 )
 
 
 def _check_gap(gap) -> float:
-    _GAP.check(gap, "gapped_st", where="sample: ")
-    if not gap > 0:  # OptionSpec bounds are inclusive; the gap must be strictly positive
-        raise GumbelkitValueError(f"sample: expected gap to be a finite number > 0 for method 'gapped_st', got {gap!r}")
-    return float(gap)
+    return float(_GAP.check(gap, "gapped_st", where="sample: "))
 
 
 def gapped_logits(logits: torch.Tensor, index: torch.Tensor, gap: float = 1.0, dim: int = -1) -> torch.Tensor:

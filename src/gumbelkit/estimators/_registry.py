@@ -83,7 +83,9 @@ def _num(v: float) -> str:
 class OptionSpec:
     """One option of a method: its name, type, default, valid range or choices and a one-line help.
 
-    Bounds are inclusive; ``None`` means unbounded. ``choices`` (if given) lists every valid value.
+    Bounds are inclusive (``open_minimum=True`` excludes the minimum itself, e.g. a temperature
+    or a margin that must be > 0); ``None`` means unbounded. ``choices`` (if given) lists every
+    valid value.
 
     Examples:
         >>> from gumbelkit.estimators import OptionSpec
@@ -103,6 +105,7 @@ class OptionSpec:
     maximum: float | None = None
     choices: tuple = ()
     help: str = ""
+    open_minimum: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _OPTION_NAME.match(self.name):
@@ -126,9 +129,9 @@ class OptionSpec:
         hi = self._upper(cap)
         lo = self.minimum
         if lo is not None and hi is not None:
-            return f"{what} with {_num(lo)} <= {self.name} <= {_num(hi)}"
+            return f"{what} with {_num(lo)} {'<' if self.open_minimum else '<='} {self.name} <= {_num(hi)}"
         if lo is not None:
-            return f"{what} >= {_num(lo)}"
+            return f"{what} {'>' if self.open_minimum else '>='} {_num(lo)}"
         if hi is not None:
             return f"{what} <= {_num(hi)}"
         return what
@@ -168,7 +171,7 @@ class OptionSpec:
             hi = self._upper(cap)
             if (
                 (self.type is float and not math.isfinite(value))
-                or (self.minimum is not None and value < self.minimum)
+                or (self.minimum is not None and (value <= self.minimum if self.open_minimum else value < self.minimum))
                 or (hi is not None and value > hi)
             ):
                 raise _ValueError(expected)
