@@ -120,6 +120,25 @@ def test_training_rows_are_independent():
     torch.testing.assert_close(full[:1], one, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("spec", ["softmax@1", "reinmax@1", "binary_concrete@0.5", "disarm:n=1"])
+def test_two_logits_per_bit_is_one_logit_at_twice_the_learning_rate(spec):
+    # l0, l1 get gradients (-g, g); Adam normalises each coordinate, so theta = l1 - l0 moves by
+    # twice the one-parameter step: the same trajectory, the same random draws, up to rounding.
+    family = B.BINARY if spec.startswith(("binary_", "disarm")) else B.CATEGORICAL
+    est = B.parse_estimators(spec, family, "--methods")[0]
+
+    def f(b):
+        return ((b - 0.45).abs() ** 2).mean(-1)
+
+    start = (torch.rand(3, 6, generator=torch.Generator().manual_seed(4)) * 2 - 1) * 0.01
+    kw = {"batch": 4, "steps": 30, "record": lambda s, t: None}
+    two = B.train(est, start, f, lr=1e-2, generator=torch.Generator().manual_seed(5), two_logits=True, **kw)
+    one = B.train(est, start, f, lr=2e-2, generator=torch.Generator().manual_seed(5), **kw)
+    half = B.train(est, start, f, lr=1e-2, generator=torch.Generator().manual_seed(5), **kw)
+    torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-5)
+    assert (two - half).abs().max() > 1e-3  # and it is not the one-logit run at the same rate
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("binary")

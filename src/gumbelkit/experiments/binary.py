@@ -268,6 +268,12 @@ class BinaryConfig(H.Config):
     poly_lr: float = H.setting(1e-3, "Adam learning rate of polynomial programming", H.Float(positive=True))
     poly_seeds: int = H.setting(10, "seeds of polynomial programming (vectorised)", H.Int(1, 10_000))
     poly_init: float = H.setting(0.01, "theta starts uniform in [-init, init]", H.Float(minimum=0.0))
+    poly_logits: str = H.setting(
+        "one",
+        "parameters per bit in polynomial programming: one (theta) or two (free logits l0, l1 with "
+        "theta = l1 - l0, as in ReinMax's published setup; Adam then moves theta twice as fast)",
+        H.Choice(("one", "two")),
+    )
     record_every: int = H.setting(50, "steps between two points of the training curves", H.Int(1, MAX_STEPS))
     seed: int = H.setting(0, "seed of every random stream", H.Int(0, 2**63 - 1))
     threads: int = H.setting(
@@ -468,6 +474,7 @@ def train(
     lr: float,
     generator: torch.Generator,
     record: Callable[[int, torch.Tensor], None],
+    two_logits: bool = False,
 ) -> torch.Tensor:
     """Train the stacked parameters ``theta0`` (S seeds x D bits) with Adam on ``est``'s estimates.
 
@@ -475,18 +482,30 @@ def train(
     estimates, so its update depends on its own row only. ``record(step, theta)`` is called after
     every step (step 1 is after the first update).
 
+    With ``two_logits`` each bit has two free parameters (l0, l1), starting at (0, theta0), and
+    theta = l1 - l0 (the bit's probability is softmax([l0, l1])_1 = sigmoid(theta)). Their
+    gradients are (-g, g), so Adam, which normalises each coordinate, moves theta by twice the
+    step of one parameter per bit: the same run as one logit at twice the learning rate.
+
     Returns:
-        The final parameters (S, D).
+        The final theta (S, D).
     """
-    theta = theta0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=lr)
+    start = theta0.detach()
+    param = torch.stack([torch.zeros_like(start), start], -1) if two_logits else start.clone()
+    param.requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=lr)
+
+    def current() -> torch.Tensor:
+        return param[..., 1] - param[..., 0] if two_logits else param
+
     for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
+        theta = current()
         rows = theta.unsqueeze(1).expand(theta.shape[0], batch, theta.shape[1])
         (surrogate_loss(est, rows, f, generator) / batch).backward()
         opt.step()
-        record(step, theta.detach())
-    return theta.detach()
+        record(step, current().detach())
+    return current().detach()
 
 
 # --------------------------------------------------------------------------- the three parts
@@ -638,6 +657,7 @@ def _poly_run(est: Estimator, cfg: BinaryConfig) -> dict:
             lr=cfg.poly_lr,
             generator=gen,
             record=record,
+            two_logits=cfg.poly_logits == "two",
         )
     per_row = poly_loss(final.to(torch.float64), p_col)
     start = poly_loss(theta0, p_col)
