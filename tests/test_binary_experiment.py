@@ -221,6 +221,18 @@ def test_config_validation(bad, match):
         B.resolve_config(bad)
 
 
+@pytest.mark.parametrize("flag,other", [("--binary-methods", "--methods"), ("--methods", "--binary-methods")])
+def test_none_leaves_one_family_out_through_the_command_line(flag, other):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    B.add_arguments(parser)
+    args = parser.parse_args([flag, "none", other, "reinmax@1" if other == "--methods" else "disarm:n=1"])
+    cfg = B.resolve_config(B.config_from_args(args))  # resolving the config again keeps the empty list
+    names = ("binary_methods", "methods") if flag == "--binary-methods" else ("methods", "binary_methods")
+    assert getattr(cfg, names[0]) == [] and len(getattr(cfg, names[1])) == 1
+
+
 def test_estimator_labels_and_default_temperatures():
     ests = B.parse_estimators("hard_concrete,st_binary_concrete@0.5,reinforce_loo", B.BINARY, "--binary-methods")
     assert [e.label for e in ests] == ["hard_concrete@0.666667", "st_binary_concrete@0.5", "reinforce_loo"]

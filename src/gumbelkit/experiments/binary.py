@@ -194,14 +194,19 @@ def default_categorical_methods() -> list[str]:
     return listed + [n for n in SPECS if n not in named]
 
 
+def _is_none(value: Any) -> bool:
+    """'none' on the command line, or the empty list it becomes (a resolved config is checked again)."""
+    return (isinstance(value, str) and value.strip() == "none") or (isinstance(value, (list, tuple)) and not value)
+
+
 def _check_binary(value: Any, flag: str) -> list[str]:
-    if isinstance(value, str) and value.strip() == "none":
+    if _is_none(value):
         return []
     return [e.label for e in parse_estimators(value, BINARY, flag)]
 
 
 def _check_categorical(value: Any, flag: str) -> list[str]:
-    if isinstance(value, str) and value.strip() == "none":
+    if _is_none(value):
         return []
     return [e.label for e in parse_estimators(value, CATEGORICAL, flag)]
 
