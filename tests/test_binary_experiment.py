@@ -231,6 +231,9 @@ def test_none_leaves_one_family_out_through_the_command_line(flag, other):
     cfg = B.resolve_config(B.config_from_args(args))  # resolving the config again keeps the empty list
     names = ("binary_methods", "methods") if flag == "--binary-methods" else ("methods", "binary_methods")
     assert getattr(cfg, names[0]) == [] and len(getattr(cfg, names[1])) == 1
+    # the recorded command line writes the empty list as '', which must run again as it is
+    again = parser.parse_args([flag, "", other, "reinmax@1" if other == "--methods" else "disarm:n=1"])
+    assert getattr(B.resolve_config(B.config_from_args(again)), names[0]) == []
 
 
 def test_estimator_labels_and_default_temperatures():

@@ -195,8 +195,11 @@ def default_categorical_methods() -> list[str]:
 
 
 def _is_none(value: Any) -> bool:
-    """'none' on the command line, or the empty list it becomes (a resolved config is checked again)."""
-    return (isinstance(value, str) and value.strip() == "none") or (isinstance(value, (list, tuple)) and not value)
+    """'none' on the command line, the empty list it becomes (a resolved config is checked again), or
+    the empty text that list is written as in the recorded command line."""
+    return (isinstance(value, str) and value.strip() in ("none", "")) or (
+        isinstance(value, (list, tuple)) and not value
+    )
 
 
 def _check_binary(value: Any, flag: str) -> list[str]:
