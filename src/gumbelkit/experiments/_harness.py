@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ._common import UserError, atomic_write_json, atomic_write_text, read_checked_json
+from ._common import MAX_THREADS, UserError, atomic_write_json, atomic_write_text, read_checked_json
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -377,6 +377,44 @@ def setting(default: Any, help: str | Callable[[], str], check: Checker, **kwarg
     """A config field with an immutable default (see :func:`meta` for the other arguments);
     a list default needs ``dataclasses.field(default_factory=..., metadata=meta(...))``."""
     return dataclasses.field(default=default, metadata=meta(help, check, **kwargs))
+
+
+# The options every experiment shares, declared once (each call makes a new field).
+
+
+def threads_setting() -> Any:
+    """``--threads``: torch CPU threads while the experiment runs (default 1; 0 keeps PyTorch's)."""
+    return setting(1, "torch CPU threads (0 keeps PyTorch's default)", Int(0, MAX_THREADS), fingerprint=False)
+
+
+def fresh_setting() -> Any:
+    """``--fresh``: ignore the checkpoint in ``--out`` (a damaged one is otherwise refused)."""
+    return setting(
+        False,
+        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
+        Flag(),
+        fingerprint=False,
+        in_command=False,
+    )
+
+
+def plots_setting(what: str = "the PNG plots") -> Any:
+    """``--plots / --no-plots``: draw ``what`` after the results are written (default: when matplotlib is installed)."""
+    return setting(
+        None,
+        f"draw {what} after the results are written (default: when "
+        "matplotlib is installed; --plots without it is refused)",
+        Tri(),
+        fingerprint=False,
+        in_command=False,
+    )
+
+
+def progress_setting() -> Any:
+    """``--progress / --no-progress``: a progress bar (default: only when stderr is a terminal)."""
+    return setting(
+        None, "progress bar (default: only when stderr is a terminal)", Tri(), fingerprint=False, in_command=False
+    )
 
 
 def _meta(f: dataclasses.Field) -> _Setting:

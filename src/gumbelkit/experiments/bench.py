@@ -268,9 +268,7 @@ class BenchConfig(H.Config):
         fingerprint=False,
         in_command=False,
     )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    progress: bool | None = H.progress_setting()
     plots: bool | None = H.setting(
         None,
         "draw bench.png after the results are written (default: when matplotlib "

@@ -64,7 +64,7 @@ import torch
 from .. import binary as gkb
 from ..estimators import SPECS
 from . import _harness as H
-from ._common import MAX_THREADS, MIN_TAU, UserError, environment_info, markdown_table, save_figure, write_checked_json
+from ._common import MIN_TAU, UserError, environment_info, markdown_table, save_figure, write_checked_json
 from ._defaults import BINARY_CATEGORICAL_METHODS, BINARY_METHODS
 from ._methods import MethodChoice, describe_methods, parse_method
 
@@ -284,27 +284,10 @@ class BinaryConfig(H.Config):
     )
     record_every: int = H.setting(50, "steps between two points of the training curves", H.Int(1, MAX_STEPS))
     seed: int = H.setting(0, "seed of every random stream", H.Int(0, 2**63 - 1))
-    threads: int = H.setting(
-        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
-    )
-    fresh: bool = H.setting(
-        False,
-        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
-        H.Flag(),
-        fingerprint=False,
-        in_command=False,
-    )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plots after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    threads: int = H.threads_setting()
+    fresh: bool = H.fresh_setting()
+    plots: bool | None = H.plots_setting()
+    progress: bool | None = H.progress_setting()
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:

@@ -58,7 +58,6 @@ import torch
 from ..nn import GumbelQuantizer
 from . import _harness as H
 from ._common import (
-    MAX_THREADS,
     MIN_TAU,
     UserError,
     environment_info,
@@ -133,27 +132,10 @@ class DvaeConfig(H.Config):
     eval_images: int = H.setting(1000, "test images of the records during training", H.Int(1, 10**7))
     seeds: int = H.setting(3, "independently trained models per method", H.Int(1, 1000))
     seed: int = H.setting(0, "base seed of the batches, the initialisation and the noise", H.Int(0, 2**62))
-    threads: int = H.setting(
-        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
-    )
-    fresh: bool = H.setting(
-        False,
-        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
-        H.Flag(),
-        fingerprint=False,
-        in_command=False,
-    )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plot after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    threads: int = H.threads_setting()
+    fresh: bool = H.fresh_setting()
+    plots: bool | None = H.plots_setting("the PNG plot")
+    progress: bool | None = H.progress_setting()
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:

@@ -189,24 +189,9 @@ class GradientsConfig(H.Config):
     demo_steps: int = H.setting(600, "training steps of the demonstration", H.Int(1, 10**7))
     demo_batch: int = H.setting(128, "batch of the demonstration", H.Int(2, MAX_DEMO_BATCH))
     demo_seeds: int = H.setting(3, "seeds of the demonstration", H.Int(1, 1000))
-    fresh: bool = H.setting(
-        False,
-        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
-        H.Flag(),
-        fingerprint=False,
-        in_command=False,
-    )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plots after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    fresh: bool = H.fresh_setting()
+    plots: bool | None = H.plots_setting()
+    progress: bool | None = H.progress_setting()
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:

@@ -58,7 +58,6 @@ from torch import nn
 from ..nn import L0Gate
 from . import _harness as H
 from ._common import (
-    MAX_THREADS,
     UserError,
     environment_info,
     markdown_table,
@@ -142,27 +141,10 @@ class L0Config(H.Config):
         1, "seeds (each: its own initialisation, data order and gate noise)", H.Int(1, 1000), fingerprint=False
     )
     seed: int = H.setting(0, "first seed", H.Int(0, 2**62), fingerprint=False)
-    threads: int = H.setting(
-        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
-    )
-    fresh: bool = H.setting(
-        False,
-        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
-        H.Flag(),
-        fingerprint=False,
-        in_command=False,
-    )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plot after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    threads: int = H.threads_setting()
+    fresh: bool = H.fresh_setting()
+    plots: bool | None = H.plots_setting("the PNG plot")
+    progress: bool | None = H.progress_setting()
 
     @classmethod
     def cross_check(cls, values: dict, given: Any) -> dict:

@@ -66,7 +66,6 @@ from .._validation import prefixed, shape_str
 from ..errors import GumbelkitDimError, GumbelkitValueError
 from . import _harness as H
 from ._common import (
-    MAX_THREADS,
     MIN_TAU,
     UserError,
     environment_info,
@@ -150,27 +149,10 @@ class SortConfig(H.Config):
     test_sequences: int = H.setting(1000, "fresh test sequences per N and seed", H.Int(1, 10**7))
     seeds: int = H.setting(3, "independently trained models per method and N", H.Int(1, 1000))
     seed: int = H.setting(0, "base seed of the data, the initialisation and the noise", H.Int(0, 2**62))
-    threads: int = H.setting(
-        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
-    )
-    fresh: bool = H.setting(
-        False,
-        "ignore a checkpoint in --out and start over (a damaged checkpoint is otherwise refused)",
-        H.Flag(),
-        fingerprint=False,
-        in_command=False,
-    )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plot after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    threads: int = H.threads_setting()
+    fresh: bool = H.fresh_setting()
+    plots: bool | None = H.plots_setting("the PNG plot")
+    progress: bool | None = H.progress_setting()
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:

@@ -39,7 +39,7 @@ import torch
 
 from .. import subsets as gks
 from . import _harness as H
-from ._common import MAX_THREADS, MIN_TAU, environment_info, markdown_table, save_figure
+from ._common import MIN_TAU, environment_info, markdown_table, save_figure
 from ._defaults import SUBSET_ESTIMATORS
 
 __all__ = [
@@ -93,20 +93,9 @@ class SubsetsConfig(H.Config):
     )
     grad_samples: int = H.setting(2000, "gradient estimates per estimator and tau", H.Int(2, MAX_SAMPLES))
     seed: int = H.setting(0, "seed of theta, b and every sampler", H.Int(0, 2**63 - 1))
-    threads: int = H.setting(
-        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
-    )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plot after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
-    progress: bool | None = H.setting(
-        None, "progress bar (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
-    )
+    threads: int = H.threads_setting()
+    plots: bool | None = H.plots_setting("the PNG plot")
+    progress: bool | None = H.progress_setting()
 
 
 #: Every default, as a dict.

@@ -60,7 +60,6 @@ import gumbelkit
 from ..estimators import get_spec
 from . import _harness as H
 from ._common import (
-    MAX_THREADS,
     MIN_TAU,
     UserError,
     environment_info,
@@ -263,9 +262,7 @@ class VAEConfig(H.Config):
     checkpoint_every: int = H.setting(500, "steps between checkpoints", H.Int(1))
     # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled partner;
     # measured 3-15x slower steps than one thread whenever another process was running.
-    threads: int = H.setting(
-        1, "torch CPU threads (0 keeps PyTorch's default)", H.Int(0, MAX_THREADS), fingerprint=False
-    )
+    threads: int = H.threads_setting()
     # torch.distributed (under torchrun): spread whole (method, seed) runs over the ranks instead
     # of splitting each batch.
     sweep_parallel: bool = H.setting(
@@ -282,14 +279,7 @@ class VAEConfig(H.Config):
     progress: bool | None = H.setting(
         None, "progress bars (default: only when stderr is a terminal)", H.Tri(), fingerprint=False, in_command=False
     )
-    plots: bool | None = H.setting(
-        None,
-        "draw the PNG plots after the results are written (default: when "
-        "matplotlib is installed; --plots without it is refused)",
-        H.Tri(),
-        fingerprint=False,
-        in_command=False,
-    )
+    plots: bool | None = H.plots_setting()
 
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
