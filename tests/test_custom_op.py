@@ -83,3 +83,34 @@ def test_compiled_graph_calls_the_ops_and_trains():
     assert bool((y.sum(1) == 1).all()) and bool(((y == 0) | (y == 1)).all())
     (y * torch.randn_like(y)).sum().backward()
     assert torch.isfinite(a.grad).all() and torch.allclose(a.grad.sum(1), torch.zeros(2, 4, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_ops_follow_the_layout_they_are_given(hard):
+    # Under compile the ops are flexible-layout: Inductor may hand them channels-last logits (a
+    # convolution's output) and takes the results in that layout, with no copies around the call.
+    # Drawn in memory order: the values are those of the eager sampler on the permuted view.
+    x = torch.randn(2, 6, 3, 5)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    res = (OPS.gumbel_softmax_hard if hard else OPS.gumbel_softmax_soft)(xl, _seed(11), 0.5, 1)
+    outs = res if hard else (res,)
+    for t in outs:
+        assert t.stride() == xl.stride()
+    soft = outs[-1]
+    # the same draw as the eager ops on the memory-order view (N, H, W, C) along its last dim
+    view = xl.permute(0, 2, 3, 1)
+    g = gk.gumbel_noise(view.shape, generator=torch.Generator().manual_seed(11))
+    expected = torch.softmax((view + g) / 0.5, -1).permute(0, 3, 1, 2)
+    assert torch.allclose(soft, expected, atol=1e-6)
+    if hard:
+        assert torch.equal(outs[0], torch.zeros_like(x).scatter_(1, expected.argmax(1, keepdim=True), 1.0))
+    # the backward op: laid out like y whatever the gradient's layout, and the softmax gradient
+    w = torch.randn(2, 6, 3, 5)
+    gx = OPS.softmax_backward(soft, w, 0.5, 1, torch.float32)
+    assert gx.stride() == soft.stride()
+    assert torch.allclose(gx, soft * (w - (soft * w).sum(1, keepdim=True)) / 0.5, atol=1e-6)
+    for op, args in (
+        (OPS.gumbel_softmax_hard if hard else OPS.gumbel_softmax_soft, (xl, _seed(11), 0.5, 1)),
+        (OPS.softmax_backward, (soft, w, 0.5, 1, torch.float32)),
+    ):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

@@ -268,8 +268,50 @@ def _op_generator(seed: torch.Tensor, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed.item()) & 0xFFFFFFFFFFFFFFFF)
 
 
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """The dims of ``t`` from the outermost to the innermost in memory (a permutation)."""
+    strides, sizes = t.stride(), t.shape
+    return sorted(range(t.dim()), key=lambda d: (-strides[d], -sizes[d]))
+
+
+def _in_memory_order(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, int, list[int]]:
+    """``t`` permuted so that its memory order is the logical one (a view, contiguous when ``t`` is
+    dense), the category dim in that view, and the permutation that undoes it."""
+    order = _memory_order(t)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return t.permute(order), order.index(dim % t.dim()) if t.dim() else dim, inverse
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` is a view of ``b``'s memory (an operator's output may not alias its input)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _like(ref: torch.Tensor, value: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``value`` with exactly the strides of ``torch.empty_like(ref, dtype=dtype)`` (what the fake
+    implementations promise the compiler); a copy only when they differ."""
+    out = torch.empty_like(ref, dtype=dtype or value.dtype)
+    if out.stride() == value.stride():
+        return value
+    return out.copy_(value)
+
+
 def _gs_outputs(logits: torch.Tensor, seed: torch.Tensor, tau: float, hard: bool, dim: int):
-    """(out, y) of the eager sampler: out the sample (one-hot when hard), y the softmax it saves."""
+    """(out, y) of the eager sampler, both laid out like ``logits``: out the sample (one-hot when
+    hard), y the softmax it saves.
+
+    The compiler may hand the operator channels-last (or other permuted) logits: the sampler runs on
+    the view whose logical order is the memory order (contiguous, no copy) and its results are
+    viewed back, so no layout copy is made on either side of the call. (Under compile no generator
+    is used: the seed comes from the graph, and the draw depends on the memory order.)
+    """
+    dim = dim % logits.dim() if logits.dim() else dim
+    view, vdim, inverse = _in_memory_order(logits, dim)
+    out, y = _gs_outputs_contiguous(view.contiguous(), seed, tau, hard, vdim)
+    return _like(logits, out.permute(inverse)), _like(logits, y.permute(inverse), y.dtype)
+
+
+def _gs_outputs_contiguous(logits: torch.Tensor, seed: torch.Tensor, tau: float, hard: bool, dim: int):
     generator = _op_generator(seed, logits.device)
     dim, tau_c, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="gumbel_softmax")
     cdt = compute_dtype(logits.dtype)
@@ -281,44 +323,48 @@ def _gs_outputs(logits: torch.Tensor, seed: torch.Tensor, tau: float, hard: bool
     return outs[0], outs[-1]
 
 
-@torch.library.custom_op("gumbelkit::gumbel_softmax_soft", mutates_args=())
+# flexible_layout: the compiler may pass the logits in the layout it chose (e.g. channels-last after a
+# convolution) and takes the outputs in that layout, instead of copying to the traced strides and back.
+@torch.library.custom_op("gumbelkit::gumbel_softmax_soft", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def _gs_op_soft(logits: torch.Tensor, seed: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
     """softmax((logits + g) / tau) along dim, in the compute dtype (the saved softmax is the output's value)."""
     _, y = _gs_outputs(logits, seed, tau, False, dim)
-    return y.clone() if y is logits else y
+    return y.clone() if _shares_memory(y, logits) else y
 
 
-@torch.library.custom_op("gumbelkit::gumbel_softmax_hard", mutates_args=())
+@torch.library.custom_op("gumbelkit::gumbel_softmax_hard", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def _gs_op_hard(logits: torch.Tensor, seed: torch.Tensor, tau: float, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(one_hot(argmax(logits + g)) in the logits' dtype, softmax((logits + g) / tau) in the compute dtype)."""
     out, y = _gs_outputs(logits, seed, tau, True, dim)
     return out, y
 
 
-@torch.library.custom_op("gumbelkit::softmax_backward", mutates_args=())
+@torch.library.custom_op("gumbelkit::softmax_backward", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def _softmax_backward_op(y: torch.Tensor, grad: torch.Tensor, tau: float, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """y * (grad - <y, grad>) / tau along dim, cast to ``dtype``: the gradient of softmax(s / tau) at y."""
-    g = softmax_grad(y, grad, dim)
-    return (g / tau if tau != 1.0 else g).to(dtype)
+    """y * (grad - <y, grad>) / tau along dim, cast to ``dtype``, laid out like ``y``: the gradient of
+    softmax(s / tau) at y (computed in y's memory order, like the forward)."""
+    dim = dim % y.dim() if y.dim() else dim
+    order = _memory_order(y)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    vdim = order.index(dim) if y.dim() else dim
+    g = softmax_grad(y.permute(order).contiguous(), grad.permute(order).contiguous(), vdim)
+    g = (g / tau if tau != 1.0 else g).to(dtype)
+    return _like(y, g.permute(inverse), dtype)
 
 
 @_gs_op_soft.register_fake
 def _(logits, seed, tau, dim):
-    return torch.empty_like(logits, dtype=compute_dtype(logits.dtype), memory_format=torch.contiguous_format)
+    return torch.empty_like(logits, dtype=compute_dtype(logits.dtype))
 
 
 @_gs_op_hard.register_fake
 def _(logits, seed, tau, dim):
-    cdt = compute_dtype(logits.dtype)
-    return (
-        torch.empty_like(logits, memory_format=torch.contiguous_format),
-        torch.empty_like(logits, dtype=cdt, memory_format=torch.contiguous_format),
-    )
+    return torch.empty_like(logits), torch.empty_like(logits, dtype=compute_dtype(logits.dtype))
 
 
 @_softmax_backward_op.register_fake
 def _(y, grad, tau, dim, dtype):
-    return torch.empty_like(y, dtype=dtype, memory_format=torch.contiguous_format)
+    return torch.empty_like(y, dtype=dtype)
 
 
 def _setup_soft(ctx, inputs, output):
