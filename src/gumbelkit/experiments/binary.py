@@ -46,7 +46,6 @@ Results go to ``--out/results.json`` and ``results.md`` (atomic writes), then th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -304,27 +303,13 @@ class BinaryConfig(H.Config):
         )
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(BinaryConfig)
-
-
-def resolve_config(config: dict | BinaryConfig) -> BinaryConfig:
-    """The validated config (defaults filled in; UserError for a bad value)."""
-    return H.resolve(BinaryConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit binary`` flags, generated from :class:`BinaryConfig`."""
-    H.add_arguments(parser, BinaryConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> BinaryConfig:
-    return H.config_from_args(BinaryConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(BinaryConfig)
 
 
 def requirements(cfg: BinaryConfig) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start)."""
-    return [H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else []
+    return H.common_requirements(cfg.progress)
 
 
 # --------------------------------------------------------------------------- exact quantities

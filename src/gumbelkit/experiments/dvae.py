@@ -41,7 +41,6 @@ Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -68,7 +67,7 @@ from ._common import (
 )
 from ._defaults import DVAE_METHODS
 from ._methods import MethodChoice, describe_methods, parse_methods
-from .data import DATA_SOURCES, Dataset, load_dataset, parse_data_spec, required_package
+from .data import DATA_SOURCES, Dataset, load_dataset, parse_data_spec
 
 __all__ = [
     "DEFAULTS",
@@ -144,31 +143,13 @@ class DvaeConfig(H.Config):
         return values
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(DvaeConfig)
-
-
-def resolve_config(config: dict | DvaeConfig) -> DvaeConfig:
-    """The validated config (defaults filled in; UserError for a bad value)."""
-    return H.resolve(DvaeConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit dvae`` flags, generated from :class:`DvaeConfig`."""
-    H.add_arguments(parser, DvaeConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> DvaeConfig:
-    return H.config_from_args(DvaeConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(DvaeConfig)
 
 
 def requirements(cfg: DvaeConfig) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start)."""
-    reqs = []
-    need = required_package(cfg.data)
-    if need is not None:
-        reqs.append(H.Requirement(need[0], need[1], f"--data {cfg.data}"))
-    return reqs + ([H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else [])
+    return H.common_requirements(cfg.progress, cfg.data)
 
 
 # --------------------------------------------------------------------------- the model

@@ -39,7 +39,6 @@ per method and tau), run the demonstration, assemble, write the results and then
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -208,27 +207,13 @@ class GradientsConfig(H.Config):
         return parse_methods(self.demo_methods, "--demo-methods", cap=MAX_DRAWS, kinds=_SAMPLE_KIND)
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(GradientsConfig)
-
-
-def validate_config(config: dict | GradientsConfig) -> GradientsConfig:
-    """Fill defaults and check every field; UserError with one clear line otherwise."""
-    return H.resolve(GradientsConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit gradients`` flags, generated from :class:`GradientsConfig`."""
-    H.add_arguments(parser, GradientsConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> GradientsConfig:
-    return H.config_from_args(GradientsConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, validate_config, add_arguments, config_from_args = H.command_api(GradientsConfig)
 
 
 def requirements(cfg: GradientsConfig) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start; plots: see :func:`H.plots_plan`)."""
-    return [H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else []
+    return H.common_requirements(cfg.progress)
 
 
 def _choice(method: str | MethodChoice, kinds: tuple[str, ...] | None = None) -> MethodChoice:

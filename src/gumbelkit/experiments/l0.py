@@ -41,7 +41,6 @@ Outputs:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -68,7 +67,7 @@ from ._common import (
     write_checked_torch,
 )
 from ._defaults import PRUNING_METHODS
-from .data import DataError, Dataset, load_dataset, parse_data_spec, required_package
+from .data import DataError, Dataset, load_dataset, parse_data_spec
 
 __all__ = [
     "DEFAULTS",
@@ -156,33 +155,13 @@ class L0Config(H.Config):
         return values
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(L0Config)
-
-
-def resolve_config(config: dict | L0Config) -> L0Config:
-    """The validated config (defaults filled in; UserError for a bad value)."""
-    return H.resolve(L0Config, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit l0`` flags, generated from :class:`L0Config`."""
-    H.add_arguments(parser, L0Config)
-
-
-def config_from_args(args: argparse.Namespace) -> L0Config:
-    return H.config_from_args(L0Config, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(L0Config)
 
 
 def requirements(cfg: L0Config) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start)."""
-    reqs = []
-    need = required_package(cfg.data)
-    if need is not None:
-        reqs.append(H.Requirement(need[0], need[1], f"--data {cfg.data}"))
-    if cfg.progress:
-        reqs.append(H.Requirement("tqdm", "tqdm", "--progress"))
-    return reqs
+    return H.common_requirements(cfg.progress, cfg.data)
 
 
 # --------------------------------------------------------------------------- model

@@ -47,7 +47,6 @@ Permutations with Gumbel-Sinkhorn Networks", ICLR 2018.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -166,22 +165,8 @@ class SortConfig(H.Config):
         return values
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(SortConfig)
-
-
-def resolve_config(config: dict | SortConfig) -> SortConfig:
-    """The validated config (defaults filled in; UserError for a bad value)."""
-    return H.resolve(SortConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit sort`` flags, generated from :class:`SortConfig`."""
-    H.add_arguments(parser, SortConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> SortConfig:
-    return H.config_from_args(SortConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(SortConfig)
 
 
 def requirements(cfg: SortConfig) -> list[H.Requirement]:
@@ -191,7 +176,7 @@ def requirements(cfg: SortConfig) -> list[H.Requirement]:
         if GUMBEL_SINKHORN in cfg.methods
         else []
     )
-    return reqs + ([H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else [])
+    return reqs + H.common_requirements(cfg.progress)
 
 
 # --------------------------------------------------------------------------- metrics

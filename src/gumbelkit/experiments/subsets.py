@@ -26,7 +26,6 @@ methods); ``--methods`` picks some of them. Results go to ``--out/results.json``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -98,27 +97,13 @@ class SubsetsConfig(H.Config):
     progress: bool | None = H.progress_setting()
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(SubsetsConfig)
-
-
-def resolve_config(config: dict | SubsetsConfig) -> SubsetsConfig:
-    """The validated config (defaults filled in; UserError for a bad value)."""
-    return H.resolve(SubsetsConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit subsets`` flags, generated from :class:`SubsetsConfig`."""
-    H.add_arguments(parser, SubsetsConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> SubsetsConfig:
-    return H.config_from_args(SubsetsConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(SubsetsConfig)
 
 
 def requirements(cfg: SubsetsConfig) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start)."""
-    return [H.Requirement("tqdm", "tqdm", "--progress")] if cfg.progress else []
+    return H.common_requirements(cfg.progress)
 
 
 # --------------------------------------------------------------------------- exact laws

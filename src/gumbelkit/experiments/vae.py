@@ -42,7 +42,6 @@ finished record, start or resume, train, evaluate, record. For torch.distributed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -95,7 +94,6 @@ from .data import (
     binarize_dataset,
     load_dataset,
     parse_data_spec,
-    required_package,
 )
 
 __all__ = [
@@ -317,33 +315,13 @@ class VAEConfig(H.Config):
         return self.method_choices.get(label) or parse_method(label, cap=MAX_OPTION)
 
 
-#: Every default, as a dict.
-DEFAULTS = H.defaults(VAEConfig)
-
-
-def resolve_config(config: dict | VAEConfig) -> VAEConfig:
-    """Defaults filled in and every value validated; UserError (one line) for bad input."""
-    return H.resolve(VAEConfig, config)  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gumbelkit vae`` flags, generated from :class:`VAEConfig`."""
-    H.add_arguments(parser, VAEConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> VAEConfig:
-    return H.config_from_args(VAEConfig, args)  # type: ignore[return-value]
+#: Every default, as a dict; the config's entry points (see :func:`._harness.command_api`).
+DEFAULTS, resolve_config, add_arguments, config_from_args = H.command_api(VAEConfig)
 
 
 def requirements(cfg: VAEConfig) -> list[H.Requirement]:
     """The optional packages this configuration needs (checked at start)."""
-    reqs = []
-    need = required_package(cfg.data)
-    if need is not None:
-        reqs.append(H.Requirement(need[0], need[1], f"--data {cfg.data}"))
-    if cfg.progress:
-        reqs.append(H.Requirement("tqdm", "tqdm", "--progress"))
-    return reqs
+    return H.common_requirements(cfg.progress, cfg.data)
 
 
 # --------------------------------------------------------------------------- model
