@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._internals import one_hot, vertical_softmax_, vertical_softmax_grad
+from ._internals import argmax_one_hot, one_hot, vertical_softmax_, vertical_softmax_grad
 from ._policy import compute_dtype, lean
 from ._validation import Tau
 
@@ -168,8 +168,9 @@ class TemperedSoftmax(torch.autograd.Function):
             else:
                 out = y if y.dtype == x.dtype else y.to(x.dtype)
             return (out,) if out is y else (out, y)
-        if hard and index is None:
-            index = z.argmax(dim, keepdim=True)
+        # the one-hot of argmax(z) itself, before any shift or scaling: dividing by tau could round
+        # two values into a tie
+        hot = argmax_one_hot(z, dim, x.dtype) if hard and index is None else None
         if post:
             # top of every row exactly 0: (z - zmax) / tau is then in [-inf, 0] with a 0 in every row
             zmax = z.amax(dim, keepdim=True)
@@ -190,6 +191,8 @@ class TemperedSoftmax(torch.autograd.Function):
         del z, s
         if index is not None:
             out = one_hot(y, index, dim, dtype=x.dtype)
+        elif hot is not None:
+            out = hot
         else:
             out = y if y.dtype == x.dtype else y.to(x.dtype)
         outs = (out,) if out is y else (out, y)

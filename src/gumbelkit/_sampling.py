@@ -20,6 +20,7 @@ from ._autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, 
 from ._autograd import softmax_grad as _softmax_grad
 from ._internals import SHIFT_ABOVE as _SHIFT_ABOVE
 from ._internals import (
+    argmax_one_hot,
     gumbel_argmax,
     log_exp_noise,
     needs_grad,
@@ -48,7 +49,7 @@ from .errors import GumbelkitValueError
 
 # Backwards-compatible names: estimators/ imports these from here (some under their former private
 # names) since before the split; new code imports them from gumbelkit._internals / _autograd / _policy.
-_COMPAT = (one_hot_straight_through, _softmax_grad, _SHIFT_ABOVE, _needs_grad, _one_hot, _lean)
+_COMPAT = (one_hot_straight_through, one_hot_like, _softmax_grad, _SHIFT_ABOVE, _needs_grad, _one_hot, _lean)
 
 # Public (re-exported by gumbelkit): gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax;
 # checked_gumbel_softmax is for other public functions built on the Gumbel-Softmax.
@@ -70,7 +71,7 @@ def _relaxed(logits, tau: Tau, hard: bool, dim: int, generator, row_max, max_abs
     per_class = per_class_tau(tau, logits.dim(), dim)
     m, post = noise_plan(row_max, max_abs, tau, cdt, per_class)
     if hard and not needs_grad(logits, tau):
-        return one_hot_like(logits, gumbel_argmax(logits, dim, generator, m), dim)
+        return argmax_one_hot(perturbed(logits, generator, m), dim, logits.dtype)
     log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
     return tempered_core(
         logits, prepare_tau(tau, cdt), dim, log_e=log_e, m=m, post=post, hard=hard, per_class=per_class

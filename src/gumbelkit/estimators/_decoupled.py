@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._internals import log_exp_noise, noise_plan, one_hot_like
+from .._internals import argmax_index_, log_exp_noise, noise_plan, one_hot_like
 from .._policy import compute_dtype
 from .._sampling import (
     _needs_grad,
@@ -100,7 +100,7 @@ def decoupled_st_gumbel_estimator(
     # tau_f (a tiny tau_f sends the others to -inf, i.e. the argmax, which is the limit law);
     # masked classes stay -inf and are never drawn.
     top = x.amax(dim, keepdim=True) if row_max is None else row_max.to(cdt)
-    index = ((x - top) / tau_f - log_e).argmax(dim, keepdim=True)
+    index = argmax_index_((x - top) / tau_f - log_e, dim)  # a fresh temporary: may be overwritten
     if not _needs_grad(logits, tau):
         return one_hot_like(logits, index, dim)
     per_class = per_class_tau(tau, logits.dim(), dim)
