@@ -94,7 +94,18 @@ def threshold(request, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("shape", "dim"), [((50, 7), 1), ((50, 7), -1), ((50, 7), 0), ((6, 5, 9), 2), ((6, 5, 9), 1), ((13,), 0)]
+    ("shape", "dim"),
+    [
+        ((50, 7), 1),
+        ((50, 7), -1),
+        ((50, 7), 0),
+        ((6, 5, 9), 2),
+        ((6, 5, 9), 1),
+        ((13,), 0),
+        ((4, 6, 8, 8), 1),  # categories at dim=1, 64 after them: the (outer, K, inner) product
+        ((2, 5, 3, 64), 2),
+        ((3, 70), 0),
+    ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_argmax_index_equals_argmax_with_many_ties(threshold, shape, dim, dtype):
@@ -111,6 +122,9 @@ def test_argmax_index_of_a_large_buffer_and_a_nan_row(threshold):
     assert torch.equal(argmax_index_(z.clone(), 1), z.argmax(1, keepdim=True))
     z[7, 3] = 0.0
     assert torch.equal(argmax_index_(z.clone(), 1), z.argmax(1, keepdim=True))
+    c = torch.randn(4, 300, 8, 8, generator=_gen(9))
+    c[1, 7, 2, 3] = c[1, 200, 2, 3] = c[1, :, 2, 3].max() + 1  # a tied column at dim=1
+    assert torch.equal(argmax_index_(c.clone(), 1), c.argmax(1, keepdim=True))
     t = z.t()  # not contiguous: ATen's argmax
     assert torch.equal(argmax_index_(t.clone(memory_format=torch.preserve_format), 0), t.argmax(0, keepdim=True))
 
@@ -123,3 +137,6 @@ def test_gumbel_max_equals_argmax_of_the_same_perturbed_logits(threshold):
     for method in ("st", "reinmax"):
         y = gk.sample(x.clone().requires_grad_(), method, generator=_gen(8))
         assert torch.equal(y.detach(), _reference(x + g, -1))
+    c = x.t().reshape(1, 500, 2, 100)  # categories at dim=1 of a contiguous B x K x H x W
+    gc = gk.gumbel_noise(c.shape, generator=_gen(8))
+    assert torch.equal(gk.gumbel_max(c, 1, generator=_gen(8)), (c + gc).argmax(1))
