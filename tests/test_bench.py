@@ -145,8 +145,13 @@ def test_layout_cost_and_compile_sections(tmp_path, monkeypatch):
     assert cost[BENCH_COST_BASELINE]["vs_baseline"] == pytest.approx(1.0)
     assert cost["builtin (hard)"]["vs_builtin"] == pytest.approx(1.0)
     assert all(r["peak_buffers"] > 0 and r["median_ms"] > 0 for r in res["cost"])
-    variants = {r["variant"] for r in res["compiled_model"]["rows"]}
-    assert variants == {f"{c} {s}" for c in ("eager", "compiled") for s in ("builtin", "gumbelkit")}
+    compiled = {(r["mode"], r["variant"]): r for r in res["compiled_model"]["rows"]}
+    assert set(compiled) == {
+        (m, f"{c} {s}") for m in ("soft", "hard") for c in ("eager", "compiled") for s in ("builtin", "gumbelkit")
+    }
+    for m in ("soft", "hard"):  # each mode's ratios are to its own eager gumbelkit
+        assert compiled[m, "eager gumbelkit"]["vs_eager_gumbelkit"] == pytest.approx(1.0)
+        assert compiled[m, "eager gumbelkit"]["vs_eager_gumbelkit_min"] == pytest.approx(1.0)
     md = (tmp_path / "bench.md").read_text()
     for title in ("## Categories not last", "## Cost of each method", "## Compiled model"):
         assert title in md

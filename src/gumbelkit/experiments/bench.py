@@ -27,7 +27,7 @@ Three more sections, off unless their option gives shapes:
   the built-in and gumbelkit at dim=1 beside gumbelkit on the categories-last twin B x H x W x K;
 - ``--cost-shapes`` (B x K x H x W, dim=1): forward+backward time and peak memory of every
   registered sampling method (default options), relative to the baseline method and the built-in;
-- ``--compile-shape``: a 1x1 conv -> hard sampler -> 1x1 conv model, eager and under
+- ``--compile-shape``: a 1x1 conv -> sampler (each of ``--modes``) -> 1x1 conv model, eager and under
   ``torch.compile(fullgraph=True)``, with the built-in and with gumbelkit; first calls (compilation
   included) reported.
 
@@ -248,8 +248,8 @@ class BenchConfig(H.Config):
     )
     compile_shape: str = H.setting(
         "",
-        "B x K x H x W of the compiled-model section (default none; e.g. 32x512x8x8): 1x1 conv (64 -> K) -> hard sampler "
-        "along dim=1 -> 1x1 conv (K -> 64), eager and torch.compile(fullgraph=True), built-in and gumbelkit",
+        "B x K x H x W of the compiled-model section (default none; e.g. 32x512x8x8): 1x1 conv (64 -> K) -> sampler "
+        "along dim=1 (each of --modes) -> 1x1 conv (K -> 64), eager and torch.compile(fullgraph=True), built-in and gumbelkit",
         H.Custom(lambda v, f: _check_optional_shapes(v, f, 4, single=True), "BxKxHxW or empty"),
         fingerprint=False,
     )
@@ -725,46 +725,53 @@ class _CodeModel(torch.nn.Module):
 def time_compiled_model(cfg: BenchConfig, device: torch.device, bar) -> dict | None:
     """Forward+backward of a small model with each sampler, eager and under torch.compile(fullgraph=True).
 
-    The first call of a compiled model (compilation included) is reported in ``first_s``.
+    One model per mode of ``--modes`` (soft: the default of the quantizers that call
+    ``gumbel_softmax(..., hard=False)``; hard: straight-through), all variants interleaved in one
+    loop; each row's ratio is to eager gumbelkit in the same mode. The first call of a compiled
+    model (compilation included) is reported in ``first_s``.
     """
     if not cfg.compile_shape:
         return None
     b, k, h, wd = _dims(cfg.compile_shape)[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(b, 64, h, wd, generator=gen).to(device)
-    samplers = {
-        "builtin": lambda t: F.gumbel_softmax(t, cfg.tau, True, dim=1),
-        "gumbelkit": lambda t: gumbelkit.gumbel_softmax(t, cfg.tau, True, dim=1),
-    }
+    modes = cfg.modes.split(",")
     units = {}
-    for name, fn in samplers.items():
-        for compiled in (False, True):
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(cfg.seed)
-                model: Any = _CodeModel(k, fn).to(device)
-            if compiled:
-                model = torch.compile(model, fullgraph=True)
-
-            def step(m=model):
-                m(x).square().mean().backward()
-
-            units[("compiled " if compiled else "eager ") + name] = step
-    res = _interleaved(units, cfg.repeats or 15, cfg.min_time, device, bar)
-    eager = res["eager gumbelkit"]["median_s"]
-    eager_min = res["eager gumbelkit"]["min_s"]
-    rows = [
-        {
-            "variant": label,
-            "median_ms": r["median_s"] * 1e3,
-            "min_ms": r["min_s"] * 1e3,
-            "first_s": r["first_s"],
-            "vs_eager_gumbelkit": r["median_s"] / eager,
-            "vs_eager_gumbelkit_min": r["min_s"] / eager_min,
-            "rounds": r["rounds"],
+    for mode in modes:
+        hard = mode == "hard"
+        samplers = {
+            "builtin": lambda t, hard=hard: F.gumbel_softmax(t, cfg.tau, hard, dim=1),
+            "gumbelkit": lambda t, hard=hard: gumbelkit.gumbel_softmax(t, cfg.tau, hard, dim=1),
         }
-        for label, r in res.items()
-    ]
-    return {"shape": cfg.compile_shape, "model": "conv1x1(64->K) -> hard sampler dim=1 -> conv1x1(K->64)", "rows": rows}
+        for name, fn in samplers.items():
+            for compiled in (False, True):
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(cfg.seed)
+                    model: Any = _CodeModel(k, fn).to(device)
+                if compiled:
+                    model = torch.compile(model, fullgraph=True)
+
+                def step(m=model):
+                    m(x).square().mean().backward()
+
+                units[mode, ("compiled " if compiled else "eager ") + name] = step
+    res = _interleaved(units, cfg.repeats or 15, cfg.min_time, device, bar)
+    rows = []
+    for (mode, label), r in res.items():
+        eager = res[mode, "eager gumbelkit"]
+        rows.append(
+            {
+                "mode": mode,
+                "variant": label,
+                "median_ms": r["median_s"] * 1e3,
+                "min_ms": r["min_s"] * 1e3,
+                "first_s": r["first_s"],
+                "vs_eager_gumbelkit": r["median_s"] / eager["median_s"],
+                "vs_eager_gumbelkit_min": r["min_s"] / eager["min_s"],
+                "rounds": r["rounds"],
+            }
+        )
+    return {"shape": cfg.compile_shape, "model": "conv1x1(64->K) -> sampler dim=1 -> conv1x1(K->64)", "rows": rows}
 
 
 # --------------------------------------------------------------------------- reports
@@ -881,6 +888,7 @@ def _tables(results: dict) -> str:
         lines += [f"## Compiled model ({c['model']}, {c['shape']})", ""]
         rows = [
             [
+                r["mode"],
                 r["variant"],
                 r["median_ms"],
                 r["min_ms"],
@@ -890,7 +898,7 @@ def _tables(results: dict) -> str:
             ]
             for r in c["rows"]
         ]
-        heads = ["variant", "median ms", "min ms", "time / eager gumbelkit", "(min)", "first call s"]
+        heads = ["mode", "variant", "median ms", "min ms", "time / eager gumbelkit", "(min)", "first call s"]
         lines += [markdown_table(heads, rows), ""]
     if results.get("vae"):
         v = results["vae"]
