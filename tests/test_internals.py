@@ -115,6 +115,20 @@ def test_argmax_index_equals_argmax_with_many_ties(threshold, shape, dim, dtype)
     assert torch.equal(index, z.argmax(dim, keepdim=True))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_argmax_index_of_half_precision_is_exact_beyond_their_integer_range(threshold, dtype):
+    z = torch.randn(100, 3000, generator=_gen(10)).to(dtype)
+    assert torch.equal(argmax_index_(z.clone(), 1), z.argmax(1, keepdim=True))
+    assert torch.equal(_internals.argmax_index(z, 1), z.argmax(1, keepdim=True))
+
+
+def test_argmax_index_leaves_its_input_alone(threshold):
+    z = torch.randn(200, 400, generator=_gen(11))
+    before = z.clone()
+    assert torch.equal(_internals.argmax_index(z, 1), z.argmax(1, keepdim=True))
+    assert torch.equal(z, before)
+
+
 def test_argmax_index_of_a_large_buffer_and_a_nan_row(threshold):
     z = torch.randn(300, 1000, generator=_gen(7))
     z[5, 10] = z[5, 900] = z[5].max() + 1  # a tie on the fast path

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
@@ -97,3 +99,38 @@ def test_finite_rows_keep_their_exact_gradients_next_to_masked_rows():
     kl2[[0, 2]].sum().backward()
     assert torch.equal(kl1[[0, 2]], kl2[[0, 2]]) and torch.equal(q1.grad, q2.grad)
     assert kl2[1] == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("q_shape", "p_shape", "dim"), [((6, 5), (5,), -1), ((3, 5, 4, 2), (5, 1, 1), 1), ((4, 5), (1, 1), 1)]
+)
+def test_a_broadcast_prior_equals_its_materialised_copy_in_value_and_gradient(q_shape, p_shape, dim):
+    # p is normalised on its own shape and broadcast in the arithmetic: nothing may change against
+    # a p materialised at q's shape (also a p of size 1 along dim, which is K equal logits)
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(q_shape, dtype=torch.float64, generator=gen)
+    p = torch.randn(p_shape, dtype=torch.float64, generator=gen)
+    q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
+    p1, p2 = p.clone().requires_grad_(), p.expand(q_shape).clone().requires_grad_()
+    w = torch.randn(torch.Size(s for i, s in enumerate(q_shape) if i != dim % len(q_shape)), dtype=torch.float64)
+    kl1, kl2 = gk.kl_categorical(q1, p1, dim), gk.kl_categorical(q2, p2, dim)
+    assert torch.allclose(kl1, kl2, rtol=1e-12, atol=1e-14)
+    (kl1 * w).sum().backward()
+    (kl2 * w).sum().backward()
+    assert torch.allclose(q1.grad, q2.grad, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(p1.grad, p2.grad.sum_to_size(p_shape), rtol=1e-10, atol=1e-12)
+    aligned = (1,) * (len(q_shape) - len(p_shape)) + p_shape
+    if aligned[dim] == 1:  # K equal prior logits: the uniform prior
+        logq = torch.log_softmax(q, dim)
+        expected = (logq.exp() * (logq + math.log(q_shape[dim]))).sum(dim)
+        assert torch.allclose(kl1, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_the_masked_path_and_the_plain_path_agree_bit_for_bit_on_finite_rows():
+    q = torch.randn(6, 7, generator=torch.Generator().manual_seed(5))
+    p = torch.randn(7, generator=torch.Generator().manual_seed(6))
+    plain = gk.kl_categorical(q, p)  # no -inf anywhere: the plain formula
+    masked_q = q.clone()
+    masked_q[0, 3] = NINF  # one masked class sends the call through the general path
+    general = gk.kl_categorical(masked_q, p)
+    assert torch.equal(plain[1:], general[1:]) and torch.isfinite(general[0])

@@ -210,6 +210,42 @@ def test_quantizer_pickles_with_a_tensor_tau_buffer():
     assert q.double()(x.double()).z_q.dtype == torch.float64 and q.tau.dtype == torch.float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_quantizer_codes_of_a_sample_are_its_argmax(dtype):
+    # one-hot methods read the code off the single 1 of each row (a product with 0..K-1), which must
+    # be exact for every K (bfloat16 holds integers exactly only up to 256); relaxed ones take argmax
+    k = 1000
+    q = _quantizer(k=k)
+    index = torch.randint(0, k, (300,), generator=torch.Generator().manual_seed(1))
+    hot = torch.nn.functional.one_hot(index, k).to(dtype)
+    assert q.method == "st_gumbel" and torch.equal(q._codes(hot), index)
+    soft = torch.softmax(torch.randn(300, k, generator=torch.Generator().manual_seed(2)), -1).to(dtype)
+    q.method = "gumbel_softmax"  # relaxed: the declaration says not one-hot
+    assert torch.equal(q._codes(soft), soft.argmax(-1))
+
+
+def test_quantizer_eval_codes_on_a_large_map_are_the_argmax_of_the_logits():
+    q = _quantizer(c=6, k=512, dim=1).eval()  # 512 positions x 512 codes: the fast argmax path
+    out = q(torch.randn(2, 6, 16, 16))
+    assert torch.equal(out.codes, out.logits.argmax(1))
+    assert torch.equal(out.z_q, q.codebook.weight[out.codes].movedim(-1, 1))
+
+
+def test_quantizer_tensor_tau_in_the_input_layout_applies_per_position():
+    # tau of shape 1 x 1 x H x W (the input's layout, categories at dim=1): one position nearly
+    # hard, the others so hot that the relaxed sample is nearly uniform
+    tau = torch.full((1, 1, 2, 2), 1e4)
+    tau[..., 0, 0] = 1e-4
+    q = _quantizer(dim=1, method="gumbel_softmax", tau=tau)
+    out = q(torch.randn(3, 6, 2, 2))
+    rows = q.codebook.weight[out.codes]  # B x H x W x D
+    z = out.z_q.movedim(1, -1)
+    assert torch.allclose(z[:, 0, 0], rows[:, 0, 0], atol=1e-3)  # cold position: its code's row
+    mean_row = q.codebook.weight.mean(0)
+    assert torch.allclose(z[:, 1:, :], mean_row.expand_as(z[:, 1:, :]), atol=1e-2)
+    assert torch.allclose(z[:, 0, 1], mean_row.expand_as(z[:, 0, 1]), atol=1e-2)
+
+
 def test_quantizer_compiles_fullgraph_and_matches_eager_in_eval():
     q = _quantizer(dim=1, generator=None).eval()
     x = torch.randn(2, 6, 4, 4)

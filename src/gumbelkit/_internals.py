@@ -31,6 +31,7 @@ from ._validation import Tau
 __all__ = [
     "NOISE_BOUND",
     "SHIFT_ABOVE",
+    "argmax_index",
     "argmax_index_",
     "argmax_one_hot",
     "gumbel_argmax",
@@ -212,6 +213,34 @@ def gumbel_argmax(logits: torch.Tensor, dim: int, generator=None, m: torch.Tenso
 _FAST_ARGMAX_MIN = 1 << 15  # 100 x 20 x 10 (20,000 elements): ATen's argmax 1.1-1.25x faster; 4096 x 10 even
 
 
+def _fast_argmax(z: torch.Tensor, dim: int) -> bool:
+    """Whether :func:`argmax_index_` takes its 0/1-marks path for ``z`` along ``dim`` (else ATen's argmax)."""
+    if z.dim() == 0:
+        return False
+    dim = dim % z.dim()
+    inner = math.prod(z.shape[dim + 1 :])
+    return (
+        z.device.type == "cpu"
+        # the 0/1 marks are multiplied by 0..K-1 in z's dtype: exact in float32/float64 only
+        # (bfloat16 holds integers exactly up to 256, float16 up to 2048)
+        and z.dtype in (torch.float32, torch.float64)
+        and z.numel() >= _FAST_ARGMAX_MIN  # small: the few small ops cost more than argmax's loop
+        and z.is_contiguous()
+        and not 1 < inner < 64
+        and z.shape[dim] < 2**24
+        and lean()
+    )
+
+
+def argmax_index(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """argmax(z, dim, keepdim=True) as int64 (ties to the lowest index), z left untouched.
+
+    :func:`argmax_index_` on a copy where its path is faster than ATen's argmax even with the copy
+    (0.35 ms to copy 2048 x 512 floats, 1.2 ms saved), else ATen's argmax.
+    """
+    return argmax_index_(z.detach().clone(), dim) if _fast_argmax(z, dim) else z.argmax(dim, keepdim=True)
+
+
 def argmax_index_(z: torch.Tensor, dim: int) -> torch.Tensor:
     """argmax(z, dim, keepdim=True) as int64, ties to the lowest index; z (private) may be overwritten.
 
@@ -224,19 +253,11 @@ def argmax_index_(z: torch.Tensor, dim: int) -> torch.Tensor:
     functions before this), CUDA, small or strided input, 1 < inner < 64 (ATen's reductions over K
     are slow there) and torch.compile / torch.func keep ATen's argmax.
     """
-    ndim = max(z.dim(), 1)
-    dim = dim % ndim
-    k = z.shape[dim] if z.dim() else 1
-    outer, inner = math.prod(z.shape[:dim]), math.prod(z.shape[dim + 1 :])
-    if (
-        z.device.type != "cpu"
-        or z.numel() < _FAST_ARGMAX_MIN  # small: the few small ops below cost more than argmax's loop
-        or not z.is_contiguous()
-        or 1 < inner < 64
-        or k >= 2**24
-        or not lean()
-    ):
+    if not _fast_argmax(z, dim):
         return z.argmax(dim, keepdim=True)
+    dim = dim % z.dim()
+    k = z.shape[dim]
+    outer, inner = math.prod(z.shape[:dim]), math.prod(z.shape[dim + 1 :])
     z3 = z.view(outer, k, inner)
     top = z3.amax(1, keepdim=True)
     if bool(torch.isnan(top).any()):  # argmax reports a NaN's position; the 0/1 marks would lose it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_dtype, check_values, normalize_dim, shape_str
+from ._validation import check_dtype, check_values, normalize_dim, shape_str, skip_value_checks
 from .errors import GumbelkitValueError
 
 __all__ = ["kl_categorical"]
@@ -42,14 +42,26 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
             f"{fn}: expected q_logits and p_logits to broadcast, "
             f"got shapes {shape_str(q_logits.shape)} and {shape_str(p_logits.shape)}"
         ) from None
-    q_logits, p_logits = q_logits.expand(shape), p_logits.expand(shape)
+    q_logits = q_logits.expand(shape)
     dim = normalize_dim(q_logits, dim, "q_logits", fn)
+    # p keeps its own (smaller) shape except along dim: a prior of K logits broadcast over every
+    # position is checked and normalised once, not once per position, and enters the arithmetic
+    # below by broadcasting.
+    p_logits = p_logits.reshape((1,) * (len(shape) - p_logits.dim()) + tuple(p_logits.shape))
+    if p_logits.shape[dim] != shape[dim]:
+        p_logits = p_logits.expand(*(shape[dim] if i == dim else n for i, n in enumerate(p_logits.shape)))
     # NaN or an all-masked row would turn log_softmax into NaN silently: refuse them here.
     check_values(q_logits, dim, "q_logits", fn)
     check_values(p_logits, dim, "p_logits", fn)
     log_q = torch.log_softmax(q_logits, dim)
     log_p = torch.log_softmax(p_logits, dim)
     q = log_q.exp()
+    if not skip_value_checks() and not bool(torch.isneginf(log_q).any() | torch.isneginf(log_p).any()):
+        # No -inf log-probability on either side (no masked class, no logit range beyond the
+        # dtype's): every term q_k (log q_k - log p_k) is finite, 0 where q_k underflowed, and so
+        # is its gradient; the plain formula is exact. Bit-identical to the general path below,
+        # whose where()s and inf term are no-ops then (four full-size passes fewer).
+        return (q * (log_q - log_p)).sum(dim).clamp_min(0.0)
     # Where q_k = 0 replace both logs by 0 *before* the product: a where() after it would still
     # send 0 * -inf = NaN into the backward.
     zero_q = q == 0

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._internals import argmax_index
 from ._kl import kl_categorical
 from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
@@ -445,23 +446,27 @@ class GumbelQuantizer(torch.nn.Module):
                 f"{fn}: expected x with in_features = {self.in_features} channels at dim {self.dim}, "
                 f"got x of shape {shape_str(x.shape)}"
             )
-        # The 1x1 projection is a Linear on the channel-last view; the logits are handed back in
-        # the input's layout (a view), and sampled along `dim` there, so that a tensor tau
-        # broadcasts against them as the user sees them.
-        logits = self.proj(x.movedim(dim, -1)).movedim(-1, dim)
+        # The 1x1 projection is a Linear on the channel-last view, so its output `rows` holds each
+        # position's n_codes logits contiguously. Everything code-wise runs on those rows: the
+        # sampler along their last dim (no strided category dim, no transposing pass), the codebook
+        # product, the codes and the KL. The logits are returned in the input's layout (a view);
+        # a tensor tau, given in that layout, is moved like them.
+        rows = self.proj(x.movedim(dim, -1))
+        logits = rows.movedim(-1, dim)
         if self.training or not self.deterministic_eval:
-            y = sample(logits, self.method, self.current_tau(), dim, generator=self.generator, **self.options)
-            codes = y.argmax(dim)
-            z_q = (y.movedim(dim, -1) @ self.codebook.weight).movedim(-1, dim)
+            tau = _tau_to_last(self.current_tau(), x.dim(), dim)
+            y = sample(rows, self.method, tau, -1, generator=self.generator, **self.options)
+            codes = self._codes(y)
+            z_q = (y @ self.codebook.weight).movedim(-1, dim)
         else:
             # argmax codes: a lookup gives exactly the rows a one-hot product would, without
             # building the (positions x n_codes) one-hot tensor and its matmul
-            codes = logits.argmax(dim)
+            codes = argmax_index(rows, -1).squeeze(-1)
             z_q = self.codebook(codes).movedim(-1, dim)
-        prior = torch.zeros((), dtype=logits.dtype, device=logits.device) if self.log_prior is None else self.log_prior
+        prior = torch.zeros((), dtype=rows.dtype, device=rows.device) if self.log_prior is None else self.log_prior
         # KL of the full posterior (not of the sample): exact, low variance, and it reaches the
         # logits of every code, unused ones included, pulling them towards the prior.
-        kl = kl_categorical(logits.movedim(dim, -1), prior.to(logits.dtype).expand(self.n_codes)).mean()
+        kl = kl_categorical(rows, prior.to(rows.dtype).expand(self.n_codes)).mean()
         with torch.no_grad():
             counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device)
             counts.scatter_add_(0, codes.reshape(-1), torch.ones_like(codes.reshape(-1)))
@@ -474,6 +479,22 @@ class GumbelQuantizer(torch.nn.Module):
                     self.code_counts.add_(counts)
                     self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         return QuantizerOutput(z_q, self.kl_weight * kl, kl, codes, logits, perplexity)
+
+    def _codes(self, y: torch.Tensor) -> torch.Tensor:
+        """The code of each row of the sample ``y`` (positions x n_codes): its argmax.
+
+        A one-hot method's rows hold a single exact 1 (its declaration says so, and the estimator
+        tests check it), so the code is y @ (0, 1, ..., K - 1), one matrix-vector product, in
+        float32 or float64, where indices below 2**24 are exact (a half-precision y is widened
+        first: bfloat16 holds integers exactly only up to 256). Relaxed samples take the argmax.
+        """
+        y = y.detach()
+        if not get_spec(self.method).one_hot or self.n_codes >= 2**24:
+            return argmax_index(y, -1).squeeze(-1)
+        if y.dtype not in (torch.float32, torch.float64):
+            y = y.float()
+        ramp = torch.arange(self.n_codes, dtype=y.dtype, device=y.device)
+        return (y @ ramp).to(torch.long)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The codebook vectors of integer ``codes``, laid out like ``z_q`` (``embedding_dim`` at ``dim``).
@@ -526,6 +547,14 @@ class GumbelQuantizer(torch.nn.Module):
             f"in_features={self.in_features}, n_codes={self.n_codes}, embedding_dim={self.embedding_dim}, "
             f"method={self.method!r}, tau={tau}, dim={self.dim}, kl_weight={self.kl_weight:g}, prior={self.prior!r}"
         )
+
+
+def _tau_to_last(tau, ndim: int, dim: int):
+    """A tensor tau broadcastable to logits of rank ``ndim`` with categories at ``dim``, moved like
+    the logits to categories-last (leading size-1 dims added first); floats pass through."""
+    if not isinstance(tau, torch.Tensor) or tau.dim() == 0 or tau.dim() > ndim:
+        return tau  # a tau of too many dims: the sampler's own check reports it
+    return tau.reshape((1,) * (ndim - tau.dim()) + tuple(tau.shape)).movedim(dim, -1)
 
 
 def _distributed() -> bool:
