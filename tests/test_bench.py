@@ -126,6 +126,7 @@ def test_layout_cost_and_compile_sections(tmp_path, monkeypatch):
             "layout_shapes": "2x6x8x8",
             "cost_shapes": "2x6x4x4",
             "compile_shape": "2x8x2x2",
+            "quantizer_shape": "2x8x3x3",
             "out": str(tmp_path),
             "progress": False,
             "plots": False,
@@ -152,8 +153,20 @@ def test_layout_cost_and_compile_sections(tmp_path, monkeypatch):
     for m in ("soft", "hard"):  # each mode's ratios are to its own eager gumbelkit
         assert compiled[m, "eager gumbelkit"]["vs_eager_gumbelkit"] == pytest.approx(1.0)
         assert compiled[m, "eager gumbelkit"]["vs_eager_gumbelkit_min"] == pytest.approx(1.0)
+    layers = {(r["mode"], r["variant"]): r for r in res["quantizer"]["rows"]}
+    from gumbelkit.experiments._defaults import BENCH_QUANTIZER_METHODS
+
+    assert set(layers) == {
+        (m, v)
+        for m in ("soft", "hard")
+        for v in ("hand-written, built-in sampler", "hand-written, gumbelkit sampler", "GumbelQuantizer")
+    }
+    for m in ("soft", "hard"):  # each mode's speed-ups are against its own hand-written built-in layer
+        assert layers[m, "hand-written, built-in sampler"]["vs_builtin"] == pytest.approx(1.0)
+        assert layers[m, "GumbelQuantizer"]["method"] == BENCH_QUANTIZER_METHODS[m]
+        assert layers[m, "GumbelQuantizer"]["median_ms"] > 0
     md = (tmp_path / "bench.md").read_text()
-    for title in ("## Categories not last", "## Cost of each method", "## Compiled model"):
+    for title in ("## Categories not last", "## Cost of each method", "## Compiled model", "## Quantizer layer"):
         assert title in md
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["cost"] == res["cost"] and saved["layout"] == res["layout"]
@@ -165,6 +178,8 @@ def test_layout_cost_and_compile_sections(tmp_path, monkeypatch):
         (["--layout-shapes", "4x5"], "expected --layout-shapes with 4 sizes each"),
         (["--cost-shapes", "2x3x4x0"], "at least two positive sizes"),
         (["--compile-shape", "2x3x4x4,2x3x4x4"], "expected one shape for --compile-shape"),
+        (["--quantizer-shape", "2x3x4x4,2x3x4x4"], "expected one shape for --quantizer-shape"),
+        (["--quantizer-shape", "2x3x4"], "expected --quantizer-shape with 4 sizes each"),
     ],
 )
 def test_section_shapes_are_checked(args, message, tmp_path, capsys):

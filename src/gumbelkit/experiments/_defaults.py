@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BENCH_COST_BASELINE",
+    "BENCH_QUANTIZER_METHODS",
     "BINARY_CATEGORICAL_METHODS",
     "BINARY_METHODS",
     "DEMO_METHODS",
@@ -50,6 +51,10 @@ VAE_OPTION_ALIASES = {"gumbel_rao_k": ("gumbel_rao", "k"), "reinforce_samples": 
 
 #: ``gumbelkit bench --cost-shapes``: the method every other method's cost is divided by.
 BENCH_COST_BASELINE = "st_gumbel"
+
+#: ``gumbelkit bench --quantizer-shape``: GumbelQuantizer's method in each mode, the counterparts of
+#: ``gumbel_softmax(..., hard=False)`` and ``hard=True`` in the hand-written layer.
+BENCH_QUANTIZER_METHODS = {"soft": "gumbel_softmax", "hard": "st_gumbel"}
 
 #: ``gumbelkit subsets``: the k-subset estimators of :mod:`gumbelkit.subsets` (not registry methods),
 #: in this order: relaxed top-k with its exact k-hot forward (straight-through), relaxed top-k soft,

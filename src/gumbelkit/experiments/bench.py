@@ -21,7 +21,7 @@ forward+backward beyond the inputs, in units of one B x K float32 buffer ("peak"
 still held after the forward besides the output itself ("held"). A full categorical-VAE training
 step (784-512-256-(30*10) encoder, mirrored decoder, batch 100, Adam) is timed with each sampler.
 
-Three more sections, off unless their option gives shapes:
+Four more sections, off unless their option gives shapes:
 
 - ``--layout-shapes`` (B x K x H x W): the categories at dim=1, as quantizers call the sampler --
   the built-in and gumbelkit at dim=1 beside gumbelkit on the categories-last twin B x H x W x K;
@@ -29,7 +29,10 @@ Three more sections, off unless their option gives shapes:
   registered sampling method (default options), relative to the baseline method and the built-in;
 - ``--compile-shape``: a 1x1 conv -> sampler (each of ``--modes``) -> 1x1 conv model, eager and under
   ``torch.compile(fullgraph=True)``, with the built-in and with gumbelkit; first calls (compilation
-  included) reported.
+  included) reported;
+- ``--quantizer-shape``: a whole quantiser layer (projection, sampler, codebook, KL, codes):
+  ``gumbelkit.nn.GumbelQuantizer`` against the same layer written by hand with the built-in
+  sampler and with gumbelkit's.
 
 Outputs in ``--out``: ``bench.json`` (everything), ``bench.md`` (tables), ``bench.png`` (ratios).
 Each finished shape is checkpointed to ``checkpoint.json`` (with a SHA-256 checksum); ``--resume``
@@ -253,6 +256,15 @@ class BenchConfig(H.Config):
         H.Custom(lambda v, f: _check_optional_shapes(v, f, 4, single=True), "BxKxHxW or empty"),
         fingerprint=False,
     )
+    quantizer_shape: str = H.setting(
+        "",
+        "B x K x H x W of the quantizer section (default none; e.g. 16x512x16x16): a 64-channel B x 64 x H x W input "
+        "quantised to K codes of size 64 by gumbelkit.nn.GumbelQuantizer and by the same layer written by hand "
+        "(1x1 conv, gumbel_softmax along dim=1, codebook product, KL, argmax codes) with the built-in and with "
+        "gumbelkit's sampler, for each of --modes",
+        H.Custom(lambda v, f: _check_optional_shapes(v, f, 4, single=True), "BxKxHxW or empty"),
+        fingerprint=False,
+    )
     cold_compile: bool = H.setting(False, "disable Inductor's on-disk caches to time a cold first compile", H.Flag())
     # One thread: on a shared 2-core machine two OpenMP threads spin-wait for a descheduled
     # partner (measured several-fold slowdowns of parallel kernels while another process ran).
@@ -280,6 +292,7 @@ class BenchConfig(H.Config):
     @classmethod
     def cross_check(cls, values: dict, given: Mapping[str, Any]) -> dict:
         extra = _dims(values["layout_shapes"]) + _dims(values["cost_shapes"]) + _dims(values["compile_shape"])
+        extra += _dims(values["quantizer_shape"])
         _check_memory(
             [[int(d) for d in s.split("x")] for s in values["shapes"].split(",")] + extra,
             torch.device(values["device"]),
@@ -774,6 +787,88 @@ def time_compiled_model(cfg: BenchConfig, device: torch.device, bar) -> dict | N
     return {"shape": cfg.compile_shape, "model": "conv1x1(64->K) -> sampler dim=1 -> conv1x1(K->64)", "rows": rows}
 
 
+class _HandWrittenQuantizer(torch.nn.Module):
+    """A Gumbel quantiser as codebases write it by hand (taming-transformers' ``GumbelQuantize``).
+
+    1x1 conv to K logits, ``sampler(logits, tau, hard, dim=1)``, the codebook product as an einsum,
+    the KL to the uniform prior as sum q log(q K + 1e-10), and argmax codes.
+    """
+
+    def __init__(self, channels: int, k: int, d: int, sampler, tau: float, hard: bool, kl_weight: float = 5e-4):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(channels, k, 1)
+        self.embed = torch.nn.Embedding(k, d)
+        self.sampler, self.tau, self.hard, self.k, self.kl_weight = sampler, tau, hard, k, kl_weight
+
+    def forward(self, x: torch.Tensor):
+        logits = self.proj(x)
+        y = self.sampler(logits, self.tau, self.hard, dim=1)
+        z_q = torch.einsum("bnhw,nd->bdhw", y, self.embed.weight)
+        q = F.softmax(logits, dim=1)
+        loss = self.kl_weight * torch.sum(q * torch.log(q * self.k + 1e-10), dim=1).mean()
+        return z_q, loss, y.argmax(dim=1)
+
+
+def time_quantizer(cfg: BenchConfig, device: torch.device, bar) -> dict | None:
+    """Forward+backward of ``(z_q ** 2).mean() + loss`` through a whole quantiser layer, eager.
+
+    Per mode of ``--modes``: :class:`gumbelkit.nn.GumbelQuantizer` (the mode's method from
+    ``BENCH_QUANTIZER_METHODS``) and the hand-written layer with the built-in sampler and with
+    ``gumbelkit.gumbel_softmax`` dropped in, all interleaved in one loop; each row's speed-up is the
+    hand-written built-in layer's time (same mode) over its own.
+    """
+    from ._defaults import BENCH_QUANTIZER_METHODS
+
+    if not cfg.quantizer_shape:
+        return None
+    b, k, h, wd = _dims(cfg.quantizer_shape)[0]
+    channels = 64
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(b, channels, h, wd, generator=gen).to(device)
+    units = {}
+    for mode in cfg.modes.split(","):
+        hard = mode == "hard"
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            layers = {
+                "hand-written, built-in sampler": _HandWrittenQuantizer(
+                    channels, k, channels, F.gumbel_softmax, cfg.tau, hard
+                ),
+                "hand-written, gumbelkit sampler": _HandWrittenQuantizer(
+                    channels, k, channels, gumbelkit.gumbel_softmax, cfg.tau, hard
+                ),
+                "GumbelQuantizer": gumbelkit.nn.GumbelQuantizer(
+                    channels, k, channels, method=BENCH_QUANTIZER_METHODS[mode], tau=cfg.tau, dim=1
+                ),
+            }
+        for label, layer in layers.items():
+            layer.to(device)
+
+            def step(m=layer):
+                z_q, loss = m(x)[:2]
+                (z_q.square().mean() + loss).backward()
+
+            units[mode, label] = step
+    res = _interleaved(units, cfg.repeats or 15, cfg.min_time, device, bar)
+    rows = []
+    for (mode, label), r in res.items():
+        base = res[mode, "hand-written, built-in sampler"]
+        rows.append(
+            {
+                "mode": mode,
+                "variant": label,
+                "method": BENCH_QUANTIZER_METHODS[mode] if label == "GumbelQuantizer" else None,
+                "median_ms": r["median_s"] * 1e3,
+                "min_ms": r["min_s"] * 1e3,
+                "vs_builtin": base["median_s"] / r["median_s"],
+                "vs_builtin_min": base["min_s"] / r["min_s"],
+                "rounds": r["rounds"],
+            }
+        )
+    model = f"B x {channels} x H x W -> K codes of size {channels}, dim=1"
+    return {"shape": cfg.quantizer_shape, "model": model, "rows": rows}
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -900,6 +995,27 @@ def _tables(results: dict) -> str:
         ]
         heads = ["mode", "variant", "median ms", "min ms", "time / eager gumbelkit", "(min)", "first call s"]
         lines += [markdown_table(heads, rows), ""]
+    if results.get("quantizer"):
+        c = results["quantizer"]
+        lines += [
+            f"## Quantizer layer ({c['model']}, {c['shape']}; forward + backward)",
+            "",
+            "speed-up = the hand-written layer with the built-in sampler (same mode) / this time.",
+            "",
+        ]
+        rows = [
+            [
+                r["mode"],
+                r["variant"] + (f" ({r['method']})" if r["method"] else ""),
+                r["median_ms"],
+                r["min_ms"],
+                r["vs_builtin"],
+                r["vs_builtin_min"],
+            ]
+            for r in c["rows"]
+        ]
+        heads = ["mode", "layer", "median ms", "min ms", "speed-up", "(min)"]
+        lines += [markdown_table(heads, rows), ""]
     if results.get("vae"):
         v = results["vae"]
         lines += [f"## Categorical VAE training step ({v['model']})", ""]
@@ -1011,6 +1127,7 @@ def main(config: dict | BenchConfig) -> dict:
             cfg.repeats or _auto_repeats(math.prod(s)) for s in _dims(cfg.layout_shapes) + _dims(cfg.cost_shapes)
         )
         extra += (cfg.repeats or 15) if cfg.compile_shape else 0
+        extra += (cfg.repeats or 15) if cfg.quantizer_shape else 0
         total = (
             sum(cfg.repeats or _auto_repeats(math.prod(s)) for s in todo) + (cfg.vae_steps if cfg.vae else 0) + extra
         )
@@ -1027,6 +1144,7 @@ def main(config: dict | BenchConfig) -> dict:
             layout = time_layouts(cfg, device, bar)
             cost = time_costs(cfg, device, bar)
             compiled_model = time_compiled_model(cfg, device, bar)
+            quantizer = time_quantizer(cfg, device, bar)
         finally:
             bar.close()
         env = environment_info(device)
@@ -1041,6 +1159,7 @@ def main(config: dict | BenchConfig) -> dict:
         "layout": layout,
         "cost": cost,
         "compiled_model": compiled_model,
+        "quantizer": quantizer,
     }
     enabled, note = plots
     H.write_outputs(
