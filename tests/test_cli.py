@@ -274,3 +274,28 @@ def test_common_requirements_name_the_flag_that_needs_each_package():
     assert H.common_requirements(False) == [] and H.common_requirements(None, "fashion-mnist") == []
     reqs = H.common_requirements(True, "digits")
     assert [(r.reason, r.module) for r in reqs] == [("--data digits", "sklearn"), ("--progress", "tqdm")]
+
+
+def test_write_results_writes_the_experiment_files_and_names_the_command_in_a_skip_note(tmp_path, capsys):
+    from gumbelkit.experiments import _harness as H
+
+    drawn_paths = []
+    results = {"value": 1}
+    drawn = H.write_results(
+        tmp_path,
+        results,
+        command="demo",
+        plan=(True, None),
+        markdown=lambda r: f"value {r['value']}\n",
+        plots=[("a.png", lambda p: drawn_paths.append(p) or p.write_text("x"))],
+    )
+    assert drawn == ["a.png"] and drawn_paths == [tmp_path / "a.png"]
+    assert json.loads((tmp_path / "results.json").read_text())["plots"] == ["a.png"]
+    assert (tmp_path / "results.md").read_text() == "value 1\n"
+    assert H.results_written(tmp_path, drawn) == (
+        f"wrote {tmp_path / 'results.json'}, {tmp_path / 'results.md'} and 1 plot(s)"
+    )
+    skipped = {"value": 2}
+    assert H.write_results(tmp_path, skipped, command="demo", plan=(False, "no matplotlib"), markdown=str) == []
+    assert json.loads((tmp_path / "results.json").read_text())["plots_skipped"] == "demo: no matplotlib"
+    assert "demo: no matplotlib" in capsys.readouterr().err

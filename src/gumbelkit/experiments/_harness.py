@@ -69,9 +69,11 @@ __all__ = [
     "prepare_out_dir",
     "progress",
     "resolve",
+    "results_written",
     "setting",
     "synchronize",
     "write_outputs",
+    "write_results",
 ]
 
 
@@ -855,6 +857,42 @@ def write_outputs(
     results[key] = drawn
     atomic_write_json(out / json_name, results)
     return drawn
+
+
+def write_results(
+    out: _PathType,
+    results: dict,
+    *,
+    command: str,
+    plan: tuple[bool, str | None],
+    markdown: Callable[[dict], str],
+    plots: Sequence[tuple[str, Callable[[_PathType], Any]]] = (),
+    **options: Any,
+) -> list[str]:
+    """:func:`write_outputs` as the experiments call it: ``results.json`` and ``results.md`` in ``out``,
+    then the plots, per ``plan`` (from :func:`plots_plan`), a skipped-plots note prefixed with the
+    command's name. ``options`` go to :func:`write_outputs` (``plot_dir``, ``key``, ``full_paths``).
+
+    Returns:
+        The plot files drawn.
+    """
+    enabled, note = plan
+    return write_outputs(
+        out,
+        results,
+        json_name="results.json",
+        md_name="results.md",
+        markdown=markdown,
+        plots=plots,
+        enabled=enabled,
+        note=note and f"{command}: {note}",
+        **options,
+    )
+
+
+def results_written(out: _PathType, drawn: Sequence[str]) -> str:
+    """The end of an experiment's summary line: which files :func:`write_results` wrote."""
+    return f"wrote {out / 'results.json'}, {out / 'results.md'} and {len(drawn)} plot(s)"
 
 
 # --------------------------------------------------------------------------- resume tables

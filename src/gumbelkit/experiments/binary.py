@@ -785,23 +785,19 @@ def main(config: dict | BinaryConfig) -> dict:
             "final_loss": "exact expected loss at the final parameters (closed form)",
         },
     }
-    enabled, note = plots
-    drawn = H.write_outputs(
+    drawn = H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="binary",
+        plan=plots,
         markdown=_markdown,
         # A plot only for the parts that ran (the toy table has no curve).
         plots=[("binary_toy.png", functools.partial(_plot_toy, results))] * bool(runs)
         + [("poly.png", functools.partial(_plot_poly, results))] * bool(poly),
-        enabled=enabled,
-        note=note and f"binary: {note}",
     )
     print(
         f"gumbelkit binary: {len(toy)} toy cells, {len(runs)} training runs and {len(poly)} poly runs in "
-        f"{results['runtime_s']:.1f} s ({cached} from the checkpoint); wrote {out / 'results.json'}, "
-        f"{out / 'results.md'} and {len(drawn)} plot(s)"
+        f"{results['runtime_s']:.1f} s ({cached} from the checkpoint); {H.results_written(out, drawn)}"
     )
     return results
 

@@ -439,21 +439,17 @@ def main(config: dict | DvaeConfig) -> dict:
             "std": "standard deviation over the seeds (independently trained models)",
         },
     }
-    enabled, note = plots
-    drawn = H.write_outputs(
+    drawn = H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="dvae",
+        plan=plots,
         markdown=_markdown,
         plots=[("dvae.png", functools.partial(_plot, results))],
-        enabled=enabled,
-        note=note and f"dvae: {note}",
     )
     print(
         f"gumbelkit dvae: {len(rows)} trained models ({computed} computed, {len(rows) - computed} from the "
-        f"checkpoint) in {results['runtime_s']:.1f} s; wrote {out / 'results.json'}, {out / 'results.md'} "
-        f"and {len(drawn)} plot(s)"
+        f"checkpoint) in {results['runtime_s']:.1f} s; {H.results_written(out, drawn)}"
     )
     return results
 

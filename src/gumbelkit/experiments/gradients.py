@@ -980,17 +980,14 @@ def _write(cfg: GradientsConfig, out: Path, fig_dir: Path, results: dict, plots:
         draw.append(
             ("gradients_70_30_demo.png", functools.partial(_plot_demo, results["demo"]["summary"], cfg.demo_tau))
         )
-    enabled, note = plots
-    return H.write_outputs(
+    return H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="gradients",
+        plan=plots,
         markdown=_markdown,
         plots=draw,
         plot_dir=fig_dir,
-        enabled=enabled,
-        note=note and f"gradients: {note}",
         key="figures",
         full_paths=True,
     )

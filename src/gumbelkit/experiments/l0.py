@@ -541,20 +541,17 @@ def main(config: dict | L0Config) -> dict:
     finally:
         bar.close()
     results = _results(cfg, ds, ckpt, seeds, computed, wall.stop())
-    enabled, note = plots
-    drawn = H.write_outputs(
+    drawn = H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="l0",
+        plan=plots,
         markdown=_markdown,
         plots=[("l0.png", functools.partial(_plot, results))],
-        enabled=enabled,
-        note=note and f"l0: {note}",
     )
     print(
         f"gumbelkit l0: {len(results['cells'])} L0 cell(s) over {cfg.seeds} seed(s) in {results['runtime_s']:.1f} s "
-        f"({computed} computed); wrote {out / 'results.json'}, {out / 'results.md'} and {len(drawn)} plot(s)"
+        f"({computed} computed); {H.results_written(out, drawn)}"
     )
     return results
 

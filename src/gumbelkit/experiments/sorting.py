@@ -533,21 +533,17 @@ def main(config: dict | SortConfig) -> dict:
             "std": "standard deviation over the seeds (independently trained models)",
         },
     }
-    enabled, note = plots
-    drawn = H.write_outputs(
+    drawn = H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="sort",
+        plan=plots,
         markdown=_markdown,
         plots=[("sort.png", functools.partial(_plot, results))],
-        enabled=enabled,
-        note=note and f"sort: {note}",
     )
     print(
         f"gumbelkit sort: {len(rows)} trained models ({computed} computed, {len(rows) - computed} from the "
-        f"checkpoint) in {results['runtime_s']:.1f} s; wrote {out / 'results.json'}, {out / 'results.md'} "
-        f"and {len(drawn)} plot(s)"
+        f"checkpoint) in {results['runtime_s']:.1f} s; {H.results_written(out, drawn)}"
     )
     return results
 

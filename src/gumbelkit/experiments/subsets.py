@@ -366,20 +366,17 @@ def main(config: dict | SubsetsConfig) -> dict:
             "stderr": "sqrt(tr Cov / S) / ||g||: an unbiased estimator has rel_err of about this size",
         },
     }
-    enabled, note = plots
-    drawn = H.write_outputs(
+    drawn = H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="subsets",
+        plan=plots,
         markdown=_markdown,
         plots=[("subsets.png", functools.partial(_plot, results))],
-        enabled=enabled,
-        note=note and f"subsets: {note}",
     )
     print(
         f"gumbelkit subsets: {len(hist['rows'])} histogram and {len(grads['rows'])} gradient rows in "
-        f"{results['runtime_s']:.1f} s; wrote {out / 'results.json'}, {out / 'results.md'} and {len(drawn)} plot(s)"
+        f"{results['runtime_s']:.1f} s; {H.results_written(out, drawn)}"
     )
     return results
 

@@ -1251,19 +1251,16 @@ def _write(cfg: VAEConfig, out: Path, results: dict, plots: tuple[bool, str | No
     """Phase 5 (main process): results.json and results.md, then the plots; the table on stdout."""
     headers, rows, _ = summarize(cfg, results["runs"])
     table = markdown_table(headers, rows)
-    enabled, note = plots
-    H.write_outputs(
+    H.write_results(
         out,
         results,
-        json_name="results.json",
-        md_name="results.md",
+        command="vae",
+        plan=plots,
         markdown=lambda res: _markdown(cfg, res, table),
         plots=[
             ("train_curves.png", lambda p: _plot_curves(cfg, results["runs"], p)),
             ("tau_schedule.png", lambda p: _plot_schedule(cfg, p)),
         ],
-        enabled=enabled,
-        note=note and f"vae: {note}",
     )
     print(table, end="")
 
