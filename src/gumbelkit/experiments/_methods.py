@@ -36,7 +36,7 @@ from ..estimators import SPECS, MethodSpec, OptionSpec, registered_methods
 from ._common import UserError
 from ._harness import parse_list
 
-__all__ = ["MethodChoice", "apply_option_aliases", "describe_methods", "parse_method", "parse_methods"]
+__all__ = ["MethodChoice", "apply_option_aliases", "describe_methods", "method_items", "parse_method", "parse_methods"]
 
 #: A registry other than the estimator registry: name -> declaration (with ``options`` and ``kind``).
 Registry = Mapping[str, Any]
@@ -236,8 +236,9 @@ def parse_method(
     return MethodChoice(spec, given)
 
 
-def _items(value: Any, flag: str) -> list[str]:
-    """Split a ``--methods`` value into method items (options after a comma stay with their method)."""
+def method_items(value: Any, flag: str) -> list[str]:
+    """Split a method-list value into items: an ``OPTION=VALUE`` part without ``:`` continues the item
+    before it (``"gumbel_rao:k=10,tau=0.5"`` is one item); a list or tuple is taken item by item."""
     if isinstance(value, (list, tuple)):
         return [str(v).strip() for v in value]
     items: list[str] = []
@@ -266,7 +267,7 @@ def parse_methods(
         >>> [m.label for m in parse_methods("st,gumbel_rao:k=100,reinforce:n=2,st")]
         ['st', 'gumbel_rao:k=100', 'reinforce:n=2']
     """
-    items = _items(value, flag)
+    items = method_items(value, flag)
     if not items or any(not i for i in items):
         raise UserError(f"expected a comma-separated list for {flag}, got {value!r}")
     out: dict[str, MethodChoice] = {}

@@ -65,7 +65,7 @@ from ..estimators import SPECS
 from . import _harness as H
 from ._common import MIN_TAU, UserError, environment_info, markdown_table, save_figure, write_checked_json
 from ._defaults import BINARY_CATEGORICAL_METHODS, BINARY_METHODS
-from ._methods import MethodChoice, describe_methods, parse_method
+from ._methods import MethodChoice, describe_methods, method_items, parse_method
 
 __all__ = [
     "BINARY",
@@ -156,20 +156,6 @@ def _parse_item(item: str, family: str, flag: str) -> Estimator:
     return Estimator(family, choice, tau)
 
 
-def _split_items(value: Any, flag: str) -> list[str]:
-    """Items of a method list; an ``OPTION=VALUE`` part without ``:`` continues the item before it."""
-    parts = H.parse_list(value, flag)
-    items: list[str] = []
-    for part in parts:
-        if "=" in part and ":" not in part:
-            if not items:
-                raise UserError(f"expected {flag} to start with a method name, got {value!r}")
-            items[-1] += "," + part
-        else:
-            items.append(part)
-    return items
-
-
 def parse_estimators(value: Any, family: str, flag: str) -> list[Estimator]:
     """Every item of a method list (text or a list of items), duplicates dropped.
 
@@ -179,7 +165,7 @@ def parse_estimators(value: Any, family: str, flag: str) -> list[Estimator]:
         ['arm:n=1', 'binary_concrete@0.5']
     """
     out: dict[str, Estimator] = {}
-    for item in _split_items(value, flag):
+    for item in method_items(value, flag):
         est = _parse_item(item, family, flag)
         out.setdefault(est.label, est)
     return list(out.values())
@@ -927,37 +913,27 @@ def _curve_axes(ax: Any, rows: list[dict], title: str) -> None:
     ax.set_ylabel("exact expected loss - optimum")
 
 
-def _plot_toy(results: dict, path: Path) -> Path:
+def _plot_panels(rows: list[dict], key: str, title: str, width: float, path: Path) -> Path:
+    """Training curves, one panel per value of ``rows[i][key]`` (in order of appearance)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["train"]
-    targets = list(dict.fromkeys(r["t"] for r in runs)) or [None]
-    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.5), squeeze=False)
-    for ax, t in zip(axes[0], targets):
-        rows = [r for r in runs if r["t"] == t]
-        if rows:
-            _curve_axes(ax, rows, f"Bernoulli toy, t = {t:g} (mean of {rows[0]['seeds']} seeds)")
+    values = list(dict.fromkeys(r[key] for r in rows)) or [None]
+    fig, axes = plt.subplots(1, len(values), figsize=(width * len(values), 4.5), squeeze=False)
+    for ax, v in zip(axes[0], values):
+        panel = [r for r in rows if r[key] == v]
+        if panel:
+            _curve_axes(ax, panel, f"{title} = {v:g} (mean of {panel[0]['seeds']} seeds)")
     axes[0][-1].legend(fontsize=6, ncol=2)
     save_figure(fig, path)
     return path
+
+
+def _plot_toy(results: dict, path: Path) -> Path:
+    return _plot_panels(results["train"], "t", "Bernoulli toy, t", 6, path)
 
 
 def _plot_poly(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    poly = results["poly"]
-    powers = list(dict.fromkeys(r["p"] for r in poly)) or [None]
-    fig, axes = plt.subplots(1, len(powers), figsize=(5.5 * len(powers), 4.5), squeeze=False)
-    for ax, p in zip(axes[0], powers):
-        rows = [r for r in poly if r["p"] == p]
-        if rows:
-            _curve_axes(ax, rows, f"polynomial programming, p = {p:g} (mean of {rows[0]['seeds']} seeds)")
-    axes[0][-1].legend(fontsize=6, ncol=2)
-    save_figure(fig, path)
-    return path
+    return _plot_panels(results["poly"], "p", "polynomial programming, p", 5.5, path)
