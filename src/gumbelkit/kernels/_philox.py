@@ -35,6 +35,8 @@ __all__ = [
     "add32",
     "as_int32",
     "as_uint32",
+    "counter_exponential",
+    "counter_gumbel",
     "gumbel_float32",
     "gumbel_float64",
     "join64",
@@ -178,3 +180,80 @@ def gumbel_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
     (its sign bit is the sign bit of ``w_hi``): E in [2^-65, 65 log 2], g in [-3.81, 45.05].
     """
     return _exp_from_words64(join64(w_hi, w_lo), log=True).neg_()
+
+
+# --------------------------------------------------------------------------- counter-based noise
+#
+# The one element-to-noise mapping of the counter-based paths (the Triton kernels on CUDA, per-request
+# seeds in token sampling, and their op-by-op references on the CPU). Two Philox words per element,
+# because one 32-bit word cannot give float32 noise both tails (E >= 2^-33 caps g at 22.87), and a
+# pair of elements shares one Philox call, so each call's four words are all used.
+
+
+def _exp_from_word64(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """E ~ Exp(1) in ``dtype`` from one 64-bit random word (int64 bit pattern), exact in both tails.
+
+    The construction of :func:`gumbelkit._noise.exp_from_words64` (the sign bit picks the half of
+    the unit interval, v = (m + 1/2) 2^-64 from the other 63 bits, E = -log v or -log1p(-v)) with v
+    and the logs evaluated in ``dtype``: float32 keeps v's relative precision (the conversion of m
+    rounds to 24 significant bits, the float32 resolution of v itself, and small m is exact), so
+    E lies in [2^-65, 64.5 log 2] and g = -log E in about [-3.80, 45.06] for float32 too.
+    """
+    upper = w < 0
+    v = (w & 0x7FFFFFFFFFFFFFFF).to(dtype).add_(0.5).mul_(2.0**-64)
+    return torch.where(upper, -torch.log(v), -torch.log1p(-v))
+
+
+def counter_exponential(
+    key: torch.Tensor | tuple, index: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """E ~ Exp(1), a pure function of (``key``, ``index``): the counter-based noise of gumbelkit.
+
+    Mapping (fixed; the Triton kernels compute exactly this): ``key`` holds four 32-bit words
+    (k0, k1, c2, c3) -- a 64-bit Philox key and the upper 64 bits of the counter (a stream, e.g. a
+    decode step). Element ``i`` (an int64 logical index >= 0) belongs to pair j = i >> 1 and takes
+    Philox4x32-10 at counter (j mod 2^32, j >> 32, c2, c3) with key (k0, k1): words (w0, w1) for
+    even i, (w2, w3) for odd i, joined high:low into one 64-bit word (:func:`join64`) and mapped to
+    E by :func:`_exp_from_word64` in ``dtype`` (float32 or float64).
+
+    Args:
+        key: an int32 tensor whose last dim holds the 4 words (a (4,) key for all, or (..., 4)
+            per-row keys broadcastable against ``index``), or a tuple of 4 int32 tensors/ints.
+        index: int64 (or int32) tensor of logical element indices.
+        dtype: float32 or float64.
+
+    Returns:
+        Tensor shaped like ``index`` (broadcast with the key words), values in (0, inf).
+
+    Examples:
+        >>> key = torch.tensor([1, 2, 3, 4], dtype=torch.int32)
+        >>> e = counter_exponential(key, torch.arange(6))
+        >>> bool((e > 0).all()), bool(torch.equal(e[2:3], counter_exponential(key, torch.tensor([2]))))
+        (True, True)
+    """
+    if isinstance(key, torch.Tensor):
+        k0, k1, c2, c3 = key.unbind(-1)
+    else:
+        k0, k1, c2, c3 = key
+    i = index.to(torch.int64)
+    j = i >> 1
+    # the low word as an int32 bit pattern: subtracting 2^32 where bit 31 is set stays in int64
+    lo32 = j & 0xFFFFFFFF
+    c0 = (lo32 - ((lo32 >> 31) << 32)).to(torch.int32)
+    c1 = (j >> 32).to(torch.int32)
+    w0, w1, w2, w3 = philox4x32(c0, c1, c2, c3, k0, k1)
+    odd = (i & 1).bool()
+    hi = torch.where(odd, w2, w0)
+    lo = torch.where(odd, w3, w1)
+    return _exp_from_word64(join64(hi, lo), dtype)
+
+
+def counter_gumbel(key: torch.Tensor | tuple, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Gumbel(0, 1) noise g = -log E with E from :func:`counter_exponential` (same key, same index).
+
+    Examples:
+        >>> g = counter_gumbel(torch.tensor([1, 2, 3, 4], dtype=torch.int32), torch.arange(4))
+        >>> bool(torch.isfinite(g).all())
+        True
+    """
+    return counter_exponential(key, index, dtype).log_().neg_()
