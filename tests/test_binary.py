@@ -26,7 +26,7 @@ def test_hard_methods_forward_exactly_zero_one_with_a_gradient(method, dtype):
     b = binary.sample(logits, method, tau=0.7, generator=gen())
     assert b.dtype == dtype and b.shape == logits.shape
     assert bool(((b == 0) | (b == 1)).all())
-    assert binary.METHODS[method].hard
+    assert binary.METHODS[method].one_hot
     (b * torch.arange(8.0).to(dtype)).sum().backward()
     assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
     assert float(logits.grad.abs().sum()) > 0
@@ -130,7 +130,7 @@ def test_same_generator_state_gives_the_same_sample_whatever_the_memory_layout(m
     b = binary.sample(base.t().contiguous().t(), method, generator=gen(16))
     assert torch.equal(a, b)
     c = binary.sample(base, method, generator=gen(17))
-    assert not torch.equal(a, c) or binary.METHODS[method].hard
+    assert not torch.equal(a, c) or binary.METHODS[method].one_hot
 
 
 def test_half_precision_is_computed_in_float32():
@@ -160,7 +160,7 @@ def test_tensor_tau_broadcasts():
         ({"method": "gumbel"}, gk.GumbelkitValueError, "expected method"),
         ({"method": "arm"}, gk.GumbelkitValueError, "expected method"),
         ({"method": 3}, gk.GumbelkitTypeError, "expected method"),
-        ({"bogus": 1.0}, gk.GumbelkitValueError, "unknown option"),
+        ({"bogus": 1.0}, gk.GumbelkitTypeError, "unknown option"),
         ({"method": "hard_concrete", "gamma": 0.5}, gk.GumbelkitValueError, "gamma"),
         ({"method": "hard_concrete", "zeta": "x"}, gk.GumbelkitTypeError, "zeta"),
         ({"generator": 1}, gk.GumbelkitTypeError, "generator"),
@@ -286,4 +286,8 @@ def test_methods_registry_declares_each_method_once():
         "disarm",
     }
     assert [o.name for o in binary.METHODS["hard_concrete"].options] == ["gamma", "zeta"]
-    assert all(m.reference for m in binary.METHODS.values())
+    assert all(m.reference and m.family == "bernoulli" for m in binary.METHODS.values())
+    # the one registry: the same declarations, read by family
+    assert list(binary.METHODS) == list(gk.estimators.methods("bernoulli"))
+    assert binary.METHODS["arm"] is gk.get_spec("arm", family="bernoulli")
+    assert gk.estimators.methods("bernoulli", kind="score_function") == ("reinforce_loo", "arm", "disarm")

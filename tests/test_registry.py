@@ -255,12 +255,12 @@ def plugins(tmp_path, monkeypatch):
     try:
         yield
     finally:
-        for name in set(_registry._REGISTRY) - before:
-            del _registry._REGISTRY[name]
+        for key in set(_registry._REGISTRY) - before:
+            del _registry._REGISTRY[key]
 
 
 def test_plugins_load_lazily_once_and_broken_ones_only_warn(plugins):
-    assert "plugin_st" not in _registry._REGISTRY  # nothing imported before the registry is read
+    assert ("categorical", "plugin_st") not in _registry._REGISTRY  # nothing imported before the registry is read
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert "plugin_st" in gk.METHODS  # the first read loads every plugin
@@ -397,3 +397,75 @@ def test_option_spec_open_minimum_excludes_the_bound_and_says_so():
     # the registered methods whose option must be strictly positive declare it so
     assert gk.get_spec("gapped_st").options[0].open_minimum
     assert gk.get_spec("decoupled_st_gumbel").options[0].open_minimum
+
+
+# --------------------------------------------------------------------------- families
+
+
+def test_every_family_is_declared_in_the_one_registry():
+    methods = gk.estimators.methods
+    assert gk.estimators.FAMILIES == ("categorical", "bernoulli", "subset", "permutation")
+    assert set(gk.estimators.families()) == set(gk.estimators.FAMILIES)
+    assert methods("subset") == ("relaxed_topk_hard", "relaxed_topk_soft", "simple", "reinforce_loo")
+    assert methods("permutation") == ("gumbel_sinkhorn", "neural_sort", "stochastic_neural_sort", "soft_sort")
+    assert methods("categorical", kind="sample") == tuple(gk.METHODS)
+    assert methods("categorical") == tuple(gk.estimators.SPECS)
+    # names are unique within a family only: st is a categorical and a Bernoulli method
+    cat, bern = gk.get_spec("st"), gk.get_spec("st", family="bernoulli")
+    assert cat is not bern and (cat.family, bern.family) == ("categorical", "bernoulli")
+    assert methods(None).count("st") == 1 and "simple" in methods(None)
+    assert all(s.reference for s in gk.estimators.specs())
+    with pytest.raises(ValueError, match="expected method in"):
+        gk.get_spec("simple")  # not a categorical method
+    with pytest.raises(gk.GumbelkitValueError, match=r"^subsets\.x: expected method to be one of"):
+        gk.get_spec("reinforce_loo", family="subset", kind="sample", where="subsets.x")
+
+
+def test_one_function_can_carry_several_declarations():
+    hard = gk.get_spec("relaxed_topk_hard", family="subset")
+    soft = gk.get_spec("relaxed_topk_soft", family="subset")
+    assert hard.fn is soft.fn is gk.subsets.relaxed_topk
+    assert (hard.one_hot, soft.one_hot) == (True, False) and dict(hard.fixed) == {"hard": True}
+    x = torch.randn(4, 6)
+    y_hard = hard.call(x, 2, tau=0.5, generator=torch.Generator().manual_seed(0))
+    y_soft = soft.call(x, 2, tau=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(y_hard, gk.subsets.relaxed_topk(x, 2, 0.5, True, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(y_soft.sum(-1), torch.full((4,), 2.0)) and not torch.equal(y_hard, y_soft)
+    sns = gk.get_spec("stochastic_neural_sort", family="permutation")
+    assert sns.fn is gk.permutations.neural_sort and dict(sns.fixed) == {"stochastic": True}
+    with pytest.raises(ValueError, match="declares an option twice"):
+        gk.register("twice", one_hot=True, options=(SCALE,), fixed={"scale": 1.0})
+
+
+def test_call_passes_tau_and_generator_only_where_they_are_taken():
+    scores = torch.tensor([[0.3, 2.0, -1.0]])
+    soft_sort = gk.get_spec("soft_sort", family="permutation")  # deterministic: takes no generator
+    out = soft_sort.call(scores, tau=0.1, generator=torch.Generator())
+    assert torch.equal(out, gk.permutations.soft_sort(scores, 0.1))
+    simple = gk.get_spec("simple", family="subset")  # uses no temperature
+    z = simple.call(torch.zeros(3, 5), 2, tau=0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(z, gk.subsets.simple(torch.zeros(3, 5), 2, generator=torch.Generator().manual_seed(1)))
+    hc = gk.get_spec("hard_concrete", family="bernoulli")
+    assert hc.default_tau == pytest.approx(2 / 3) and gk.get_spec("st").default_tau is None
+
+
+def test_a_plugin_family_is_a_family_like_the_others():
+    def trees(x, tau=1.0, *, generator=None, depth=2):
+        """A plugin's own family."""
+        return x
+
+    gk.register("tree_sampler", family="tree", one_hot=False, options=(OptionSpec("depth", int, 2, minimum=1),))(trees)
+    try:
+        assert gk.estimators.methods("tree") == ("tree_sampler",) and "tree" in gk.estimators.families()
+        assert gk.get_spec("tree_sampler", family="tree").summary == "A plugin's own family."
+        gk.register("tree_sampler", one_hot=False)(trees)  # the same name in another family
+        gk.estimators.unregister("tree_sampler")
+        with pytest.raises(ValueError, match="already registered in family 'tree'"):
+            gk.register("tree_sampler", family="tree", one_hot=False)(trees)
+        with pytest.raises(ValueError, match="family name"):
+            gk.register("x", family="no family", one_hot=False)
+        with pytest.raises(ValueError, match="default_tau"):
+            gk.register("x", one_hot=False, default_tau=0.0)
+    finally:
+        gk.estimators.unregister("tree_sampler", family="tree")
+    assert "tree" not in gk.estimators.families()

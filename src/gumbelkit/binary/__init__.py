@@ -5,8 +5,9 @@ r"""Independent Bernoulli bits: pathwise relaxations and unbiased score-function
   Concrete (``"st_binary_concrete"``) and the Hard Concrete of Louizos et al. (``"hard_concrete"``);
 * :func:`surrogate` -- a surrogate whose gradient is an unbiased estimate of
   :math:`\nabla_\phi \mathbb{E}[f(b)]`: REINFORCE with a leave-one-out baseline, ARM and DisARM;
-* :data:`METHODS` -- every method declared once (:class:`BinaryMethod`: kind, exact 0/1 forward,
-  temperature, options, reference).
+* :data:`METHODS` -- every method, declared once in the estimator registry as family
+  ``"bernoulli"`` (a :class:`gumbelkit.MethodSpec`: kind, exact 0/1 forward, default temperature,
+  options, reference); a live view, so a plugin's Bernoulli methods are in it too.
 
 Example:
 
@@ -18,8 +19,13 @@ Example:
     True
 """
 
-from ._registry import METHODS, BinaryMethod, get_method
+from collections.abc import Mapping
+
+from ..estimators._registry import MethodSpec, SpecsView
 from ._sample import sample
 from ._surrogate import surrogate
 
-__all__ = ["METHODS", "BinaryMethod", "get_method", "sample", "surrogate"]
+#: Every Bernoulli method (family ``"bernoulli"`` of the registry): a live read-only mapping name -> spec.
+METHODS: Mapping[str, MethodSpec] = SpecsView("bernoulli")
+
+__all__ = ["METHODS", "sample", "surrogate"]

@@ -10,8 +10,7 @@ from .._noise import logistic_noise
 from .._policy import compute_dtype, skip_value_checks
 from .._validation import Tau, check_dtype, check_generator, check_tau, shape_str, tau_like
 from ..errors import GumbelkitValueError
-from ..estimators._registry import OptionSpec
-from ._registry import declare, get_method
+from ..estimators._registry import OptionSpec, get_spec, register
 
 __all__ = ["check_binary_logits", "logistic_like", "sample"]
 
@@ -53,17 +52,16 @@ def _straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return hard + (soft - soft.detach())
 
 
-@declare("st", "sample", hard=True, uses_tau=True, default_tau=1.0, reference="Bengio, Leonard, Courville, 2013")
+@register("st", family="bernoulli", one_hot=True, default_tau=1.0, reference="Bengio, Leonard, Courville, 2013")
 def _st(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
     b = (theta.detach() + noise > 0).to(theta.dtype)
     return _straight_through(b, _sigmoid(theta / tau))
 
 
-@declare(
+@register(
     "binary_concrete",
-    "sample",
-    hard=False,
-    uses_tau=True,
+    family="bernoulli",
+    one_hot=False,
     default_tau=1.0,
     reference="Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 2017",
 )
@@ -71,11 +69,10 @@ def _binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torc
     return _sigmoid((theta + noise) / tau)
 
 
-@declare(
+@register(
     "st_binary_concrete",
-    "sample",
-    hard=True,
-    uses_tau=True,
+    family="bernoulli",
+    one_hot=True,
     default_tau=1.0,
     reference="Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 2017",
 )
@@ -84,11 +81,10 @@ def _st_binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> t
     return _straight_through((x.detach() > 0).to(theta.dtype), _sigmoid(x / tau))
 
 
-@declare(
+@register(
     "hard_concrete",
-    "sample",
-    hard=False,
-    uses_tau=True,
+    family="bernoulli",
+    one_hot=False,
     default_tau=2.0 / 3.0,
     options=(
         OptionSpec("gamma", float, -0.1, maximum=0.0, help="lower end of the stretched interval (<= 0)"),
@@ -131,7 +127,7 @@ def sample(
       :math:`\sigma(\theta - \beta\log((1-\gamma)/(\zeta-1)))`; the gradient flows through the clamp
       (zero where clamped).
 
-    ``"st"`` and ``"st_binary_concrete"`` are exactly 0/1 forwards (``METHODS[m].hard``).
+    ``"st"`` and ``"st_binary_concrete"`` are exactly 0/1 forwards (``METHODS[m].one_hot``).
     Logits of :math:`\pm\infty` are allowed: the bit is deterministically 1 / 0 (``hard_concrete``:
     z = 1 / 0) with zero gradient. float16 / bfloat16 are computed in float32, float64 in float64;
     the result has the logits' dtype. The noise is drawn in the logical order of ``logits.shape``,
@@ -164,9 +160,9 @@ def sample(
         >>> bool(((z >= 0) & (z <= 1)).all())
         True
     """
-    spec = get_method(method, "sample", _FN)
+    spec = get_spec(method, "bernoulli", kind="sample", where=_FN)
     check_binary_logits(logits, _FN)
-    opts = spec.resolve(options, _FN)
+    opts = spec.resolve(options, where=f"{_FN}: ")
     default = 1.0 if spec.default_tau is None else spec.default_tau
     tau = check_tau(default if tau is None else tau, logits, fn=_FN)
     check_generator(generator, logits.device, _FN)

@@ -10,8 +10,7 @@ from .._noise import uniform_open
 from .._policy import compute_dtype
 from .._validation import check_generator, shape_str
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
-from ..estimators._registry import OptionSpec
-from ._registry import declare, get_method
+from ..estimators._registry import OptionSpec, get_spec, register
 from ._sample import check_binary_logits, logistic_like
 
 __all__ = ["surrogate"]
@@ -33,12 +32,13 @@ def _evaluate(f: Loss, b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@declare(
+@register(
     "reinforce_loo",
-    "surrogate",
-    hard=True,
+    family="bernoulli",
+    kind="score_function",
+    one_hot=True,
     uses_tau=False,
-    default_tau=None,
+    evaluations_option="n",
     options=(OptionSpec("n", int, 2, minimum=2, help="samples per row"),),
     reference="Kool, van Hoof, Welling, ICLR 2019 workshop (Buy 4 REINFORCE samples)",
 )
@@ -78,12 +78,12 @@ def _antithetic(phi, f, logits, generator, n, disarm: bool):
 _PAIRS = OptionSpec("n", int, 2, minimum=1, help="antithetic pairs per row (2n evaluations of f)")
 
 
-@declare(
+@register(
     "arm",
-    "surrogate",
-    hard=True,
+    family="bernoulli",
+    kind="score_function",
+    one_hot=True,
     uses_tau=False,
-    default_tau=None,
     options=(_PAIRS,),
     reference="Yin and Zhou, ICLR 2019",
 )
@@ -91,12 +91,12 @@ def _arm(phi, f, logits, generator, n):
     return _antithetic(phi, f, logits, generator, n, disarm=False)
 
 
-@declare(
+@register(
     "disarm",
-    "surrogate",
-    hard=True,
+    family="bernoulli",
+    kind="score_function",
+    one_hot=True,
     uses_tau=False,
-    default_tau=None,
     options=(_PAIRS,),
     reference="Dong, Mnih, Tucker, NeurIPS 2020",
 )
@@ -162,13 +162,13 @@ def surrogate(
         >>> logits.grad.shape
         torch.Size([4, 3])
     """
-    spec = get_method(method, "surrogate", _FN)
+    spec = get_spec(method, "bernoulli", kind="score_function", where=_FN)
     check_binary_logits(logits, _FN)
     if logits.dim() == 0:
         raise GumbelkitDimError(f"{_FN}: expected logits with at least one dimension (the bits), got a 0-d tensor")
     if not callable(f):
         raise GumbelkitTypeError(f"{_FN}: expected f to be callable, got {type(f).__name__}")
-    n = spec.resolve({"n": n}, _FN)["n"]
+    n = spec.resolve({"n": n}, where=f"{_FN}: ")["n"]
     check_generator(generator, logits.device, _FN)
     cdt = compute_dtype(logits.dtype)
     x = logits.to(cdt)

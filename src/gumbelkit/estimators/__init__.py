@@ -1,10 +1,14 @@
-"""Gradient estimators for discrete (one-hot) samples, one function each, behind one typed registry.
+"""Gradient estimators for discrete samples, one function each, behind one typed registry.
 
-Each method is declared once with :func:`register` (its :class:`MethodSpec`: the function,
-whether its forward is one-hot, whether it uses tau, its options as :class:`OptionSpec`, the
-paper). :data:`METHODS` is a live view of the names :func:`sample` accepts; :data:`SPECS` maps
-every registered name (score-function estimators included) to its spec. Other packages add
-methods through the entry-point group ``gumbelkit.estimators`` (see :mod:`._registry`).
+Each method is declared once with :func:`register` (its :class:`MethodSpec`: the function, its
+family, whether its forward is exactly discrete, whether it uses tau, its options as
+:class:`OptionSpec`, the paper). The families: ``"categorical"`` (one-of-K, the methods of
+:func:`sample`), ``"bernoulli"`` (:mod:`gumbelkit.binary`), ``"subset"`` (:mod:`gumbelkit.subsets`)
+and ``"permutation"`` (:mod:`gumbelkit.permutations`); :func:`methods` and :func:`specs` list
+any family and kind. :data:`METHODS` is a live view of the names :func:`sample` accepts;
+:data:`SPECS` maps every categorical name (score-function estimators included) to its spec.
+Other packages add methods of any family through the entry-point group ``gumbelkit.estimators``
+(see :mod:`._registry` and the guide "Writing an estimator").
 
 Writing a new estimator: :func:`one_hot_straight_through` and :func:`softmax_backward` are the
 building blocks of the built-in straight-through estimators (see :mod:`._building_blocks` for a
@@ -31,17 +35,23 @@ from ._gapped import gapped_logits, gapped_st_estimator
 from ._gumbel_rao import conditional_gumbel, gumbel_rao_estimator
 from ._registry import (
     ENTRY_POINT_GROUP,
+    FAMILIES,
+    KINDS,
     SPECS,
     MethodSpec,
     MethodsView,
     OptionSpec,
+    SpecsView,
     _ValueError,
+    families,
     get_estimator,
     get_spec,
     is_one_hot,
     load_plugins,
+    methods,
     register,
     registered_methods,
+    specs,
     unregister,
 )
 from ._reinmax import reinmax_estimator
@@ -103,15 +113,19 @@ def sample(
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FAMILIES",
+    "KINDS",
     "METHODS",
     "SPECS",
     "MethodSpec",
     "MethodsView",
     "MovingAverageBaseline",
     "OptionSpec",
+    "SpecsView",
     "categorical_log_prob",
     "conditional_gumbel",
     "decoupled_st_gumbel_estimator",
+    "families",
     "gapped_logits",
     "gapped_st_estimator",
     "get_estimator",
@@ -120,6 +134,7 @@ __all__ = [
     "gumbel_softmax_estimator",
     "is_one_hot",
     "load_plugins",
+    "methods",
     "one_hot_straight_through",
     "register",
     "registered_methods",
@@ -129,6 +144,7 @@ __all__ = [
     "sample",
     "softmax_backward",
     "softmax_estimator",
+    "specs",
     "st_estimator",
     "st_gumbel_estimator",
     "unregister",

@@ -1,4 +1,4 @@
-"""The method registry: one typed declaration (:class:`MethodSpec`) per gradient estimator.
+"""The method registry: one typed declaration (:class:`MethodSpec`) per method, in families.
 
 A method is declared once, where its function is defined::
 
@@ -6,19 +6,34 @@ A method is declared once, where its function is defined::
               reference="Paulus et al., ICLR 2021")
     def gumbel_rao_estimator(logits, tau=1.0, *, dim=-1, generator=None, k=10): ...
 
-Two kinds of method exist:
+**Families.** Every method belongs to one family, which fixes what it samples and how its
+function is called; names are unique within a family (``st`` is both a categorical and a
+Bernoulli method). The built-in families:
 
-- ``"sample"``: ``fn(logits, tau, *, dim, generator, **options) -> Tensor`` returns a (relaxed or
-  one-hot) sample whose backward *is* the estimator; :func:`gumbelkit.sample` calls it.
-- ``"score_function"``: ``fn(logits, loss_fn, *, dim, generator, **options) -> (surrogate, losses)``
-  draws its own samples, evaluates ``loss_fn`` on them and returns a surrogate whose gradient is
-  the estimator (REINFORCE). It needs the loss, so :func:`gumbelkit.sample` refuses it;
-  :meth:`MethodSpec.objective` runs either kind the same way.
+- ``"categorical"`` (the default): one-of-K samples. ``"sample"`` methods are
+  ``fn(logits, tau, *, dim, generator, **options) -> Tensor`` (:func:`gumbelkit.sample` calls them);
+  ``"score_function"`` methods are ``fn(logits, loss_fn, *, dim, generator, **options) ->
+  (surrogate, losses)`` (REINFORCE: they need the loss; :meth:`MethodSpec.objective` runs either kind).
+- ``"bernoulli"``: independent bits, run by :func:`gumbelkit.binary.sample`
+  (``fn(theta, tau, noise, **options)``, ``noise`` standard logistic) and
+  :func:`gumbelkit.binary.surrogate` (``fn(phi, f, logits, generator, **options) -> (value, grad)``).
+- ``"subset"``: k-subsets. ``fn(logits, k, tau, *, dim, generator, **options)`` returns a k-hot
+  (``one_hot``) or relaxed sample; a ``"score_function"`` method is ``fn(logits, k, loss_fn, *,
+  dim, generator, **options) -> (surrogate, losses)``. Trait ``law``: the distribution the forward
+  samples (``"gumbel_topk"``: Gumbel-top-k; ``"conditional"``: Bernoullis given exactly k ones).
+- ``"permutation"``: ``fn(x, tau, *, generator, **options)`` returns an (..., n, n) relaxed (or,
+  ``one_hot``, exact) permutation matrix. Trait ``input``: ``"log_alpha"`` (x is an n x n score
+  matrix, row i = item i, column j = position j) or ``"scores"`` (x holds n scores, row i of the
+  result = the item with the i-th largest score).
+
+Any other family name is allowed (plugins may add families); :meth:`MethodSpec.call` calls a
+method the same way whatever its family. ``fixed`` keywords are passed on every call (one function
+can be registered twice, e.g. a ``hard`` flag fixed to True and to False).
 
 Plugins: every entry point of the group ``gumbelkit.estimators`` names a module of another
 package; each is imported once, lazily, the first time the registry is read (:func:`get_spec`,
-:func:`get_estimator`, :data:`gumbelkit.METHODS`, :func:`gumbelkit.sample`), so its
-``@register`` decorators add methods that every command then accepts. A plugin that fails to
+:func:`methods`, :data:`gumbelkit.METHODS`, :func:`gumbelkit.sample`, ...), so its ``@register``
+decorators add methods of any family that every experiment then accepts. A plugin that fails to
 import is reported with a :class:`RuntimeWarning` naming it, and whatever it had registered is
 removed again; it never stops gumbelkit from working.
 """
@@ -32,39 +47,44 @@ import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
-try:  # the library's own exception classes (builtin-compatible); plain builtins before they existed
-    from ..errors import GumbelkitTypeError as _TypeError
-    from ..errors import GumbelkitValueError as _ValueError
-except ImportError:  # pragma: no cover - depends on the core modules' version
-    _TypeError, _ValueError = TypeError, ValueError  # type: ignore[misc,assignment]
+from ..errors import GumbelkitTypeError as _TypeError
+from ..errors import GumbelkitValueError as _ValueError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FAMILIES",
     "KINDS",
     "SPECS",
     "Estimator",
     "MethodSpec",
     "MethodsView",
     "OptionSpec",
+    "SpecsView",
+    "families",
     "get_estimator",
     "get_spec",
     "is_one_hot",
     "load_plugins",
+    "methods",
     "register",
     "registered_methods",
+    "specs",
     "unregister",
 ]
 
 Estimator = Callable[..., Any]
 
-#: The entry-point group plugins declare their estimator modules in.
+#: The entry-point group plugins declare their modules in.
 ENTRY_POINT_GROUP = "gumbelkit.estimators"
 #: The kinds of method (see the module docstring).
 KINDS = ("sample", "score_function")
+#: The built-in families (a plugin may register a method of any other family).
+FAMILIES = ("categorical", "bernoulli", "subset", "permutation")
 _OPTION_TYPES = (int, float, bool, str)
 # Method and option names appear in the command line syntax ``name:option=value,...``.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -212,9 +232,10 @@ class MethodSpec:
     """The declaration of one registered method.
 
     Attributes:
-        name: the registry name (``gumbelkit.sample(logits, name)``).
-        fn: the function (see the module docstring for the two signatures).
-        one_hot: whether its forward value (each sample, for ``"score_function"``) is exactly one-hot.
+        name: the registry name, unique within its family (``gumbelkit.sample(logits, name)``).
+        fn: the function (see the module docstring for each family's signature).
+        one_hot: whether its forward value is exactly discrete: one-hot (categorical), 0/1
+            (Bernoulli), k-hot (subset) or a permutation matrix (each sample, for ``"score_function"``).
         uses_tau: whether the temperature changes what it computes.
         options: the :class:`OptionSpec` of each keyword option.
         reference: the paper(s) it comes from.
@@ -225,12 +246,18 @@ class MethodSpec:
         evaluations_option: the option that says how many times one estimate evaluates the loss
             (``"n"`` for REINFORCE with n samples); ``None``: once.
         summary: a one-line description (the first line of ``fn``'s docstring).
+        family: ``"categorical"``, ``"bernoulli"``, ``"subset"``, ``"permutation"`` or a plugin's own.
+        default_tau: the temperature used when none is given (None: the caller's default, 1).
+        fixed: keyword arguments passed to ``fn`` on every call (not options: they cannot be changed).
+        traits: what else the family needs to know (subset: ``law``; permutation: ``input``).
 
     Examples:
         >>> import gumbelkit as gk
         >>> spec = gk.get_spec("gumbel_rao")
-        >>> spec.kind, spec.one_hot, spec.defaults()
-        ('sample', True, {'k': 10})
+        >>> spec.family, spec.kind, spec.one_hot, spec.defaults()
+        ('categorical', 'sample', True, {'k': 10})
+        >>> gk.get_spec("hard_concrete", family="bernoulli").default_tau == 2 / 3
+        True
     """
 
     name: str
@@ -243,6 +270,10 @@ class MethodSpec:
     relaxed: bool = False
     evaluations_option: str | None = None
     summary: str = field(default="", compare=False)
+    family: str = "categorical"
+    default_tau: float | None = None
+    fixed: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    traits: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def option(self, name: str) -> OptionSpec:
         """The :class:`OptionSpec` called ``name``; TypeError listing the valid ones otherwise."""
@@ -276,9 +307,9 @@ class MethodSpec:
             out[key] = self.option(key).check(value, self.name, cap=cap, where=where)
         return out
 
-    def resolve(self, options: Mapping[str, Any]) -> dict:
+    def resolve(self, options: Mapping[str, Any], *, where: str = "") -> dict:
         """Every option: ``options`` (checked) over the defaults, in declaration order."""
-        given = self.check_options(options)
+        given = self.check_options(options, where=where)
         return {o.name: given.get(o.name, o.default) for o in self.options}
 
     def loss_evaluations(self, options: Mapping[str, Any]) -> int:
@@ -286,6 +317,24 @@ class MethodSpec:
         if self.evaluations_option is None:
             return 1
         return int(self.resolve(options)[self.evaluations_option])
+
+    def call(self, *args: Any, tau: Any = None, **kwargs: Any) -> Any:
+        """``fn(*args, tau=tau, **fixed, **kwargs)``: the method called as its family calls it.
+
+        ``tau`` is passed only to a method that uses it (None: :attr:`default_tau`, else 1), and
+        ``generator`` only to a function that takes one (a deterministic relaxation may not).
+
+        Examples:
+            >>> import torch, gumbelkit as gk
+            >>> spec = gk.get_spec("relaxed_topk_hard", family="subset")
+            >>> spec.call(torch.zeros(2, 5), 2, tau=0.5, generator=torch.Generator().manual_seed(0)).sum(-1)
+            tensor([2., 2.])
+        """
+        if self.uses_tau:
+            kwargs["tau"] = (1.0 if self.default_tau is None else self.default_tau) if tau is None else tau
+        if "generator" in kwargs and not _accepts(self.fn, "generator"):
+            del kwargs["generator"]
+        return self.fn(*args, **self.fixed, **kwargs)
 
     def objective(
         self,
@@ -330,52 +379,81 @@ class MethodSpec:
         """
         opts = self.check_options(options, where="objective: ")
         if self.kind == "score_function":
-            surrogate, losses = self.fn(logits, loss_fn, dim=dim, generator=generator, **opts)
+            surrogate, losses = self.fn(logits, loss_fn, dim=dim, generator=generator, **self.fixed, **opts)
             return surrogate, losses.mean(0)
-        z = self.fn(logits, tau, dim=dim, generator=generator, **opts)
+        z = self.fn(logits, tau, dim=dim, generator=generator, **self.fixed, **opts)
         losses = loss_fn(z)
         return losses, losses
 
 
-# --------------------------------------------------------------------------- the registry
-
-_REGISTRY: dict[str, MethodSpec] = {}
-
-
-def _check_signature(name: str, fn: Estimator, options: Sequence[OptionSpec]) -> None:
-    """Every declared option must be a keyword the function accepts (caught at registration, not at the first call)."""
+def _accepts(fn: Estimator, keyword: str) -> bool:
+    """Whether ``fn`` takes the keyword argument ``keyword`` (a builtin without a signature: assumed)."""
     try:
         params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # a builtin or C function: nothing to inspect
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    for opt in options:
-        if opt.name not in params:
+    except (TypeError, ValueError):
+        return True
+    return keyword in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+# --------------------------------------------------------------------------- the registry
+
+# (family, name) -> spec, in registration order.
+_REGISTRY: dict[tuple[str, str], MethodSpec] = {}
+
+
+def _check_signature(name: str, fn: Estimator, keywords: Sequence[str]) -> None:
+    """Every declared option (and fixed keyword) must be a keyword the function accepts (caught at
+    registration, not at the first call)."""
+    for key in keywords:
+        if not _accepts(fn, key):
             raise _ValueError(
-                f"register: option {opt.name!r} of method {name!r} is not a parameter of {getattr(fn, '__name__', fn)!r}"
+                f"register: option {key!r} of method {name!r} is not a parameter of {getattr(fn, '__name__', fn)!r}"
             )
+
+
+def _check_declaration(name: str, family: str, kind: str, opts: tuple, fixed: dict, default_tau: Any) -> None:
+    """The parts of a declaration that do not need the function (ValueError / TypeError naming ``register``)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _ValueError(f"register: expected a method name of letters, digits, '_', '.' or '-', got {name!r}")
+    if not isinstance(family, str) or not _OPTION_NAME.match(family):
+        raise _ValueError(f"register: expected a family name of letters, digits and '_', got {family!r}")
+    if kind not in KINDS:
+        raise _ValueError(f"register: expected kind in {KINDS}, got {kind!r}")
+    if not all(isinstance(o, OptionSpec) for o in opts):
+        raise _TypeError(f"register: expected options to be OptionSpec instances for method {name!r}")
+    names = [o.name for o in opts]
+    if len(set(names)) != len(names) or set(names) & set(fixed):
+        raise _ValueError(f"register: method {name!r} declares an option twice: {names + sorted(fixed)}")
+    if default_tau is not None and not (
+        isinstance(default_tau, numbers.Real) and math.isfinite(default_tau) and float(default_tau) > 0
+    ):
+        raise _ValueError(f"register: expected default_tau to be a finite number > 0 or None, got {default_tau!r}")
 
 
 def register(
     name: str,
     *,
     one_hot: bool,
+    family: str = "categorical",
+    kind: str = "sample",
     uses_tau: bool = True,
     options: Sequence[OptionSpec] = (),
     reference: str = "",
-    kind: str = "sample",
     relaxed: bool = False,
     evaluations_option: str | None = None,
+    default_tau: float | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    traits: Mapping[str, Any] | None = None,
 ) -> Callable[[Estimator], Estimator]:
-    """Decorator: declare ``fn`` as method ``name`` (see :class:`MethodSpec` for the arguments).
+    """Decorator: declare ``fn`` as method ``name`` of ``family`` (see :class:`MethodSpec` for the arguments).
 
-    The function is returned unchanged. Registering takes effect at once: the name appears in
-    :data:`gumbelkit.METHODS` (``"sample"`` methods) and every command accepts it.
+    The function is returned unchanged, so one function can carry several declarations (with
+    different ``fixed`` keywords). Registering takes effect at once: a categorical ``"sample"``
+    method appears in :data:`gumbelkit.METHODS`, and every experiment that reads the family accepts it.
 
     Raises:
-        ValueError: a name already registered or not usable on a command line, an unknown kind,
-            an option the function does not accept.
+        ValueError: a name already registered in the family or not usable on a command line, an
+            unknown kind, an option or fixed keyword the function does not accept.
 
     Examples:
         >>> import torch, gumbelkit as gk
@@ -391,25 +469,17 @@ def register(
         tensor([1., 1.])
         >>> gk.estimators.unregister("doc_st_identity")
     """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _ValueError(f"register: expected a method name of letters, digits, '_', '.' or '-', got {name!r}")
-    if kind not in KINDS:
-        raise _ValueError(f"register: expected kind in {KINDS}, got {kind!r}")
-    opts = tuple(options)
-    if not all(isinstance(o, OptionSpec) for o in opts):
-        raise _TypeError(f"register: expected options to be OptionSpec instances for method {name!r}")
-    names = [o.name for o in opts]
-    if len(set(names)) != len(names):
-        raise _ValueError(f"register: method {name!r} declares an option twice: {names}")
-    if evaluations_option is not None and evaluations_option not in names:
+    opts, bound = tuple(options), dict(fixed or {})
+    _check_declaration(name, family, kind, opts, bound, default_tau)
+    if evaluations_option is not None and evaluations_option not in [o.name for o in opts]:
         raise _ValueError(f"register: evaluations_option {evaluations_option!r} is not an option of method {name!r}")
 
     def deco(fn: Estimator) -> Estimator:
-        if name in _REGISTRY:
-            raise _ValueError(f"expected a new method name, got {name!r} (already registered)")
-        _check_signature(name, fn, opts)
+        if (family, name) in _REGISTRY:
+            raise _ValueError(f"expected a new method name, got {name!r} (already registered in family {family!r})")
+        _check_signature(name, fn, [o.name for o in opts] + list(bound))
         doc = inspect.getdoc(fn) or ""
-        _REGISTRY[name] = MethodSpec(
+        _REGISTRY[family, name] = MethodSpec(
             name=name,
             fn=fn,
             one_hot=bool(one_hot),
@@ -420,15 +490,19 @@ def register(
             relaxed=bool(relaxed),
             evaluations_option=evaluations_option,
             summary=doc.strip().splitlines()[0] if doc.strip() else "",
+            family=family,
+            default_tau=None if default_tau is None else float(default_tau),
+            fixed=MappingProxyType(bound),
+            traits=MappingProxyType(dict(traits or {})),
         )
         return fn
 
     return deco
 
 
-def unregister(name: str) -> None:
-    """Remove method ``name`` (for tests and interactive work); KeyError if it is not registered."""
-    del _REGISTRY[name]
+def unregister(name: str, family: str = "categorical") -> None:
+    """Remove method ``name`` of ``family`` (for tests and interactive work); KeyError if it is not registered."""
+    del _REGISTRY[family, name]
 
 
 # --------------------------------------------------------------------------- plugins
@@ -501,39 +575,88 @@ def _reset_plugins() -> None:
 # --------------------------------------------------------------------------- reading the registry
 
 
-def get_spec(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of method ``name`` (any kind); ValueError listing the choices otherwise.
+def specs(family: str | None = None, kind: str | None = None) -> tuple[MethodSpec, ...]:
+    """Every registered :class:`MethodSpec` of ``family`` and ``kind`` (None: any), in registration order.
+
+    Examples:
+        >>> import gumbelkit as gk
+        >>> [s.name for s in gk.estimators.specs("subset", kind="sample")]
+        ['relaxed_topk_hard', 'relaxed_topk_soft', 'simple']
+    """
+    load_plugins()
+    return tuple(
+        s for s in _REGISTRY.values() if (family is None or s.family == family) and (kind is None or s.kind == kind)
+    )
+
+
+def methods(family: str | None = None, kind: str | None = None) -> tuple[str, ...]:
+    """The names of the registered methods of ``family`` and ``kind`` (None: any), in registration order.
+
+    With ``family=None`` a name registered in several families is listed once.
+
+    Examples:
+        >>> import gumbelkit as gk
+        >>> gk.estimators.methods("bernoulli", kind="score_function")
+        ('reinforce_loo', 'arm', 'disarm')
+        >>> gk.estimators.methods("permutation")
+        ('gumbel_sinkhorn', 'neural_sort', 'stochastic_neural_sort', 'soft_sort')
+    """
+    return tuple(dict.fromkeys(s.name for s in specs(family, kind)))
+
+
+def families() -> tuple[str, ...]:
+    """The families that have at least one registered method, in registration order."""
+    return tuple(dict.fromkeys(s.family for s in specs()))
+
+
+def get_spec(
+    name: str, family: str = "categorical", *, kind: str | None = None, where: str | None = None
+) -> MethodSpec:
+    """The :class:`MethodSpec` of method ``name`` of ``family``; ValueError listing the choices otherwise.
+
+    Args:
+        name: the method's name.
+        family: its family.
+        kind: only methods of this kind are accepted (None: any).
+        where: the public function asking, named in the error (``"binary.sample"``).
 
     Examples:
         >>> import gumbelkit as gk
         >>> gk.get_spec("reinforce").kind
         'score_function'
+        >>> gk.get_spec("arm", family="bernoulli").options[0].name
+        'n'
     """
     load_plugins()
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise _ValueError(f"expected method in {tuple(_REGISTRY)}, got {name!r}") from None
+    valid = methods(family, kind)
+    spec = _REGISTRY.get((family, name)) if isinstance(name, str) else None
+    if spec is not None and (kind is None or spec.kind == kind):
+        return spec
+    if where is None:
+        raise _ValueError(f"expected method in {valid}, got {name!r}")
+    listed = ", ".join(sorted(valid))
+    if not isinstance(name, str):
+        raise _TypeError(f"{where}: expected method to be a str (one of {listed}), got {name!r}")
+    raise _ValueError(f"{where}: expected method to be one of {listed}, got {name!r}")
 
 
 def get_estimator(name: str) -> Estimator:
-    """The registered function of method ``name``; ValueError listing the choices otherwise."""
+    """The registered function of categorical method ``name``; ValueError listing the choices otherwise."""
     return get_spec(name).fn
 
 
 def registered_methods(kind: str | None = "sample") -> tuple[str, ...]:
-    """The registered names of one kind (``None``: every kind), in registration order."""
-    load_plugins()
-    return tuple(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
+    """The registered categorical names of one kind (``None``: every kind), in registration order."""
+    return methods("categorical", kind)
 
 
 def is_one_hot(name: str) -> bool:
-    """Whether method ``name`` returns an exactly one-hot forward value (each sample, for REINFORCE)."""
+    """Whether categorical method ``name`` returns an exactly one-hot forward value (each sample, for REINFORCE)."""
     return get_spec(name).one_hot
 
 
 class MethodsView(Sequence):
-    """A live, read-only view of the registered names of one kind (or of all kinds).
+    """A live, read-only view of the registered names of one family and kind.
 
     It is a sequence of names in registration order that reflects every later registration:
     ``in``, iteration, ``len``, indexing and ``sorted`` work, and it compares equal to a list or
@@ -547,13 +670,13 @@ class MethodsView(Sequence):
         ['decoupled_st_gumbel', 'gapped_st']
     """
 
-    __slots__ = ("_kind",)
+    __slots__ = ("_family", "_kind")
 
-    def __init__(self, kind: str | None = "sample"):
-        self._kind = kind
+    def __init__(self, kind: str | None = "sample", family: str = "categorical"):
+        self._kind, self._family = kind, family
 
     def _names(self) -> tuple[str, ...]:
-        return registered_methods(self._kind)
+        return methods(self._family, self._kind)
 
     def __getitem__(self, index):
         return self._names()[index]
@@ -580,22 +703,33 @@ class MethodsView(Sequence):
         return repr(self._names())
 
 
-class _SpecsView(Mapping):
-    """Live read-only mapping name -> :class:`MethodSpec` of every registered method."""
+class SpecsView(Mapping):
+    """A live, read-only mapping name -> :class:`MethodSpec` of every method of one family.
+
+    Examples:
+        >>> import gumbelkit as gk
+        >>> gk.binary.METHODS["hard_concrete"].options[0].name, "reinforce" in gk.estimators.SPECS
+        ('gamma', True)
+    """
+
+    __slots__ = ("_family",)
+
+    def __init__(self, family: str = "categorical"):
+        self._family = family
 
     def __getitem__(self, name: str) -> MethodSpec:
         load_plugins()
-        return _REGISTRY[name]
+        return _REGISTRY[self._family, name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(registered_methods(None))
+        return iter(methods(self._family))
 
     def __len__(self) -> int:
-        return len(registered_methods(None))
+        return len(methods(self._family))
 
     def __repr__(self) -> str:
-        return f"SPECS({', '.join(registered_methods(None))})"
+        return f"SpecsView({self._family!r}: {', '.join(methods(self._family))})"
 
 
-#: Every registered method of every kind: a live read-only mapping name -> :class:`MethodSpec`.
-SPECS: Mapping[str, MethodSpec] = _SpecsView()
+#: Every registered categorical method of every kind: a live read-only mapping name -> :class:`MethodSpec`.
+SPECS: Mapping[str, MethodSpec] = SpecsView("categorical")

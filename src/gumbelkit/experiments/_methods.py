@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from ..binary import BinaryMethod
 from ..estimators import SPECS, MethodSpec, OptionSpec, registered_methods
 from ._common import UserError
 from ._harness import parse_list
@@ -42,15 +41,9 @@ __all__ = ["MethodChoice", "apply_option_aliases", "describe_methods", "method_i
 Registry = Mapping[str, Any]
 
 
-def _option(spec: MethodSpec | BinaryMethod, name: str) -> OptionSpec:
-    """The option ``name`` of a declaration of either registry (TypeError listing the valid ones)."""
-    if isinstance(spec, MethodSpec):
-        return spec.option(name)
-    for opt in spec.options:
-        if opt.name == name:
-            return opt
-    valid = ", ".join(o.name for o in spec.options) or "none"
-    raise TypeError(f"unknown option {name!r} for method {spec.name!r}; valid options: {valid}")
+def _option(spec: MethodSpec, name: str) -> OptionSpec:
+    """The option ``name`` of a declaration (TypeError listing the valid ones)."""
+    return spec.option(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +104,7 @@ class MethodChoice:
     @property
     def one_hot(self) -> bool:
         """Whether the forward value is exactly one-hot (a binary method: exactly 0/1)."""
-        spec: MethodSpec | BinaryMethod = self.spec
-        return spec.one_hot if isinstance(spec, MethodSpec) else spec.hard
+        return self.spec.one_hot
 
     def _estimator_spec(self) -> MethodSpec:
         if not isinstance(self.spec, MethodSpec):

@@ -11,6 +11,7 @@ from .._internals import log_exp_noise, prepare_tau
 from .._policy import compute_dtype, skip_value_checks
 from .._validation import Tau, check_dtype, check_generator, prefixed, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
+from ..estimators._registry import OptionSpec, register
 from ..structured import check_iterations, check_square, permutation_straight_through
 from ._common import check_batch_tau
 
@@ -180,6 +181,18 @@ def _assignment(keys: torch.Tensor, fn: str) -> torch.Tensor:
     return perms.reshape(keys.shape[:-1]).to(keys.device)
 
 
+@register(
+    "gumbel_sinkhorn",
+    family="permutation",
+    one_hot=False,
+    options=(
+        OptionSpec("n_iters", int, 20, minimum=1, help="Sinkhorn rounds"),
+        OptionSpec("hard", bool, False, help="exact permutation forward (assignment), relaxed backward"),
+        OptionSpec("noise", float, 1.0, minimum=0.0, help="scale of the Gumbel noise"),
+    ),
+    traits={"input": "log_alpha"},
+    reference="Mena, Belanger, Linderman, Snoek, Learning Latent Permutations with Gumbel-Sinkhorn Networks, ICLR 2018",
+)
 def gumbel_sinkhorn(
     log_alpha: torch.Tensor,
     tau: Tau = 1.0,

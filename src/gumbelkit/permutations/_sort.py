@@ -11,6 +11,7 @@ from .._internals import log_exp_noise, prepare_tau
 from .._policy import compute_dtype
 from .._validation import Tau, check_dtype, check_generator, normalize_dim, prefixed, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
+from ..estimators._registry import OptionSpec, register
 from ..structured import permutation_straight_through
 from ._common import check_batch_tau, check_finite
 
@@ -32,6 +33,24 @@ def _batch_tau(tau: Tau, cdt: torch.dtype) -> Tau:
     return t.unsqueeze(-1) if isinstance(t, torch.Tensor) else t
 
 
+_GROVER = (
+    "Grover, Wang, Zweig, Ermon, Stochastic Optimization of Sorting Networks via Continuous Relaxations, ICLR 2019"
+)
+_HARD = OptionSpec("hard", bool, False, help="exact permutation forward, relaxed backward")
+
+
+@register(
+    "stochastic_neural_sort",
+    family="permutation",
+    one_hot=False,
+    options=(_HARD,),
+    fixed={"stochastic": True},
+    traits={"input": "scores"},
+    reference=_GROVER,
+)
+@register(
+    "neural_sort", family="permutation", one_hot=False, options=(_HARD,), traits={"input": "scores"}, reference=_GROVER
+)
 def neural_sort(
     scores: torch.Tensor,
     tau: Tau = 1.0,
@@ -118,6 +137,14 @@ def neural_sort(
     return permutation_straight_through(p, perm)
 
 
+@register(
+    "soft_sort",
+    family="permutation",
+    one_hot=False,
+    options=(OptionSpec("p", float, 1.0, minimum=1.0, help="power of the distance |s_i - s_j|^p"),),
+    traits={"input": "scores"},
+    reference="Prillo, Eisenschlos, SoftSort: A Continuous Relaxation for the argsort Operator, ICML 2020",
+)
 def soft_sort(scores: torch.Tensor, tau: Tau = 1.0, p: float = 1) -> torch.Tensor:
     r"""SoftSort: a row-stochastic relaxation of the (descending) sorting permutation of ``scores``.
 

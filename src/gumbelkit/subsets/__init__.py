@@ -10,7 +10,12 @@ differentiates through it:
   conditioned on exactly k successes, by a log-space recursion over elementary symmetric
   polynomials (O(nk));
 * :func:`simple` -- SIMPLE (Ahmed et al., ICLR 2023): an exact sample of that conditional law
-  forwards, the gradient of its exact marginals backwards.
+  forwards, the gradient of its exact marginals backwards;
+* :func:`reinforce_loo` -- REINFORCE over exact samples of that law with a leave-one-out baseline
+  (unbiased).
+
+Each is declared in the estimator registry as family ``"subset"`` (``relaxed_topk_hard``,
+``relaxed_topk_soft``, ``simple``, ``reinforce_loo``): ``gk.estimators.methods("subset")``.
 
 Example:
 
@@ -21,6 +26,7 @@ Example:
 """
 
 from ._relaxed import relaxed_topk
+from ._score_function import log_subset_normalizer, reinforce_loo
 from ._simple import simple, topk_marginals
 
-__all__ = ["relaxed_topk", "simple", "topk_marginals"]
+__all__ = ["log_subset_normalizer", "reinforce_loo", "relaxed_topk", "simple", "topk_marginals"]

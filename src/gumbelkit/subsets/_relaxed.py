@@ -7,11 +7,31 @@ import torch
 from .._internals import log_exp_noise, prepare_tau, theta_shift
 from .._policy import compute_dtype
 from .._validation import Tau, check_generator, check_logits_scale, check_tau
+from ..estimators._registry import register
 from ..structured import check_subset_size, khot_straight_through
 
 __all__ = ["relaxed_topk"]
 
 
+_XIE_ERMON = "Xie, Ermon, Reparameterizable Subset Sampling via Continuous Relaxations, IJCAI 2019"
+
+
+@register(
+    "relaxed_topk_soft",
+    family="subset",
+    one_hot=False,
+    fixed={"hard": False},
+    traits={"law": "gumbel_topk"},
+    reference=_XIE_ERMON,
+)
+@register(
+    "relaxed_topk_hard",
+    family="subset",
+    one_hot=True,
+    fixed={"hard": True},
+    traits={"law": "gumbel_topk"},
+    reference=_XIE_ERMON,
+)
 def relaxed_topk(
     logits: torch.Tensor,
     k: int,

@@ -6,6 +6,7 @@ import torch
 
 from .._policy import compute_dtype
 from .._validation import check_generator, check_logits
+from ..estimators._registry import register
 from ..structured import check_subset_size, khot_straight_through
 
 __all__ = ["simple", "topk_marginals"]
@@ -112,6 +113,14 @@ def topk_marginals(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     return mu.movedim(-1, d).to(logits.dtype)
 
 
+@register(
+    "simple",
+    family="subset",
+    one_hot=True,
+    uses_tau=False,
+    traits={"law": "conditional"},
+    reference="Ahmed, Zeng, Niepert, Van den Broeck, SIMPLE: A Gradient Estimator for k-Subset Sampling, ICLR 2023",
+)
 def simple(logits: torch.Tensor, k: int, dim: int = -1, *, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""SIMPLE: an exact k-subset sample in the forward pass, the gradient of the exact marginals backward.
 
