@@ -34,6 +34,8 @@ fixed-size pieces (256 tokens, then the row's blocks), so a row's token is a pur
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._policy import compute_dtype
@@ -479,7 +481,7 @@ def sample_rows(x: torch.Tensor, rp: RowParams, keys: torch.Tensor, need_logprob
     sampled = ~bad & ~greedy
     filtered = sampled & ((rp.top_k > 0) | (rp.top_p < 1) | (rp.min_p > 0))
     plain = sampled & ~filtered
-    groups = []
+    groups: list[tuple[torch.Tensor, str, Any]] = []
     if bool(plain.any()):
         r = plain.nonzero().squeeze(1)
         groups.append((r, "full", torch.full((r.numel(),), _NEG_INF, dtype=cdt, device=dev)))
