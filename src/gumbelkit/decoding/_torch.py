@@ -401,7 +401,7 @@ def _thresholds(x, gmax, m, rp: RowParams, rows: torch.Tensor, cdt):
     Returns a list of (rows, kind, data): kind "window" with (yw, ids, kept) when K lies strictly
     inside the window, or "full" with the threshold (R,) when it does not.
     """
-    out = []
+    out: list[tuple[torch.Tensor, str, Any]] = []
     first = _first_window(rp.top_k[rows])
     for W in torch.unique(first).tolist():
         r = rows[first == W]
