@@ -125,7 +125,10 @@ def _tempered(v: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     The one formula for y everywhere (windows, blocks, passes, the Triton kernels): the same
     float32 operations give the same y, so a token's fate never depends on where y was computed.
     """
-    return (v.to(m.dtype) - m.unsqueeze(-1)) / t.unsqueeze(-1)
+    y = v.to(m.dtype) - m.unsqueeze(-1)
+    if t.device.type == "cpu" and bool((t == 1).all()):  # dividing by 1 changes no bit
+        return y
+    return y.div_(t.unsqueeze(-1))
 
 
 def _block_elements(x: torch.Tensor, rows: torch.Tensor, blocks: torch.Tensor):
@@ -149,7 +152,11 @@ def _block_elements(x: torch.Tensor, rows: torch.Tensor, blocks: torch.Tensor):
     if bool(over.any()):
         shift = int(n - BLOCK - start[over][0])  # one block at most: the storage's last
         vals[over] = vals[over].roll(shift, 1)
-    return vals.masked_fill(ids >= V, _NEG_INF), ids
+    if V % BLOCK:
+        tail = blocks == V // BLOCK  # the ragged last block: the rest of the run is the next row
+        if bool(tail.any()):
+            vals[tail, V % BLOCK :] = _NEG_INF
+    return vals, ids
 
 
 def _rows_of(x: torch.Tensor, rows: torch.Tensor, s: int, e: int) -> torch.Tensor:
@@ -213,8 +220,10 @@ def _block_scores(x, rows, blocks, m, t, thr, M, G):
     """Exact L_j + G_j of blocks ``blocks`` of rows ``rows`` (m, t, thr, M, G indexed alike)."""
     vals, _ = _block_elements(x, rows, blocks)
     y = _tempered(vals, m, t)
-    kept = (y >= thr.unsqueeze(1)) & (y > _NEG_INF)
-    S = torch.where(kept, (y - M.unsqueeze(1)).exp(), 0.0).sum(1)
+    if bool((thr > _NEG_INF).any()):
+        y.masked_fill_(y < thr.unsqueeze(1), _NEG_INF)
+    # tokens out of K are -inf and weigh exp(-inf - M_j) = 0 (M_j is finite)
+    S = (y - M.unsqueeze(1)).exp_().sum(1)
     return M + S.log() + G
 
 
