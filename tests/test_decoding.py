@@ -499,3 +499,65 @@ def test_triton_bad_rows_are_minus_one(triton_run):
     tok, lp = out["draws"][-1]
     assert tok[0] >= 0 and tok[1:].tolist() == [-1, -1, -1]
     assert not torch.isnan(lp[0]) and torch.isnan(lp[1:]).all()
+
+
+# --------------------------------------------------------------------------- CUDA (skipped without a GPU)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_tokens_follow_the_law_and_the_tail():
+    row = _zipf_row(V_LAW, 41).cuda()
+    for kw in ({}, {"top_k": 50, "top_p": 0.9}, {"top_p": 0.9, "temperature": 0.5}, {"min_p": 0.05}):
+        n = N_LAW
+        tokens = sample_tokens(row.expand(n, -1).contiguous(), seeds=torch.arange(n, device="cuda"), **kw).cpu()
+        probs = reference_probs(
+            row.cpu(), kw.get("temperature", 1.0), kw.get("top_k", 0), kw.get("top_p", 1.0), kw.get("min_p", 0.0)
+        )
+        p = chi_square_p(tokens, probs)
+        assert p > P_MIN, f"{kw}: chi-square p = {p:.3g}"
+    V, gap, n = 65_536, 19.0, 40_000
+    q = (V - 1) * math.exp(-gap) / (1 + (V - 1) * math.exp(-gap))
+    x = torch.full((n, V), -gap, device="cuda")
+    x[:, 0] = 0.0
+    low = int((sample_tokens(x, seeds=torch.arange(n, device="cuda")) != 0).sum())
+    assert stats.binomtest(low, n, q).pvalue > 1e-6, f"low classes won {low} of {n} draws, expected {n * q:.1f}"
+
+
+@cuda
+def test_cuda_tokens_are_the_cpu_tokens():
+    x, kw = _mixed_batch(B=16, V=40_000)
+    cpu = sample_tokens(x, **kw)
+    gpu = sample_tokens(x.cuda(), **{k: v.cuda() for k, v in kw.items()}).cpu()
+    # same noise, same thresholds: only a near-tie rounded differently could change a token
+    assert int((cpu == gpu).sum()) >= 15, (cpu, gpu)
+
+
+@cuda
+def test_cuda_no_host_sync_graph_replay_and_bad_rows():
+    x = torch.randn(32, 5000, device="cuda")
+    x[3, 7] = math.nan
+    kw = dict(top_k=torch.full((32,), 40, device="cuda"), top_p=0.9)
+    sample_tokens(x, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tok = sample_tokens(x, **kw)
+        sample_tokens(x, seeds=torch.arange(32, device="cuda"), min_p=0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(tok[3]) == -1 and bool((tok[torch.arange(32, device="cuda") != 3] >= 0).all())
+    flat = torch.zeros(64, 1000, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        sample_tokens(flat)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = sample_tokens(flat)
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(out, first)  # fresh keys on every replay
