@@ -29,7 +29,7 @@ def sample_tokens(
     seeds: int | torch.Tensor | None = None,
     offsets: int | torch.Tensor | None = None,
     return_logprobs: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""One token per row of B x V logits: an exact draw from the tempered, filtered softmax.
 
     Math: with y = (x - max x) / T, the filters keep K = {t : y_t >= t*} (finite y_t), where
@@ -75,8 +75,8 @@ def sample_tokens(
             filtered) distribution; 0 for greedy rows.
 
     Returns:
-        int64 tokens of shape (B,); with ``return_logprobs``, ``(tokens, logprobs)`` with
-        logprobs in float32 (float64 for float64 logits).
+        The tokens, int64 of shape (B,); with ``return_logprobs``, the pair ``(tokens, logprobs)``,
+            logprobs in float32 (float64 for float64 logits).
 
     Examples:
         >>> logits = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 0.0, 3.0, 0.0]])
