@@ -163,7 +163,7 @@ def cuda_checks(x: torch.Tensor) -> dict:
         out["host_syncs"] = f"sync detected: {exc}"
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    flat = torch.zeros(x.shape[0], 1000, device=x.device)  # uniform rows: fresh noise shows at once
+    flat = torch.zeros(64, 1000, device=x.device)  # uniform rows: fresh noise shows at once
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -116,7 +116,7 @@ def test_reference_law_is_transformers_warpers(seed):
 # --------------------------------------------------------------------------- the sampled law
 
 V_LAW = 3000  # 12 blocks, a ragged last block, 187 window groups of 16 and 8 of one
-N_LAW = 8000
+N_LAW = 6000
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -395,16 +395,14 @@ for c in cases["draws"]:
 torch.save(out, sys.argv[2])
 """
 
-_MIXED = {"top_k": torch.tensor([0, 3, 30, 1, 200, 0]), "top_p": torch.tensor([0.9, 1.0, 0.5, 0.7, 0.99, 0.3])}
+_MIXED = {"top_k": torch.tensor([0, 3, 200, 1]), "top_p": torch.tensor([0.9, 1.0, 0.99, 0.3])}
 TRITON_CASES = [  # (filters, window): a window of 8 leaves most thresholds to the kernel's search
     ({}, 128),
     ({"top_k": 7}, 8),
-    ({"top_k": 7}, 128),
     ({"top_p": 0.8}, 8),
-    ({"top_p": 0.8}, 128),
     ({"top_p": 0.95, "temperature": 0.5}, 128),
     ({"min_p": 0.2}, 128),
-    ({"top_k": 40, "top_p": 0.9, "min_p": 0.01}, 8),
+    ({"top_k": 40, "top_p": 0.9, "min_p": 0.01}, 128),
     ({"temperature": 0.0}, 128),
     (_MIXED, 8),
     (_MIXED, 128),
@@ -412,10 +410,10 @@ TRITON_CASES = [  # (filters, window): a window of 8 leaves most thresholds to t
 
 
 def _triton_inputs():
-    B, V = 6, 1100
+    B, V = 4, 700
     g = torch.Generator().manual_seed(6)
     x = torch.randn(B, V, generator=g) * torch.linspace(0.5, 3.0, B).unsqueeze(1)
-    x[2, 500:] = -math.inf
+    x[2, 300:] = -math.inf
     draws_ = []
     keys = dparams.row_keys(x, torch.arange(B) + 100, None, None)
     for kw, window in TRITON_CASES:
@@ -534,30 +532,30 @@ def test_cuda_tokens_are_the_cpu_tokens():
     assert int((cpu == gpu).sum()) >= 15, (cpu, gpu)
 
 
+def _bench_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "decoding_speed.py")
+    spec = importlib.util.spec_from_file_location("decoding_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_speed_benchmark_runs(tmp_path):
+    out = tmp_path / "d.json"
+    argv = ["--batch", "2", "--vocab", "300", "--dtype", "bfloat16", "--filters", "none,topk50_topp0.9"]
+    res = _bench_module().main(argv + ["--rows", "zipf", "--rounds", "1", "--out", str(out)])
+    assert [r["filter"] for r in res["records"]] == ["none", "topk50_topp0.9"]
+    assert set(res["records"][0]["ms"]) == {"ours", "multinomial", "race", "transformers"}
+    assert out.exists()
+
+
 @cuda
 def test_cuda_no_host_sync_graph_replay_and_bad_rows():
     x = torch.randn(32, 5000, device="cuda")
+    checks = _bench_module().cuda_checks(x)
+    assert checks == {"host_syncs": 0, "graph_replay_fresh_noise": True}
     x[3, 7] = math.nan
-    kw = dict(top_k=torch.full((32,), 40, device="cuda"), top_p=0.9)
-    sample_tokens(x, **kw)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        tok = sample_tokens(x, **kw)
-        sample_tokens(x, seeds=torch.arange(32, device="cuda"), min_p=0.1)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    tok = sample_tokens(x, top_k=torch.full((32,), 40, device="cuda"), top_p=0.9)
     assert int(tok[3]) == -1 and bool((tok[torch.arange(32, device="cuda") != 3] >= 0).all())
-    flat = torch.zeros(64, 1000, device="cuda")
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        sample_tokens(flat)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = sample_tokens(flat)
-    graph.replay()
-    first = out.clone()
-    graph.replay()
-    assert not torch.equal(out, first)  # fresh keys on every replay
