@@ -11,6 +11,7 @@ The reference law is written here from the filters' definitions, in float64, and
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 
@@ -120,8 +121,9 @@ N_LAW = 6000
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the draws are many small ops: one thread is faster and steadier on a shared machine
+def _one_thread(_triton_process):
+    # the draws are many small ops: one thread is faster and steadier on a shared machine (and
+    # leaves a core to the interpreted Triton run started by _triton_process)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -434,13 +436,11 @@ def _triton_inputs():
     return {"keys": keys, "index": index, "draws": draws_}
 
 
-@pytest.fixture(scope="module")
-def triton_run(tmp_path_factory):
-    pytest.importorskip("triton")
+def _start_triton_run(d):
+    """Start the interpreted kernels on the cases of :func:`_triton_inputs` in a fresh process."""
     import subprocess
     import sys
 
-    d = tmp_path_factory.mktemp("triton")
     cases = _triton_inputs()
     torch.save(cases, d / "cases.pt")
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -450,11 +450,33 @@ def triton_run(tmp_path_factory):
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
     )
-    res = subprocess.run(
-        [sys.executable, "-c", _TRITON_SCRIPT, str(d / "cases.pt"), str(d / "out.pt")],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+    cmd = [sys.executable, "-c", _TRITON_SCRIPT, str(d / "cases.pt"), str(d / "out.pt")]
+    return cases, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def _triton_process(tmp_path_factory):
+    """The interpreted run, started before the module's first test so that it overlaps the others."""
+    if importlib.util.find_spec("triton") is None:
+        yield None
+        return
+    d = tmp_path_factory.mktemp("triton")
+    cases, proc = _start_triton_run(d)
+    try:
+        yield d, cases, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def triton_run(_triton_process):
+    if _triton_process is None:
+        pytest.skip("needs triton")
+    d, cases, proc = _triton_process
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
     return cases, torch.load(d / "out.pt")
 
 
