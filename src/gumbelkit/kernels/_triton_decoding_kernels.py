@@ -17,16 +17,24 @@ _W1 = tl.constexpr(PHILOX_W1)
 
 @triton.jit
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 on uint32 tensors: the rounds of gumbelkit.kernels._philox.philox4x32."""
+    """Philox4x32-10 on uint32 tensors (c*: one shape, k*: scalars): the rounds of ``philox4x32``.
+
+    Every constant is an explicit uint32 tensor, so products wrap modulo 2^32 (the low word) and
+    ``umulhi`` gives the high word, whatever the promotion rules of Python integer literals.
+    """
+    m0 = tl.full(c0.shape, _M0, tl.uint32)
+    m1 = tl.full(c0.shape, _M1, tl.uint32)
+    w0 = tl.full([], _W0, tl.uint32)
+    w1 = tl.full([], _W1, tl.uint32)
     for _ in tl.static_range(10):
         a0 = c0
         a2 = c2
-        c0 = tl.umulhi(tl.full(a2.shape, _M1, tl.uint32), a2) ^ c1 ^ k0
-        c2 = tl.umulhi(tl.full(a0.shape, _M0, tl.uint32), a0) ^ c3 ^ k1
-        c1 = a2 * _M1
-        c3 = a0 * _M0
-        k0 = k0 + _W0
-        k1 = k1 + _W1
+        c0 = tl.umulhi(m1, a2) ^ c1 ^ k0
+        c2 = tl.umulhi(m0, a0) ^ c3 ^ k1
+        c1 = a2 * m1
+        c3 = a0 * m0
+        k0 = k0 + w0
+        k1 = k1 + w1
     return c0, c1, c2, c3
 
 
@@ -131,7 +139,7 @@ def radix_select(base, V, m, t, u_lim, target, by_mass: tl.constexpr, CH: tl.con
     found = tl.full([], 1, tl.int32)
     digits = tl.arange(0, 16)
     for level in tl.static_range(8):
-        shift: tl.constexpr = 28 - 4 * level
+        shift = 28 - 4 * level  # a compile-time constant: level runs over a static range
         acc = tl.zeros([16], tl.float32)
         for start in range(0, V, CH):
             offs = start + tl.arange(0, CH)
