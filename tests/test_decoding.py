@@ -255,6 +255,17 @@ def test_a_request_gets_the_same_token_whatever_the_batch():
     assert not torch.equal(sample_tokens(x, **kw_next), ref)
 
 
+def test_logits_are_never_written():
+    x = torch.stack([_flat_row(V_LAW, 51), _zipf_row(V_LAW, 52)])
+    for dt in (torch.float32, torch.bfloat16):
+        for kw in ({}, {"top_p": 0.9}, {"top_k": 300, "top_p": 0.6}, {"min_p": 0.01}, {"temperature": 0.0}):
+            xi = x.to(dt)
+            before = xi.clone()
+            sample_tokens(xi, seeds=torch.arange(2), return_logprobs=True, **kw)
+            sample_tokens(xi[1:], seeds=1, **kw)  # a single row: views of it are used
+            assert torch.equal(xi, before), (dt, kw)
+
+
 def test_thread_count_does_not_change_the_tokens():
     x, kw = _mixed_batch(B=4, V=70_000)
     before = torch.get_num_threads()
