@@ -59,7 +59,8 @@ class RowParams:
 
     temperature: compute dtype, 0 for greedy rows; top_k: int64, 0 for off (values >= V are off);
     top_p: compute dtype, 1 for off; min_p: compute dtype, 0 for off; bad: bool, a parameter value
-    out of range (only set where the value checks do not raise).
+    out of range (only set where the value checks do not raise); no_top_k_top_p: top_k and top_p
+    were given as None or neutral numbers (the GPU path then skips the threshold search).
     """
 
     temperature: torch.Tensor
@@ -67,6 +68,7 @@ class RowParams:
     top_p: torch.Tensor
     min_p: torch.Tensor
     bad: torch.Tensor
+    no_top_k_top_p: bool = False  # known without reading a tensor: top_k and top_p off in every row
 
 
 def _number(value, name: str, ok, span: str) -> float:
@@ -178,7 +180,10 @@ def row_params(logits: torch.Tensor, temperature, top_k, top_p, min_p, mode: str
     k = torch.where(bad, 0, k)
     p = torch.where(bad, 1.0, p)
     mp = torch.where(bad, 0.0, mp)
-    return RowParams(t, k, p, mp, bad)
+    static_off = (top_k is None or (not isinstance(top_k, torch.Tensor) and (top_k == 0 or top_k >= V))) and (
+        top_p is None or (not isinstance(top_p, torch.Tensor) and top_p == 1)
+    )
+    return RowParams(t, k, p, mp, bad, static_off)
 
 
 def _words64(value, name: str, B: int, logits: torch.Tensor) -> torch.Tensor:

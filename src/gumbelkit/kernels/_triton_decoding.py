@@ -121,6 +121,27 @@ def _window_thresholds(x, m, t, k, p, mp, z, window: int):
     return thr.float(), tk.float(), zk.float(), need_k, need_p
 
 
+def _search_thresholds(kern, x, m, t, rp: RowParams, z, window: int) -> torch.Tensor:
+    """t* of every row: the window's thresholds, then the kernel's exact search where they fall short."""
+    B, V = x.shape
+    thr, tk, zk, need_k, need_p = _window_thresholds(x, m, t, rp.top_k, rp.top_p.float(), rp.min_p.float(), z, window)
+    kern.refine_kernel[(B,)](
+        x,
+        m,
+        t,
+        rp.top_k.contiguous(),
+        rp.top_p.float().contiguous(),
+        tk.contiguous(),
+        zk.contiguous(),
+        need_k.to(torch.int32),
+        need_p.to(torch.int32),
+        thr,
+        V,
+        CH=_REFINE_CHUNK_INTERPRETED if _interpreted() else 256,  # a (16, CH) tile per step
+    )
+    return thr
+
+
 def sample_rows_triton(x: torch.Tensor, rp: RowParams, keys: torch.Tensor, need_logprobs: bool, window: int = WINDOW):
     """Tokens (B,) int64 and log-probabilities (B,) float32 by the Triton kernels; -1 / NaN for bad rows.
 
@@ -148,23 +169,11 @@ def sample_rows_triton(x: torch.Tensor, rp: RowParams, keys: torch.Tensor, need_
     bad = bad | rp.bad.to(torch.int32)
     t_eff = torch.where(t > 0, t, 1.0)
     m_eff = torch.where(torch.isfinite(m), m, 0.0)
-    thr, tk, zk, need_k, need_p = _window_thresholds(
-        x, m_eff, t_eff, rp.top_k, rp.top_p.float(), rp.min_p.float(), z, window
-    )
-    kern.refine_kernel[(B,)](
-        x,
-        m_eff,
-        t_eff,
-        rp.top_k.contiguous(),
-        rp.top_p.float().contiguous(),
-        tk.contiguous(),
-        zk.contiguous(),
-        need_k.to(torch.int32),
-        need_p.to(torch.int32),
-        thr,
-        V,
-        CH=_REFINE_CHUNK_INTERPRETED if _interpreted() else 256,  # a (16, CH) tile per step
-    )
+    if rp.no_top_k_top_p:  # min-p alone is a threshold on y: no search
+        mp = rp.min_p.float()
+        thr = torch.where(mp > 0, mp.log(), _NEG_INF)
+    else:
+        thr = _search_thresholds(kern, x, m_eff, t_eff, rp, z, window)
     nb = -(-V // BLOCK)
     kern.draw_kernel[(B,)](
         x,
