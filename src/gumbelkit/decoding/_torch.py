@@ -16,6 +16,11 @@ sub-block s at SUB_BASE + s, token t at TOKEN_BASE + t. Gumbel-Max at each stage
 P(j*) P(s* | j*) P(t | s*) = softmax(y)_t on K exactly, with V / 256 + 32 noise values per row
 instead of V.
 
+Precision: a group's S is a float32 sum of terms <= 1 whose largest is exactly 1, so terms below
+2^-24 are lost only next to much larger ones (in a 65,536-way row with one token at 0 and the
+rest at -19, the top block drops its 255 tail weights of 5.6e-9: its probability moves by at
+most 1.4e-6), while every token's own chance inside its group is carried by exact-tail noise.
+
 Pruning (exact): M_j <= L_j <= M_j + log n_j (n_j: the block's size), so with the best lower bound
 L* = max_j M_j + G_j, a block with M_j + log n_j + G_j < L* cannot win and its L_j is never
 computed. Block maxima come from one cheap max-reduction over the row; only a few blocks (the
