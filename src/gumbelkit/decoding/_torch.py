@@ -27,10 +27,11 @@ computed. Block maxima come from one cheap max-reduction over the row; only a fe
 likely winners) are exponentiated. The sampled block is the one the full computation would pick.
 
 Small kept sets (top-k, a peaked nucleus, min-p) are found inside a *window*: the row's W largest
-logits, taken from the W sub-blocks of :data:`SUB` tokens with the largest maxima (they hold all
-of them) -- no V-sized sort. When K lies strictly inside the window, the same three-stage draw runs
-on the window alone; otherwise on the whole row with the threshold found in the window (or in a
-window 8x larger, up to the whole row).
+logits, taken from the W groups of 16 tokens (strided, see :func:`_group_max`) with the largest
+maxima, which hold all of them -- no V-sized sort. When K lies strictly inside the window, the
+same three-stage draw runs on the window alone; otherwise on the whole row, with the threshold
+found in the window or, for a nucleus larger than the window, from a mass histogram of the row
+(:func:`_nucleus_by_bins`).
 
 Reproducibility. Every quantity of a row is computed from that row alone, with reductions over
 fixed-size pieces (256 tokens, then the row's blocks), so a row's token is a pure function of
