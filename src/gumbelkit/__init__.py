@@ -1,7 +1,7 @@
 """gumbelkit: exact Gumbel samplers, straight-through / Gumbel-Rao / ReinMax estimators,
 Concrete distributions and temperature schedules for PyTorch."""
 
-from . import binary, distributions, errors, nn, permutations, schedules, structured, subsets
+from . import binary, decoding, distributions, errors, nn, permutations, schedules, structured, subsets
 from ._kl import kl_categorical
 from ._noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
@@ -41,6 +41,7 @@ __all__ = [
     "__version__",
     "binary",
     "categorical_log_prob",
+    "decoding",
     "distributions",
     "errors",
     "exponential_noise",
