@@ -59,12 +59,18 @@ from ._gumbel_rao import _condition
 from ._registry import OptionSpec, get_spec, register
 
 __all__ = [
+    "REBAR_DECLARATION",
+    "RELAX_DECLARATION",
     "ControlNet",
     "RebarControl",
     "RelaxControl",
+    "conditional_gumbel_vjp",
+    "control_variate_estimate",
     "rebar_objective",
     "relax_objective",
+    "resolve_control",
     "surrogate",
+    "variance_term",
 ]
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
@@ -256,8 +262,9 @@ class Control:
     loss at a relaxed sample (per row, in the compute dtype).
     """
 
-    def __init__(self, module: nn.Module | None, temperature: Any, eta: Any, net: nn.Module | None, f_term: bool):
-        self.module, self.temperature, self.eta, self.net, self.f_term = module, temperature, eta, net, f_term
+    def __init__(self, module: nn.Module | None, temperature: Any, eta: Any, net: nn.Module | None):
+        # eta: the weight of the relaxed loss in c (None: no such term); net: the learned r (None: r = 0)
+        self.temperature, self.eta, self.net = temperature, eta, net
         self.params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
         # read once, in the caller's grad mode (the estimate itself is computed under enable_grad)
         self._trained = bool(self.params) and torch.is_grad_enabled()
@@ -301,23 +308,23 @@ def resolve_control(method: str, control: Any, options: dict, fn: str) -> Contro
     """The :class:`Control` of one call of ``"rebar"`` / ``"relax"`` (``method``) with ``options``."""
     if method == "rebar":
         if control is None:
-            return Control(None, options["temperature"], options["eta"], None, False)
+            return Control(None, options["temperature"], options["eta"], None)
         if not isinstance(control, RebarControl):
             raise GumbelkitTypeError(
                 f"{fn}: expected control to be a gumbelkit.estimators.RebarControl (or None) for method 'rebar', "
                 f"got {type(control).__name__}"
             )
-        return Control(control, control.temperature, control.eta, None, False)
+        return Control(control, control.temperature, control.eta, None)
     if control is None:  # the untrained default: its network starts as the zero function
-        return Control(None, options["temperature"], 1.0 if options["f_term"] else None, None, False)
+        return Control(None, options["temperature"], 1.0 if options["f_term"] else None, None)
     if isinstance(control, RelaxControl):
-        return Control(control, control.temperature, 1.0 if control.f_term else None, control.net, control.f_term)
+        return Control(control, control.temperature, 1.0 if control.f_term else None, control.net)
     if not isinstance(control, nn.Module):
         raise GumbelkitTypeError(
             f"{fn}: expected control to be a torch.nn.Module mapping the relaxed sample to one value per row "
             f"(or None) for method 'relax', got {type(control).__name__}"
         )
-    return Control(control, options["temperature"], 1.0 if options["f_term"] else None, control, options["f_term"])
+    return Control(control, options["temperature"], 1.0 if options["f_term"] else None, control)
 
 
 def _input_gradient(c: torch.Tensor, x: torch.Tensor, create_graph: bool, fn: str) -> torch.Tensor:
