@@ -284,10 +284,18 @@ def test_methods_registry_declares_each_method_once():
         "reinforce_loo",
         "arm",
         "disarm",
+        "rebar",
+        "relax",
     }
     assert [o.name for o in binary.METHODS["hard_concrete"].options] == ["gamma", "zeta"]
     assert all(m.reference and m.family == "bernoulli" for m in binary.METHODS.values())
     # the one registry: the same declarations, read by family
     assert list(binary.METHODS) == list(gk.estimators.methods("bernoulli"))
     assert binary.METHODS["arm"] is gk.get_spec("arm", family="bernoulli")
-    assert gk.estimators.methods("bernoulli", kind="score_function") == ("reinforce_loo", "arm", "disarm")
+    assert gk.estimators.methods("bernoulli", kind="score_function") == (
+        "reinforce_loo",
+        "arm",
+        "disarm",
+        "rebar",
+        "relax",
+    )

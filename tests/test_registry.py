@@ -406,7 +406,7 @@ def test_every_family_is_declared_in_the_one_registry():
     methods = gk.estimators.methods
     assert gk.estimators.FAMILIES == ("categorical", "bernoulli", "subset", "permutation")
     assert set(gk.estimators.families()) == set(gk.estimators.FAMILIES)
-    assert methods("subset") == ("relaxed_topk_hard", "relaxed_topk_soft", "simple", "reinforce_loo")
+    assert methods("subset") == ("relaxed_topk_hard", "relaxed_topk_soft", "simple", "reinforce_loo", "imle")
     assert methods("permutation") == ("gumbel_sinkhorn", "neural_sort", "stochastic_neural_sort", "soft_sort")
     assert methods("categorical", kind="sample") == tuple(gk.METHODS)
     assert methods("categorical") == tuple(gk.estimators.SPECS)

@@ -24,6 +24,7 @@ from .estimators import (
     register,
     reinforce_surrogate,
     sample,
+    surrogate,
 )
 
 __version__ = "0.1.0"
@@ -62,6 +63,7 @@ __all__ = [
     "schedules",
     "structured",
     "subsets",
+    "surrogate",
     "tempered_softmax",
     "uniform_open",
 ]

@@ -4,7 +4,8 @@ r"""Independent Bernoulli bits: pathwise relaxations and unbiased score-function
   straight-through (``"st"``), Binary Concrete (``"binary_concrete"``), straight-through Binary
   Concrete (``"st_binary_concrete"``) and the Hard Concrete of Louizos et al. (``"hard_concrete"``);
 * :func:`surrogate` -- a surrogate whose gradient is an unbiased estimate of
-  :math:`\nabla_\phi \mathbb{E}[f(b)]`: REINFORCE with a leave-one-out baseline, ARM and DisARM;
+  :math:`\nabla_\phi \mathbb{E}[f(b)]`: REINFORCE with a leave-one-out baseline, ARM, DisARM,
+  REBAR and RELAX (the last two with a learnable control, ``control=``);
 * :data:`METHODS` -- every method, declared once in the estimator registry as family
   ``"bernoulli"`` (a :class:`gumbelkit.MethodSpec`: kind, exact 0/1 forward, default temperature,
   options, reference); a live view, so a plugin's Bernoulli methods are in it too.
@@ -22,6 +23,7 @@ Example:
 from collections.abc import Mapping
 
 from ..estimators._registry import MethodSpec, SpecsView
+from . import _rebar  # noqa: F401  (importing registers REBAR and RELAX)
 from ._sample import sample
 from ._surrogate import surrogate
 

@@ -3,6 +3,7 @@ r"""Unbiased score-function estimators for independent Bernoullis: REINFORCE-LOO
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -109,8 +110,10 @@ def surrogate(
     f: Loss,
     method: str,
     *,
-    n: int = 2,
+    n: int | None = None,
     generator: torch.Generator | None = None,
+    control: torch.nn.Module | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     r"""An unbiased score-function surrogate for :math:`\nabla_\phi \mathbb{E}_{b \sim \mathrm{Bern}(\sigma(\phi))} f(b)`.
 
@@ -133,6 +136,15 @@ def surrogate(
     * ``"disarm"`` (Dong, Mnih & Tucker 2020): :math:`\hat g_i = \tfrac12 (f(b_1) - f(b_2))
       (-1)^{b_{2,i}} 1[b_{1,i} \ne b_{2,i}]\, \sigma(|\phi_i|)`, ARM's estimator conditioned on
       :math:`(b_1, b_2)` (so its variance is at most ARM's); n pairs.
+    * ``"rebar"`` (Tucker et al. 2017) and ``"relax"`` (Grathwohl et al. 2018): REINFORCE with the
+      control variate :math:`c(\sigma(z/\lambda))` of the relaxed sample, corrected by its
+      reparameterised gradients at z and at the conditional noise z~ ~ p(z | b) (see
+      :mod:`gumbelkit.estimators._rebar`); c = eta f (REBAR) or f + a learned network (RELAX).
+      ``control`` holds their learnable state: a :class:`gumbelkit.estimators.RebarControl`
+      (eta, lambda) or the RELAX network (any ``nn.Module`` mapping the relaxed sample to one
+      value per row, or a :class:`gumbelkit.estimators.RelaxControl`); the same backward then
+      gives its parameters the gradient of the estimate's variance. Options: ``eta``,
+      ``temperature``, ``noise`` (REBAR); ``temperature``, ``f_term``, ``hidden``, ``noise`` (RELAX).
 
     Logits of :math:`\pm\infty` give deterministic bits and a zero gradient.
 
@@ -140,17 +152,22 @@ def surrogate(
         logits: log-odds, shape ``(..., D)`` with at least one dim; any floating dtype
             (float16 / bfloat16 computed in float32).
         f: the loss, ``f(b) -> Tensor`` of shape ``logits.shape[:-1]``.
-        method: ``"reinforce_loo"``, ``"arm"`` or ``"disarm"``.
+        method: ``"reinforce_loo"``, ``"arm"``, ``"disarm"``, ``"rebar"``, ``"relax"`` (any
+            ``"score_function"`` method of :data:`METHODS`).
         n: samples per row (``reinforce_loo``, >= 2) or antithetic pairs per row (``arm``,
-            ``disarm``, >= 1).
+            ``disarm``, >= 1); None: the method's default.
         generator: optional ``torch.Generator`` for the noise (keyword-only).
+        control: the learnable state of a method that has one (``METHODS[m].new_control((D,))``);
+            None: its fixed behaviour (REBAR at ``eta`` and ``temperature``; RELAX without network).
+        **options: the method's other options (``METHODS[method].options``).
 
     Returns:
         Tensor shaped like ``f``'s output: value a Monte-Carlo estimate of E[f], gradient the estimator.
 
     Raises:
         GumbelkitError: a non-floating dtype, a 0-d tensor, NaN logits, an unknown method, a bad
-            ``n``, a non-callable ``f`` or an ``f`` that returns the wrong shape.
+            ``n`` or option, a non-callable ``f``, an ``f`` that returns the wrong shape, a control
+            of the wrong kind or one whose output does not have one value per row.
 
     Examples:
         >>> logits = torch.zeros(4, 3, requires_grad=True)
@@ -168,15 +185,22 @@ def surrogate(
         raise GumbelkitDimError(f"{_FN}: expected logits with at least one dimension (the bits), got a 0-d tensor")
     if not callable(f):
         raise GumbelkitTypeError(f"{_FN}: expected f to be callable, got {type(f).__name__}")
-    n = spec.resolve({"n": n}, where=f"{_FN}: ")["n"]
+    opts = spec.resolve(options if n is None else {"n": n, **options}, where=f"{_FN}: ")
+    if spec.has_control:
+        opts["control"] = control
+    elif control is not None:
+        raise GumbelkitTypeError(f"{_FN}: method {method!r} has no learnable state: expected control=None")
     check_generator(generator, logits.device, _FN)
     cdt = compute_dtype(logits.dtype)
     x = logits.to(cdt)
     finite = torch.isfinite(x.detach())
     phi = x.detach()
-    value, g = spec.fn(phi, f, logits, generator, n)
+    value, g, *extra = spec.fn(phi, f, logits, generator, **opts)
     g = torch.where(finite, g, torch.zeros_like(g))  # the true gradient at +-inf is 0
     # grad of sum_i g_i phi_i is g; +-inf entries are replaced by 0 so that 0 * inf is not NaN.
     term = (g * torch.where(finite, x, torch.zeros_like(x))).sum(-1)
     term = term - term.detach()  # exactly 0 forwards
-    return value + term.to(value.dtype)
+    out = value + term.to(value.dtype)
+    if extra and extra[0] is not None:  # a learnable control's training term, exactly 0 forwards
+        out = out + extra[0].to(out.dtype)
+    return out

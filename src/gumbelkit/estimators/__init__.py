@@ -10,6 +10,10 @@ any family and kind. :data:`METHODS` is a live view of the names :func:`sample` 
 Other packages add methods of any family through the entry-point group ``gumbelkit.estimators``
 (see :mod:`._registry` and the guide "Writing an estimator").
 
+Score-function methods need the loss: :func:`surrogate` runs any of them on one-of-K samples
+(REINFORCE, and REBAR / RELAX, whose learnable controls :class:`RebarControl` and
+:class:`RelaxControl` are trained by the same backward).
+
 Writing a new estimator: :func:`one_hot_straight_through` and :func:`softmax_backward` are the
 building blocks of the built-in straight-through estimators (see :mod:`._building_blocks` for a
 complete example).
@@ -61,6 +65,10 @@ from ._score_function import (
     reinforce_objective,
     reinforce_surrogate,
 )
+
+# isort: split
+# Imported last, so that the registry lists REBAR and RELAX after REINFORCE.
+from ._rebar import ControlNet, RebarControl, RelaxControl, rebar_objective, relax_objective, surrogate
 
 #: The names :func:`sample` accepts: a live view (a method registered later appears in it).
 METHODS = MethodsView("sample")
@@ -117,10 +125,13 @@ __all__ = [
     "KINDS",
     "METHODS",
     "SPECS",
+    "ControlNet",
     "MethodSpec",
     "MethodsView",
     "MovingAverageBaseline",
     "OptionSpec",
+    "RebarControl",
+    "RelaxControl",
     "SpecsView",
     "categorical_log_prob",
     "conditional_gumbel",
@@ -136,16 +147,19 @@ __all__ = [
     "load_plugins",
     "methods",
     "one_hot_straight_through",
+    "rebar_objective",
     "register",
     "registered_methods",
     "reinforce_objective",
     "reinforce_surrogate",
     "reinmax_estimator",
+    "relax_objective",
     "sample",
     "softmax_backward",
     "softmax_estimator",
     "specs",
     "st_estimator",
     "st_gumbel_estimator",
+    "surrogate",
     "unregister",
 ]

@@ -16,7 +16,9 @@ Bernoulli method). The built-in families:
   (surrogate, losses)`` (REINFORCE: they need the loss; :meth:`MethodSpec.objective` runs either kind).
 - ``"bernoulli"``: independent bits, run by :func:`gumbelkit.binary.sample`
   (``fn(theta, tau, noise, **options)``, ``noise`` standard logistic) and
-  :func:`gumbelkit.binary.surrogate` (``fn(phi, f, logits, generator, **options) -> (value, grad)``).
+  :func:`gumbelkit.binary.surrogate` (``fn(phi, f, logits, generator, **options) -> (value, grad)``,
+  or ``(value, grad, extra)`` with ``extra`` shaped like ``value`` and exactly 0 forwards: it is
+  added to the surrogate, e.g. to train a learnable control).
 - ``"subset"``: k-subsets. ``fn(logits, k, tau, *, dim, generator, **options)`` returns a k-hot
   (``one_hot``) or relaxed sample; a ``"score_function"`` method is ``fn(logits, k, loss_fn, *,
   dim, generator, **options) -> (surrogate, losses)``. Trait ``law``: the distribution the forward
@@ -29,6 +31,17 @@ Bernoulli method). The built-in families:
 Any other family name is allowed (plugins may add families); :meth:`MethodSpec.call` calls a
 method the same way whatever its family. ``fixed`` keywords are passed on every call (one function
 can be registered twice, e.g. a ``hard`` flag fixed to True and to False).
+
+**Learnable state.** A method that owns parameters (REBAR's scale and temperature, RELAX's
+control network) declares ``control=builder``: ``builder(event_shape, **options)`` returns the
+``torch.nn.Module`` holding them for samples whose one row has ``event_shape``
+(:meth:`MethodSpec.new_control` builds it with the options resolved). Its function takes the
+module as the keyword ``control`` (None: the method's fixed, untrained behaviour), and the
+surrogate it returns carries a term that is exactly 0 forwards and whose gradient reaches only the
+module's parameters: the gradient of the method's auxiliary objective (for a control variate,
+the squared norm of the estimate, i.e. its variance up to a constant). One ``.backward()`` of
+the surrogate therefore gives the logits the estimate and the module its training gradient; the
+caller adds ``module.parameters()`` to an optimiser.
 
 Plugins: every entry point of the group ``gumbelkit.estimators`` names a module of another
 package; each is imported once, lazily, the first time the registry is read (:func:`get_spec`,
@@ -250,6 +263,8 @@ class MethodSpec:
         default_tau: the temperature used when none is given (None: the caller's default, 1).
         fixed: keyword arguments passed to ``fn`` on every call (not options: they cannot be changed).
         traits: what else the family needs to know (subset: ``law``; permutation: ``input``).
+        control: for a method with learnable state, ``control(event_shape, **options) -> nn.Module``
+            (see :meth:`new_control`); ``None`` for a method without state.
 
     Examples:
         >>> import gumbelkit as gk
@@ -274,6 +289,55 @@ class MethodSpec:
     default_tau: float | None = None
     fixed: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
     traits: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    control: Callable[..., torch.nn.Module] | None = field(default=None, compare=False)
+
+    @property
+    def has_control(self) -> bool:
+        """Whether the method owns learnable state (a control module it takes as ``control=``)."""
+        return self.control is not None
+
+    def new_control(
+        self,
+        event_shape: Sequence[int] | torch.Size,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
+    ) -> torch.nn.Module:
+        """A fresh learnable control of this method for samples whose one row has ``event_shape``.
+
+        ``event_shape`` is the shape of the part of a sample that one loss value covers: ``(D,)``
+        for D Bernoulli bits per row, ``(N, K)`` for N one-of-K variables per row. ``options`` are
+        the method's options (checked, defaults filled in; the builder reads the ones it needs,
+        e.g. the initial temperature). Add ``module.parameters()`` to an optimiser and pass the
+        module as ``control=`` on every call.
+
+        Raises:
+            TypeError: the method has no learnable state; ValueError / TypeError: bad options.
+
+        Examples:
+            >>> import gumbelkit as gk
+            >>> spec = gk.get_spec("rebar", family="bernoulli")
+            >>> control = spec.new_control((3,), temperature=0.5)
+            >>> sorted(name for name, _ in control.named_parameters())
+            ['eta', 'log_temperature']
+        """
+        if self.control is None:
+            raise _TypeError(f"new_control: method {self.name!r} ({self.family}) has no learnable state")
+        shape = tuple(int(s) for s in event_shape)
+        if not shape or any(s < 1 for s in shape):
+            raise _ValueError(f"new_control: expected event_shape of sizes >= 1, got {tuple(event_shape)}")
+        module = self.control(shape, **self.resolve(options, where="new_control: "))
+        return module.to(device=device, dtype=dtype) if device is not None or dtype is not None else module
+
+    def _control_kwargs(self, control: Any) -> dict:
+        """``{"control": control}`` for a method with state, ``{}`` otherwise (a control given to a
+        method without state is refused)."""
+        if self.control is not None:
+            return {"control": control}
+        if control is not None:
+            raise _TypeError(f"method {self.name!r} has no learnable state: expected control=None, got {control!r}")
+        return {}
 
     def option(self, name: str) -> OptionSpec:
         """The :class:`OptionSpec` called ``name``; TypeError listing the valid ones otherwise."""
@@ -334,6 +398,7 @@ class MethodSpec:
             kwargs["tau"] = (1.0 if self.default_tau is None else self.default_tau) if tau is None else tau
         if "generator" in kwargs and not _accepts(self.fn, "generator"):
             del kwargs["generator"]
+        kwargs.update(self._control_kwargs(kwargs.pop("control", None)))
         return self.fn(*args, **self.fixed, **kwargs)
 
     def objective(
@@ -344,6 +409,7 @@ class MethodSpec:
         *,
         dim: int = -1,
         generator: torch.Generator | None = None,
+        control: torch.nn.Module | None = None,
         **options: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""A training objective whose gradient is this method's estimate of grad E_z[loss_fn(z)].
@@ -359,6 +425,8 @@ class MethodSpec:
             tau: temperature (ignored by methods with ``uses_tau=False``).
             dim: the category dimension.
             generator: optional ``torch.Generator``.
+            control: the learnable control of a method with state (:meth:`new_control`); the
+                objective's gradient then also trains it. None: the method's fixed behaviour.
             **options: the method's options.
 
         Returns:
@@ -378,6 +446,7 @@ class MethodSpec:
             reinforce (5,) (5,)
         """
         opts = self.check_options(options, where="objective: ")
+        opts.update(self._control_kwargs(control))
         if self.kind == "score_function":
             surrogate, losses = self.fn(logits, loss_fn, dim=dim, generator=generator, **self.fixed, **opts)
             return surrogate, losses.mean(0)
@@ -444,6 +513,7 @@ def register(
     default_tau: float | None = None,
     fixed: Mapping[str, Any] | None = None,
     traits: Mapping[str, Any] | None = None,
+    control: Callable[..., torch.nn.Module] | None = None,
 ) -> Callable[[Estimator], Estimator]:
     """Decorator: declare ``fn`` as method ``name`` of ``family`` (see :class:`MethodSpec` for the arguments).
 
@@ -471,13 +541,15 @@ def register(
     """
     opts, bound = tuple(options), dict(fixed or {})
     _check_declaration(name, family, kind, opts, bound, default_tau)
+    if control is not None and not callable(control):
+        raise _TypeError(f"register: expected control to be a callable building an nn.Module or None, got {control!r}")
     if evaluations_option is not None and evaluations_option not in [o.name for o in opts]:
         raise _ValueError(f"register: evaluations_option {evaluations_option!r} is not an option of method {name!r}")
 
     def deco(fn: Estimator) -> Estimator:
         if (family, name) in _REGISTRY:
             raise _ValueError(f"expected a new method name, got {name!r} (already registered in family {family!r})")
-        _check_signature(name, fn, [o.name for o in opts] + list(bound))
+        _check_signature(name, fn, [o.name for o in opts] + list(bound) + (["control"] if control is not None else []))
         doc = inspect.getdoc(fn) or ""
         _REGISTRY[family, name] = MethodSpec(
             name=name,
@@ -494,6 +566,7 @@ def register(
             default_tau=None if default_tau is None else float(default_tau),
             fixed=MappingProxyType(bound),
             traits=MappingProxyType(dict(traits or {})),
+            control=control,
         )
         return fn
 
@@ -581,7 +654,7 @@ def specs(family: str | None = None, kind: str | None = None) -> tuple[MethodSpe
     Examples:
         >>> import gumbelkit as gk
         >>> [s.name for s in gk.estimators.specs("subset", kind="sample")]
-        ['relaxed_topk_hard', 'relaxed_topk_soft', 'simple']
+        ['relaxed_topk_hard', 'relaxed_topk_soft', 'simple', 'imle']
     """
     load_plugins()
     return tuple(
@@ -597,7 +670,7 @@ def methods(family: str | None = None, kind: str | None = None) -> tuple[str, ..
     Examples:
         >>> import gumbelkit as gk
         >>> gk.estimators.methods("bernoulli", kind="score_function")
-        ('reinforce_loo', 'arm', 'disarm')
+        ('reinforce_loo', 'arm', 'disarm', 'rebar', 'relax')
         >>> gk.estimators.methods("permutation")
         ('gumbel_sinkhorn', 'neural_sort', 'stochastic_neural_sort', 'soft_sort')
     """

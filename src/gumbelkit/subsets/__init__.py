@@ -12,10 +12,12 @@ differentiates through it:
 * :func:`simple` -- SIMPLE (Ahmed et al., ICLR 2023): an exact sample of that conditional law
   forwards, the gradient of its exact marginals backwards;
 * :func:`reinforce_loo` -- REINFORCE over exact samples of that law with a leave-one-out baseline
-  (unbiased).
+  (unbiased);
+* :func:`imle` -- I-MLE (Niepert et al., NeurIPS 2021): the exactly k-hot MAP of Sum-of-Gamma
+  perturbed logits forwards, the implicit-MLE finite difference backwards (biased).
 
 Each is declared in the estimator registry as family ``"subset"`` (``relaxed_topk_hard``,
-``relaxed_topk_soft``, ``simple``, ``reinforce_loo``): ``gk.estimators.methods("subset")``.
+``relaxed_topk_soft``, ``simple``, ``reinforce_loo``, ``imle``): ``gk.estimators.methods("subset")``.
 
 Example:
 
@@ -29,4 +31,16 @@ from ._relaxed import relaxed_topk
 from ._score_function import log_subset_normalizer, reinforce_loo
 from ._simple import simple, topk_marginals
 
-__all__ = ["log_subset_normalizer", "reinforce_loo", "relaxed_topk", "simple", "topk_marginals"]
+# isort: split
+# Imported last, so that the registry lists I-MLE after the methods above.
+from ._imle import imle, sum_of_gamma_noise
+
+__all__ = [
+    "imle",
+    "log_subset_normalizer",
+    "reinforce_loo",
+    "relaxed_topk",
+    "simple",
+    "sum_of_gamma_noise",
+    "topk_marginals",
+]
