@@ -34,15 +34,17 @@ from ._internals import (
 )
 from ._internals import needs_grad as _needs_grad
 from ._internals import one_hot as _one_hot
-from ._policy import compiling, compute_dtype, skip_value_checks
+from ._policy import check_mode, compiling, compute_dtype
 from ._policy import lean as _lean
 from ._validation import (
     Tau,
+    bad_rows,
     check_generator,
     check_int,
     check_logits_scale,
     check_sample_args_scale,
     check_tau,
+    mark_bad_rows,
     shape_str,
 )
 from .errors import GumbelkitValueError
@@ -93,7 +95,8 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
         generator: optional ``torch.Generator`` (keyword-only).
 
     Returns:
-        int64 tensor of indices, ``logits.shape`` without ``dim``.
+        int64 tensor of indices, ``logits.shape`` without ``dim``. In ``"device"`` validation mode
+        (see :func:`gumbelkit.set_validation`) a row with NaN, +inf or no finite logit gives -1.
 
     Examples:
         >>> z = gumbel_max(torch.tensor([[0.0, 1.0, 2.0]]), generator=torch.Generator().manual_seed(0))
@@ -103,7 +106,10 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
     dim, row_max, max_abs = check_logits_scale(logits, dim, fn="gumbel_max")
     check_generator(generator, logits.device, "gumbel_max")
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
-    return gumbel_argmax(logits, dim, generator, m).squeeze(dim)
+    index = gumbel_argmax(logits, dim, generator, m)
+    if check_mode(logits) == "device":
+        index = torch.where(bad_rows(row_max), -1, index)
+    return index.squeeze(dim)
 
 
 def gumbel_topk(
@@ -121,7 +127,9 @@ def gumbel_topk(
         generator: optional ``torch.Generator`` (keyword-only).
 
     Returns:
-        int64 tensor shaped like ``logits`` with ``dim`` of size k.
+        int64 tensor shaped like ``logits`` with ``dim`` of size k. In ``"device"`` validation mode
+        a row with NaN, +inf or no finite logit gives -1 everywhere, and a row with fewer than k
+        unmasked classes gives -1 after its last unmasked one.
 
     Examples:
         >>> gumbel_topk(torch.zeros(5), 3, generator=torch.Generator().manual_seed(0)).shape
@@ -138,7 +146,8 @@ def gumbel_topk(
         raise GumbelkitValueError(
             f"{fn}: expected k <= {K} (categories along dim={dim} of logits of shape {shape_str(logits.shape)}), got {k}"
         )
-    if not skip_value_checks() and logits.numel():  # an empty batch has no rows to count (min of nothing)
+    mode = check_mode(logits)
+    if mode == "raise" and logits.numel():  # an empty batch has no rows to count (min of nothing)
         n_free = int(torch.isfinite(logits.detach()).sum(dim).min())
         if k > n_free:
             raise GumbelkitValueError(
@@ -146,7 +155,11 @@ def gumbel_topk(
                 f"{shape_str(logits.shape)}), got {k}"
             )
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
-    return perturbed(logits, generator, m).topk(k, dim, sorted=True).indices
+    values, index = perturbed(logits, generator, m).topk(k, dim, sorted=True)
+    if mode == "device":
+        # a masked class is picked only once a row has run out of unmasked ones: -1 from there on
+        index = torch.where(torch.isneginf(values) | bad_rows(row_max), -1, index)
+    return index
 
 
 def gumbel_softmax(
@@ -217,7 +230,7 @@ def checked_gumbel_softmax(
     bad argument is reported under the name the user called. Same samples and gradients.
     """
     dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn=fn)
-    return _relaxed(logits, tau, bool(hard), dim, generator, row_max, max_abs)
+    return mark_bad_rows(_relaxed(logits, tau, bool(hard), dim, generator, row_max, max_abs), logits, row_max, tau)
 
 
 def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> torch.Tensor:
@@ -245,7 +258,8 @@ def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> tor
     cdt = compute_dtype(logits.dtype)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m = plain_shift(row_max, max_abs, tau, cdt, per_class)
-    return tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, per_class=per_class)
+    out = tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, per_class=per_class)
+    return mark_bad_rows(out, logits, row_max, tau)
 
 
 # --------------------------------------------------------------------------- torch.compile: custom ops

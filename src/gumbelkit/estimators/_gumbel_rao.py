@@ -35,6 +35,7 @@ from .._validation import (
     check_generator,
     check_positive_int,
     check_sample_args_scale,
+    mark_bad_rows,
 )
 from ._registry import OptionSpec, register
 
@@ -262,7 +263,7 @@ def gumbel_rao_estimator(
     m = theta_shift(row_max, max_abs, cdt)
     index = gumbel_argmax(logits, dim, generator, m)
     if not _needs_grad(logits, tau):
-        return one_hot_like(logits, index, dim)
+        return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     # For large |theta| shift to a row max of 0 first (the gradient is unchanged: softmax ignores
     # a per-row constant) so that theta + g_j below is formed near 0, where float32 keeps the noise.
     xs = logits.to(cdt) if m is None else logits.to(cdt) - m
@@ -273,7 +274,7 @@ def gumbel_rao_estimator(
         _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, ftau, cdt, False)
         base = _draw_base(generator, logits.device)
         args = (xs, index, base, k, float(ftau), dim, bool(post), logits.dtype)
-        return _GumbelRaoStraightThrough.apply(*args)
+        return mark_bad_rows(_GumbelRaoStraightThrough.apply(*args), logits, row_max, tau)
     xd = xs.detach()
     cond = conditional_gumbel(xd, index, k, dim, generator=generator)
     # Noise g_j = (theta + g_j) - theta, detached; masked entries get g = 0 so theta + g stays -inf
@@ -284,4 +285,4 @@ def gumbel_rao_estimator(
     per_class = per_class_tau(tau, z.dim(), dim + 1)
     _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, tau, cdt, per_class)
     soft = tempered_core(z, prepare_tau(tau, cdt), dim + 1, post=post, per_class=per_class).mean(0)
-    return one_hot_straight_through(soft, index, dim).to(logits.dtype)
+    return mark_bad_rows(one_hot_straight_through(soft, index, dim).to(logits.dtype), logits, row_max, tau)
