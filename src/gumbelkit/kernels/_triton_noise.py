@@ -45,6 +45,7 @@ __all__ = [
     "counter_exponential",
     "counter_exponential_pairs",
     "exp_from_words",
+    "exp_from_words_f64",
     "load_key",
     "log1p_neg",
     "philox4x32_10",
@@ -115,13 +116,29 @@ def exp_from_words(hi, lo):
 
     The 64-bit word w = hi 2^32 + lo; its sign bit picks the half of the unit interval, the other
     63 bits m give v = (m + 1/2) 2^-64 (m converted to float32 with round-to-nearest, v's own
-    float32 resolution; small m is exact), and E = -log v (upper half: E in [log 2, 44.4]) or
+    float32 resolution; small m is exact), and E = -log v (upper half: E in [log 2, 65 log 2 = 45.05]) or
     E = -log1p(-v) (lower half: E in [2^-65, log 2)). No branch: both halves are computed.
     """
     m = ((hi & 0x7FFFFFFF).to(tl.uint64) << 32) | lo.to(tl.uint64)
     v = (m.to(tl.int64).to(tl.float32) + 0.5) * _TWO_M64
     upper = (hi >> 31) != 0
     return tl.where(upper, -tl.log(v), -log1p_neg(v))
+
+
+@triton.jit
+def exp_from_words_f64(hi, lo):
+    """:func:`exp_from_words` in float64 (``counter_exponential(..., dtype=torch.float64)``).
+
+    v = (m + 1/2) 2^-64 is formed in float64 (53 significant bits of m) and
+    log1p(-v) = log(u) - ((u - 1) + v) / u with u = 1 - v, as in :func:`log1p_neg` (float64 logs
+    are the accurate library ones, so no series is needed): E in [2^-65, 65 log 2].
+    """
+    m = ((hi & 0x7FFFFFFF).to(tl.uint64) << 32) | lo.to(tl.uint64)
+    v = (m.to(tl.int64).to(tl.float64) + 0.5) * _TWO_M64
+    u = 1.0 - v
+    lower = tl.log(u) - ((u - 1.0) + v) / u
+    upper = (hi >> 31) != 0
+    return tl.where(upper, -tl.log(v), -lower)
 
 
 @triton.jit
