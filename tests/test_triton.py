@@ -27,8 +27,8 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 import gumbelkit as gk  # noqa: E402
+from gumbelkit import _triton_ops as T  # noqa: E402
 from gumbelkit.kernels import _triton_noise as noise  # noqa: E402
-from gumbelkit.kernels import _triton_ops as T  # noqa: E402
 from gumbelkit.kernels._philox import _exp_from_word64, as_int32, counter_exponential, join64  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -385,3 +385,155 @@ def test_bad_rows_raise_or_come_out_nan():
         tau = torch.tensor([[1.0], [1.0], [-1.0], [1.0]], device=DEV)
         y = gk.kernels.triton_gumbel_softmax(x, tau, generator=_gen(37))
         assert bool(y[2].isnan().all()) and not bool(y[0].isnan().any())
+
+
+# --------------------------------------------------------------------------- the default path
+
+
+@pytest.fixture
+def cuda_path():
+    """The default samplers as they run for CUDA tensors: the Triton path, "device" validation."""
+    with T.triton_on_cpu(), gk.validation("device"):
+        yield
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts the kernel launches of the Triton host code (forward, backward, top-k, noise)."""
+    counts = {"n": 0}
+    for name in ("_forward", "_backward", "_topk", "log_exponential"):
+        original = getattr(T, name)
+
+        def counted(*args, _original=original, **kwargs):
+            counts["n"] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(T, name, counted)
+    return counts
+
+
+def test_default_samplers_take_the_kernels(cuda_path):
+    x = _randn(6, 10, seed=40)
+    hard = gk.gumbel_softmax(x, 0.5, hard=True, generator=_gen(41))
+    ref, _, s = _reference(x, 41, 0.5, True)
+    assert torch.equal(hard.double(), ref)
+    assert torch.allclose(gk.gumbel_softmax(x, 0.5, generator=_gen(41)).double(), _reference(x, 41, 0.5)[0], rtol=2e-6)
+    z = s.argmax(-1)
+    assert torch.equal(gk.gumbel_max(x, generator=_gen(41)), z)
+    assert torch.equal(gk.gumbel_topk(x, 3, generator=_gen(41)), s.topk(3, -1).indices)
+    leaf = x.clone().requires_grad_()
+    for method in ("st_gumbel", "gumbel_rao", "reinmax", "st", "gapped_st", "decoupled_st_gumbel"):
+        y = gk.sample(leaf, method, tau=0.5, generator=_gen(41))
+        assert torch.equal(y.detach().argmax(-1), z), method  # the same key, the same sample
+    soft = gk.sample(leaf, "gumbel_softmax", tau=0.5, generator=_gen(41))
+    assert torch.allclose(soft.detach().double(), _reference(x, 41, 0.5)[0], rtol=2e-6)
+
+
+def test_decoupled_forward_temperature_draws_from_the_counter_noise(cuda_path):
+    # tau_forward != 1: argmax((theta - max) / tau_f - log E) with E the counter noise of the call's key
+    x = _randn(5, 8, seed=42).requires_grad_()
+    y = gk.sample(x, "decoupled_st_gumbel", tau=0.5, tau_forward=2.0, generator=_gen(43))
+    idx = torch.arange(x.numel(), device=DEV).view(x.shape)
+    log_e = counter_exponential(_key(43), idx).log()
+    expected = ((x.detach() - x.detach().amax(-1, keepdim=True)) / 2.0 - log_e).argmax(-1)
+    assert torch.equal(y.detach().argmax(-1), expected)
+    y.sum().backward()
+    assert bool(torch.isfinite(x.grad).all())
+
+
+def test_gumbel_rao_draws_are_counter_noise_streams_and_unbiased_shape(cuda_path):
+    x = _randn(4, 6, seed=44).requires_grad_()
+    w = _randn(4, 6, seed=45)
+    grads = []
+    for _ in range(2):
+        y = gk.sample(x, "gumbel_rao", tau=0.5, k=3, generator=_gen(46))
+        (g,) = torch.autograd.grad((y * w).sum(), x)
+        grads.append(g)
+    assert torch.equal(grads[0], grads[1])  # the same generator state: the same draws and gradient
+    assert bool(torch.isfinite(grads[0]).all()) and torch.allclose(
+        grads[0].sum(-1), torch.zeros(4, device=DEV), atol=1e-6
+    )
+
+
+def test_quantizer_runs_on_the_kernels(cuda_path, launches):
+    torch.manual_seed(0)
+    q = gk.nn.GumbelQuantizer(8, n_codes=16, embedding_dim=4, dim=1).to(DEV)
+    out = q(_randn(2, 8, 3, 3, seed=47))
+    (out.z_q.sum() + out.loss).backward()
+    assert launches["n"] >= 2 and out.codes.shape == (2, 3, 3) and bool((out.codes >= 0).all())
+
+
+# --------------------------------------------------------------------------- no host reads
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every op that reads a tensor's value to the host (a device synchronisation on CUDA)."""
+
+    READS = frozenset(
+        {
+            "aten::_local_scalar_dense",
+            "aten::item",
+            "aten::is_nonzero",
+            "aten::equal",
+            "aten::allclose",
+            "aten::nonzero",
+            "aten::masked_select",
+            "aten::_unique2",
+            "aten::unique_consecutive",
+            "aten::repeat_interleave",
+            "aten::_assert_async",
+        }
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.READS:
+            self.reads.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def _quantizer_step(x, gen):
+    torch.manual_seed(0)
+    q = gk.nn.GumbelQuantizer(6, n_codes=10, embedding_dim=3, dim=1, generator=gen).to(DEV)
+    out = q(x.t().reshape(1, 6, 2, 2))
+    return out.z_q.sum() + out.loss
+
+
+CALLS = {
+    "gumbel_softmax-soft": lambda x, g: gk.gumbel_softmax(x, 0.5, generator=g),
+    "gumbel_softmax-hard": lambda x, g: gk.gumbel_softmax(x, 0.5, True, generator=g),
+    "gumbel_softmax-tensor-tau": lambda x, g: gk.gumbel_softmax(
+        x, torch.full((4, 1), 0.5, device=DEV), True, generator=g
+    ),
+    "gumbel_softmax-dim0": lambda x, g: gk.gumbel_softmax(x.t(), 0.5, True, dim=0, generator=g),
+    "gumbel_max": lambda x, g: gk.gumbel_max(x.detach(), generator=g),
+    "gumbel_topk": lambda x, g: gk.gumbel_topk(x.detach(), 3, generator=g),
+    "sample-st_gumbel": lambda x, g: gk.sample(x, "st_gumbel", 0.5, generator=g),
+    "sample-gumbel_softmax": lambda x, g: gk.sample(x, "gumbel_softmax", 0.5, generator=g),
+    "sample-gumbel_rao": lambda x, g: gk.sample(x, "gumbel_rao", 0.5, generator=g, k=2),
+    "sample-decoupled": lambda x, g: gk.sample(x, "decoupled_st_gumbel", 0.5, generator=g),
+    "sample-decoupled-tau_f": lambda x, g: gk.sample(x, "decoupled_st_gumbel", 0.5, generator=g, tau_forward=2.0),
+    "kl_categorical": lambda x, g: gk.kl_categorical(x, torch.zeros(6, device=DEV)),
+    "GumbelQuantizer": lambda x, g: _quantizer_step(x, g),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_default_path_reads_nothing_back_to_the_host(cuda_path, launches, name):
+    x = _randn(4, 6, seed=48).requires_grad_(name != "gumbel_max")
+    gen = _gen(49)
+    with _HostReads() as mode:
+        out = CALLS[name](x, gen)
+        if out.requires_grad:
+            (out * torch.ones_like(out)).sum().backward()
+    assert mode.reads == [], (name, mode.reads)
+    assert launches["n"] > 0 or name == "kl_categorical"  # it took the Triton path
+
+
+def test_the_raising_mode_does_read(launches):
+    with T.triton_on_cpu(), gk.validation("raise"), _HostReads() as mode:
+        gk.gumbel_softmax(_randn(4, 6), 0.5, True, generator=_gen(50))
+    assert mode.reads and launches["n"] == 1  # the synchronous check: one read, then the kernel

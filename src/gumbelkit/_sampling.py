@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from . import _triton_ops as _gpu
 from ._autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, tempered_core
 from ._autograd import softmax_grad as _softmax_grad
 from ._internals import SHIFT_ABOVE as _SHIFT_ABOVE
@@ -41,6 +42,7 @@ from ._validation import (
     bad_rows,
     check_generator,
     check_int,
+    check_logits,
     check_logits_scale,
     check_sample_args_scale,
     check_tau,
@@ -103,6 +105,10 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
 
     Reference: Gumbel (1954); Maddison, Tarlow, Minka, "A* Sampling", NeurIPS 2014.
     """
+    if _gpu.use_triton(logits):  # CUDA: one kernel, no noise buffer, no host read
+        dim = check_logits(logits, dim, fn="gumbel_max")
+        check_generator(generator, logits.device, "gumbel_max")
+        return _gpu.gumbel_max_index(logits, dim, generator)
     dim, row_max, max_abs = check_logits_scale(logits, dim, fn="gumbel_max")
     check_generator(generator, logits.device, "gumbel_max")
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
@@ -138,7 +144,11 @@ def gumbel_topk(
     Reference: Kool, van Hoof, Welling, "Stochastic Beams and Where to Find Them", ICML 2019.
     """
     fn = "gumbel_topk"
-    dim, row_max, max_abs = check_logits_scale(logits, dim, fn=fn)
+    triton = _gpu.use_triton(logits)
+    if triton:
+        dim = check_logits(logits, dim, fn=fn)
+    else:
+        dim, row_max, max_abs = check_logits_scale(logits, dim, fn=fn)
     check_generator(generator, logits.device, fn)
     k = check_int(k, "k", min=1, fn=fn)
     K = logits.shape[dim]
@@ -154,6 +164,12 @@ def gumbel_topk(
                 f"{fn}: expected k <= {n_free} (the fewest unmasked classes in a row of logits of shape "
                 f"{shape_str(logits.shape)}), got {k}"
             )
+    if triton:
+        # CUDA: each block's top k of theta + g in registers, then the top k of those
+        index = _gpu.gumbel_topk(logits, k, dim, generator)
+        if index is not None:
+            return index
+        row_max, max_abs = logits.detach().amax(dim, keepdim=True), None  # k too large for the kernel
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
     values, index = perturbed(logits, generator, m).topk(k, dim, sorted=True)
     if mode == "device":
@@ -229,6 +245,10 @@ def checked_gumbel_softmax(
     For public functions built on the Gumbel-Softmax (e.g. :func:`gumbelkit.sample`), so that a
     bad argument is reported under the name the user called. Same samples and gradients.
     """
+    if _gpu.use_triton(logits):  # CUDA: the Triton kernels (see gumbelkit.kernels.triton_gumbel_softmax)
+        out = _gpu.gumbel_softmax(logits, tau, hard, dim, generator, fn)
+        if out is not None:
+            return out
     dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn=fn)
     return mark_bad_rows(_relaxed(logits, tau, bool(hard), dim, generator, row_max, max_abs), logits, row_max, tau)
 

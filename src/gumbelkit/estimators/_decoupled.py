@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _triton_ops as _gpu
 from .._internals import argmax_index_, log_exp_noise, noise_plan, one_hot_like
 from .._policy import compute_dtype
 from .._sampling import (
@@ -94,7 +95,10 @@ def decoupled_st_gumbel_estimator(
         return checked_gumbel_softmax(logits, tau, True, dim, generator=generator, fn="sample")
     dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     cdt = compute_dtype(logits.dtype)
-    log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
+    if _gpu.use_counter_noise(logits):  # CUDA: the counter noise from a device key (no host read)
+        log_e = _gpu.log_exponential(logits.shape, _gpu.draw_key(generator, logits.device), 0, cdt)
+    else:
+        log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
     x = logits.detach().to(cdt)
     # (theta - max) / tau_f has a top of exactly 0 and is <= 0 elsewhere: no overflow for any
     # tau_f (a tiny tau_f sends the others to -inf, i.e. the argmax, which is the limit law);

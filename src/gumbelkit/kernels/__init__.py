@@ -16,6 +16,7 @@ by each element's logical position (any memory layout gives the same sample), an
 work under ``torch.func.grad`` / ``torch.vmap`` (op by op there) and with double backward.
 """
 
+from .._triton_ops import triton_gumbel_max, triton_gumbel_softmax
 from ._fused import (
     FusedFallbackWarning,
     compile_times,
@@ -32,7 +33,6 @@ from ._philox import (
     uniform_float32,
     uniform_float64,
 )
-from ._triton_ops import triton_gumbel_max, triton_gumbel_softmax
 
 __all__ = [
     "FusedFallbackWarning",

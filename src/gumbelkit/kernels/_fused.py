@@ -47,10 +47,9 @@ import warnings
 
 import torch
 
-# the module, not its function: _sampling imports this package (for the Triton samplers) while it loads
-from .. import _sampling
 from .._autograd import softmax_grad as _softmax_grad
 from .._policy import compute_dtype
+from .._sampling import gumbel_softmax as _eager_gumbel_softmax
 from .._validation import (
     Tau,
     check_dtype,
@@ -438,7 +437,7 @@ def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
     if inv is None or (compiled and _state["failed"] is not None):
         # Per-element or learnable temperatures (and a disabled fused path) take the eager path,
         # which has the same semantics.
-        return _sampling.gumbel_softmax(logits, tau, hard, dim=dim, generator=generator)
+        return _eager_gumbel_softmax(logits, tau, hard, dim=dim, generator=generator)
     K = logits.shape[dim]
     moved = logits.movedim(dim, -1)
     # Row-major rows, whatever the input's layout (a copy only when it is not already): the noise
@@ -446,7 +445,7 @@ def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
     # module notes), and the saved softmax inherits this layout.
     x2d = moved.reshape(-1, K).contiguous()
     if x2d.numel() == 0:
-        return _sampling.gumbel_softmax(logits, tau, hard, dim=dim, generator=generator)
+        return _eager_gumbel_softmax(logits, tau, hard, dim=dim, generator=generator)
     cdt = compute_dtype(logits.dtype)
     inv_tau = torch.tensor(inv, dtype=cdt, device=logits.device)  # inf when 1/tau overflows cdt
     # A fallback must draw from the generator state the caller passed in: remember it.
@@ -465,7 +464,7 @@ def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
             _disable(exc)
         if rng is not None:
             rng.set_state(rng_state)
-        return _sampling.gumbel_softmax(logits, tau, hard, dim=dim, generator=generator)
+        return _eager_gumbel_softmax(logits, tau, hard, dim=dim, generator=generator)
     # One reduction and one sync: the sum of the row maxima is finite unless a row is invalid (or,
     # harmlessly, finite maxima overflow the sum; check_values then finds nothing and returns).
     # Not under vmap (no data-dependent Python control flow there) nor while compiling.

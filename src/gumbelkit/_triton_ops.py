@@ -2,6 +2,8 @@
 
 The kernels themselves live in :mod:`gumbelkit.kernels._triton`, imported on first use (Triton
 reads ``TRITON_INTERPRET`` when it builds them), so ``import gumbelkit`` never imports ``triton``.
+This module sits beside the samplers rather than in :mod:`gumbelkit.kernels` because the samplers
+import it (that package imports the samplers).
 
 Which calls take the kernels (:func:`use_triton`): CUDA tensors of float16, bfloat16 or float32
 when ``triton`` is installed, outside ``torch.func`` transforms (``grad``, ``vmap``: those keep the
@@ -38,8 +40,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .._policy import compiling, functorch_active
-from .._validation import (
+from ._policy import compiling, functorch_active
+from ._validation import (
     Tau,
     check_dtype,
     check_generator,
@@ -48,9 +50,10 @@ from .._validation import (
     normalize_dim,
     shape_str,
 )
-from ..errors import GumbelkitError, GumbelkitTypeError
+from .errors import GumbelkitError, GumbelkitTypeError
 
 __all__ = [
+    "AVAILABLE",
     "draw_key",
     "gumbel_max_index",
     "gumbel_softmax",
@@ -59,6 +62,7 @@ __all__ = [
     "triton_gumbel_max",
     "triton_gumbel_softmax",
     "triton_on_cpu",
+    "use_counter_noise",
     "use_triton",
 ]
 
@@ -90,7 +94,16 @@ def triton_on_cpu(enabled: bool = True) -> Iterator[None]:
 
 def use_triton(t) -> bool:
     """Whether the default samplers run ``t`` through the Triton kernels (see the module notes)."""
-    if not AVAILABLE or not isinstance(t, torch.Tensor) or t.dtype not in _DTYPES:
+    return isinstance(t, torch.Tensor) and t.dtype in _DTYPES and use_counter_noise(t)
+
+
+def use_counter_noise(t: torch.Tensor) -> bool:
+    """Whether noise for ``t`` (any floating dtype) comes from the counter-noise kernel with a device key.
+
+    The estimators that draw extra noise (Gumbel-Rao's conditional draws, the decoupled forward)
+    use it where the samplers use the kernels, float64 included: no seed is read to the host.
+    """
+    if not AVAILABLE:
         return False
     kind = t.device.type
     if kind != "cuda" and not (kind == "cpu" and _cpu[0] and _interpreting()):
@@ -101,7 +114,7 @@ def use_triton(t) -> bool:
 @functools.cache
 def _kernels():
     """The kernel module, imported (and its kernels built) on first use."""
-    from . import _triton
+    from .kernels import _triton
 
     return _triton
 
@@ -485,12 +498,12 @@ _op_hard.register_autograd(_backward_hard, setup_context=_setup)
 # --------------------------------------------------------------------------- the samplers
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: Tau, hard: bool, dim: int, generator, fn: str) -> torch.Tensor:
+def gumbel_softmax(logits: torch.Tensor, tau: Tau, hard: bool, dim: int, generator, fn: str) -> torch.Tensor | None:
     """The Gumbel-Softmax of the default path for a tensor :func:`use_triton` accepts.
 
     The same checks as the eager sampler (``"raise"`` mode: the synchronous value checks first;
-    ``"device"``: bad rows come out NaN); a tensor tau varying along the categories, and empty
-    inputs, take the eager sampler.
+    ``"device"``: bad rows come out NaN). Returns None -- the caller then runs the eager sampler --
+    for what the kernels do not take: a tensor tau that varies along the categories, empty input.
     """
     check_dtype(logits, fn=fn)
     dim = normalize_dim(logits, dim, fn=fn)
@@ -499,9 +512,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: Tau, hard: bool, dim: int, generat
     check_values(logits, dim, fn=fn)  # raises in "raise" mode only (one sync); see _validation
     tau_t = tau if isinstance(tau, torch.Tensor) else None
     if logits.numel() == 0 or (tau_t is not None and _per_class(tau_t, logits.dim(), dim)):
-        from .._sampling import checked_gumbel_softmax
-
-        return checked_gumbel_softmax(logits, tau, hard, dim, generator=generator, fn=fn)
+        return None
     hard = bool(hard)
     if compiling():
         key = draw_key(None, logits.device)
@@ -645,7 +656,13 @@ def triton_gumbel_softmax(
     fn = "triton_gumbel_softmax"
     _require(logits, fn)
     _check_kernel_dtype(logits, fn)
-    return gumbel_softmax(logits, tau, hard, dim, generator, fn)
+    out = gumbel_softmax(logits, tau, hard, dim, generator, fn)
+    if out is None:  # a per-class tensor tau or an empty input: the eager sampler, the same law
+        from ._sampling import checked_gumbel_softmax
+
+        with triton_on_cpu(False):
+            return checked_gumbel_softmax(logits, tau, hard, dim, generator=generator, fn=fn)
+    return out
 
 
 def triton_gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generator | None = None) -> torch.Tensor:
