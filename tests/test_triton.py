@@ -537,3 +537,53 @@ def test_the_raising_mode_does_read(launches):
     with T.triton_on_cpu(), gk.validation("raise"), _HostReads() as mode:
         gk.gumbel_softmax(_randn(4, 6), 0.5, True, generator=_gen(50))
     assert mode.reads and launches["n"] == 1  # the synchronous check: one read, then the kernel
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+
+class _Sampler(torch.nn.Module):
+    def __init__(self, hard: bool):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 10)
+        self.hard = hard
+
+    def forward(self, x):
+        y = gk.gumbel_softmax(self.proj(x), 0.5, self.hard)
+        return y, gk.gumbel_max(self.proj(x).detach())
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_compiled_model_has_no_graph_break_and_samples(cuda_path, hard):
+    torch.manual_seed(0)
+    model = _Sampler(hard).to(DEV)
+    x = _randn(16, 6, seed=51)
+    backend = "inductor" if CUDA else "aot_eager"  # Inductor's CPU code cannot call interpreted kernels
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    code = explanation.graphs[0].code
+    assert "triton_gumbel_softmax_" + ("hard" if hard else "soft") in code and "triton_gumbel_max" in code
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    y, z = compiled(x)
+    assert y.shape == (16, 10) and z.shape == (16,)
+    assert torch.allclose(y.detach().sum(-1), torch.ones(16, device=DEV), atol=1e-5)
+    if hard:
+        assert bool(((y == 0) | (y == 1)).all())
+    y.sum().backward()
+    assert bool(torch.isfinite(model.proj.weight.grad).all())
+    y2, _ = compiled(x)
+    assert not torch.equal(y, y2)  # a fresh key each call
+
+
+def test_custom_ops_pass_opcheck():
+    x = _randn(4, 6, seed=52)
+    key = _key(53)
+    tau = torch.full((4, 1), 0.7, device=DEV)
+    ops = torch.ops.gumbelkit
+    for args in ((x, key, None, 0.5, 1), (x.t(), key, None, 0.5, 0), (x, key, tau, 1.0, 1)):
+        torch.library.opcheck(ops.triton_gumbel_softmax_soft, args, test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(ops.triton_gumbel_softmax_hard, args, test_utils=("test_schema", "test_faketensor"))
+    y = torch.softmax(x, -1)
+    torch.library.opcheck(ops.triton_softmax_backward, (y, x, tau, 1.0, 1, torch.float32))
+    torch.library.opcheck(ops.triton_gumbel_max, (x, key, 1))
+    torch.library.opcheck(ops.triton_gumbel_topk, (x, key, 2, 1))

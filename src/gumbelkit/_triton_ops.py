@@ -85,7 +85,7 @@ def triton_on_cpu(enabled: bool = True) -> Iterator[None]:
     CUDA tensor runs -- key drawing, checks, launches, autograd -- with the kernels interpreted.
     """
     previous = _cpu[0]
-    _cpu[0] = enabled
+    _cpu[0] = enabled and _interpreting()  # read once here: use_triton stays free of environment reads
     try:
         yield
     finally:
@@ -106,7 +106,7 @@ def use_counter_noise(t: torch.Tensor) -> bool:
     if not AVAILABLE:
         return False
     kind = t.device.type
-    if kind != "cuda" and not (kind == "cpu" and _cpu[0] and _interpreting()):
+    if kind != "cuda" and not (kind == "cpu" and _cpu[0]):
         return False
     return not functorch_active()
 
