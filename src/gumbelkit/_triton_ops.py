@@ -58,6 +58,7 @@ __all__ = [
     "gumbel_max_index",
     "gumbel_softmax",
     "gumbel_topk",
+    "kernels_off",
     "log_exponential",
     "triton_gumbel_max",
     "triton_gumbel_softmax",
@@ -70,6 +71,7 @@ __all__ = [
 AVAILABLE = importlib.util.find_spec("triton") is not None
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _cpu = [False]  # the private switch of triton_on_cpu
+_off = [False]  # the private switch of kernels_off
 
 
 def _interpreting() -> bool:
@@ -92,6 +94,17 @@ def triton_on_cpu(enabled: bool = True) -> Iterator[None]:
         _cpu[0] = previous
 
 
+@contextlib.contextmanager
+def kernels_off() -> Iterator[None]:
+    """Private, for benchmarks and tests: the default samplers take the eager path even for CUDA tensors."""
+    previous = _off[0]
+    _off[0] = True
+    try:
+        yield
+    finally:
+        _off[0] = previous
+
+
 def use_triton(t) -> bool:
     """Whether the default samplers run ``t`` through the Triton kernels (see the module notes)."""
     return isinstance(t, torch.Tensor) and t.dtype in _DTYPES and use_counter_noise(t)
@@ -103,7 +116,7 @@ def use_counter_noise(t: torch.Tensor) -> bool:
     The estimators that draw extra noise (Gumbel-Rao's conditional draws, the decoupled forward)
     use it where the samplers use the kernels, float64 included: no seed is read to the host.
     """
-    if not AVAILABLE:
+    if not AVAILABLE or _off[0]:
         return False
     kind = t.device.type
     if kind != "cuda" and not (kind == "cpu" and _cpu[0]):
