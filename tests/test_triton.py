@@ -556,36 +556,42 @@ def test_the_raising_mode_does_read(launches):
 
 
 class _Sampler(torch.nn.Module):
-    def __init__(self, hard: bool):
+    def __init__(self):
         super().__init__()
         self.proj = torch.nn.Linear(6, 10)
-        self.hard = hard
 
     def forward(self, x):
-        y = gk.gumbel_softmax(self.proj(x), 0.5, self.hard)
-        return y, gk.gumbel_max(self.proj(x).detach())
+        z = self.proj(x)
+        return gk.gumbel_softmax(z, 0.5), gk.gumbel_softmax(z, 0.5, True), gk.gumbel_max(z.detach())
 
 
-@pytest.mark.parametrize("hard", [False, True])
-def test_compiled_model_has_no_graph_break_and_samples(cuda_path, hard):
+def test_compiled_model_has_no_graph_break_and_samples(cuda_path):
     torch.manual_seed(0)
-    model = _Sampler(hard).to(DEV)
+    model = _Sampler().to(DEV)
     x = _randn(16, 6, seed=51)
-    backend = "inductor" if CUDA else "aot_eager"  # Inductor's CPU code cannot call interpreted kernels
-    explanation = torch._dynamo.explain(model)(x)
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-    code = explanation.graphs[0].code
-    assert "triton_gumbel_softmax_" + ("hard" if hard else "soft") in code and "triton_gumbel_max" in code
-    compiled = torch.compile(model, fullgraph=True, backend=backend)
-    y, z = compiled(x)
-    assert y.shape == (16, 10) and z.shape == (16,)
-    assert torch.allclose(y.detach().sum(-1), torch.ones(16, device=DEV), atol=1e-5)
-    if hard:
-        assert bool(((y == 0) | (y == 1)).all())
-    y.sum().backward()
-    assert bool(torch.isfinite(model.proj.weight.grad).all())
-    y2, _ = compiled(x)
-    assert not torch.equal(y, y2)  # a fresh key each call
+    graphs = []
+
+    def backend(gm, example_inputs):  # records the graph, then Inductor (CUDA) or AOT eager (interpreter)
+        graphs.append(gm)
+        if CUDA:
+            from torch._inductor.compile_fx import compile_fx
+
+            return compile_fx(gm, example_inputs)
+        from functorch.compile import make_boxed_func
+
+        aot = torch._dynamo.backends.common.aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g.forward))
+        return aot(gm, example_inputs)
+
+    compiled = torch.compile(model, fullgraph=True, backend=backend)  # fullgraph: a graph break fails
+    soft, hard, z = compiled(x)
+    assert len(graphs) == 1
+    assert all(f"triton_gumbel_{op}" in graphs[0].code for op in ("softmax_soft", "softmax_hard", "max"))
+    assert soft.shape == hard.shape == (16, 10) and z.shape == (16,)
+    assert torch.allclose(soft.detach().sum(-1), torch.ones(16, device=DEV), atol=1e-5)
+    assert bool(((hard == 0) | (hard == 1)).all()) and bool((hard.sum(-1) == 1).all())
+    (soft * hard).sum().backward()
+    assert bool(torch.isfinite(model.proj.weight.grad).all()) and float(model.proj.weight.grad.abs().sum()) > 0
+    assert not torch.equal(soft, compiled(x)[0])  # a fresh key each call
 
 
 def test_custom_ops_pass_opcheck():
@@ -596,10 +602,16 @@ def test_custom_ops_pass_opcheck():
     for args in ((x, key, None, 0.5, 1), (x.t(), key, None, 0.5, 0), (x, key, tau, 1.0, 1)):
         torch.library.opcheck(ops.triton_gumbel_softmax_soft, args, test_utils=("test_schema", "test_faketensor"))
         torch.library.opcheck(ops.triton_gumbel_softmax_hard, args, test_utils=("test_schema", "test_faketensor"))
+    # the autograd registration (the compiled backward's path) once
+    leaf = x.clone().requires_grad_()
+    torch.library.opcheck(
+        ops.triton_gumbel_softmax_hard, (leaf, key, None, 0.5, 1), test_utils="test_autograd_registration"
+    )
     y = torch.softmax(x, -1)
-    torch.library.opcheck(ops.triton_softmax_backward, (y, x, tau, 1.0, 1, torch.float32))
-    torch.library.opcheck(ops.triton_gumbel_max, (x, key, 1))
-    torch.library.opcheck(ops.triton_gumbel_topk, (x, key, 2, 1))
+    quick = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.triton_softmax_backward, (y, x, tau, 1.0, 1, torch.float32), test_utils=quick)
+    torch.library.opcheck(ops.triton_gumbel_max, (x, key, 1), test_utils=quick)
+    torch.library.opcheck(ops.triton_gumbel_topk, (x, key, 2, 1), test_utils=quick)
 
 
 # --------------------------------------------------------------------------- CUDA only

@@ -218,30 +218,38 @@ class _Launch:
 
     __slots__ = ("bk", "bn", "cb", "chunk", "grid", "nchunk", "paired", "rax", "single", "warps")
 
-    def __init__(self, n: int, k: int, inner: int, device: torch.device, one_block_chunks: bool = False):
+    def __init__(
+        self, n: int, k: int, inner: int, elem: int, device: torch.device, one_block_chunks: bool = False
+    ) -> None:
         tile, row_block = _CONFIG["tile"], _CONFIG["row_block"]
+        wanted = _programs_wanted(device)
         if inner == 1:  # categories along the tile's last axis
             self.rax = 1
             self.bk = max(2, min(_pow2(k), row_block))
-            self.bn = max(1, min(tile // self.bk, _pow2(n))) if k <= row_block else 1
+            # several short rows per program, but not so many that the GPU runs out of programs
+            self.bn = max(1, min(tile // self.bk, _pow2(-(-n // wanted)))) if k <= row_block else 1
             self.paired = k % 2 == 0
         else:  # columns (consecutive inner positions) along the last axis
             self.rax = 0
-            self.bn = max(2, min(64, _pow2(n)))
-            self.bk = max(2, min(_pow2(k), tile // self.bn))
+            # at least 32 bytes of consecutive columns per category row (one memory sector), and a
+            # whole category dim in one block up to twice the usual tile (one pass, no chunks)
+            narrow = max(2, 32 // elem)
+            self.bn = max(narrow, min(64, tile // _pow2(k)))
+            self.bk = max(2, min(_pow2(k), 2 * tile // self.bn))
             self.paired = inner % 2 == 0
         blocks = -(-k // self.bk)
         n_programs = -(-n // self.bn)
         if one_block_chunks:  # top-k: every block is a chunk of its own
             self.nchunk = blocks
         else:
-            self.nchunk = min(blocks, max(1, -(-_programs_wanted(device) // n_programs)), _CONFIG["max_chunks"])
+            self.nchunk = min(blocks, max(1, -(-wanted // n_programs)), _CONFIG["max_chunks"])
         self.chunk = -(-blocks // self.nchunk) * self.bk
         self.nchunk = -(-k // self.chunk)
         self.single = self.nchunk == 1 and k <= self.bk
         self.cb = max(2, _pow2(self.nchunk))
         self.grid = (n_programs, self.nchunk)
-        self.warps = 8 if self.bn * self.bk >= 2048 else 4
+        size = self.bn * self.bk
+        self.warps = 16 if size > 4096 else 8 if size >= 2048 else 4
 
 
 # --------------------------------------------------------------------------- keys
@@ -287,7 +295,7 @@ def _forward(x: torch.Tensor, key, tau, tau_cols, dim: int, mode: int, save_y: b
         out = torch.empty_like(xs)
         y = torch.empty_like(xs) if save_y else out
         soo, sok, soi = _strides(out, dim)
-    cfg = _Launch(n, kk, inner, x.device)
+    cfg = _Launch(n, kk, inner, x.element_size(), x.device)
     tau_ptr = tau_cols if tau_cols is not None else key  # an unused pointer argument when tau is a float
     tau_val = 1.0 if tau_cols is not None else _float_tau(tau)
     common = (n, kk, inner, sxo, sxk, sxi, soo, sok, soi, tau_val, cfg.chunk, cfg.nchunk)
@@ -324,7 +332,7 @@ def _backward(y: torch.Tensor, v: torch.Tensor, tau, tau_cols, dim: int, dtype: 
     dx = torch.empty_like(ys, dtype=dtype)
     sdo, sdk, sdi = _strides(dx, dim)
     gt = torch.empty(n, dtype=torch.float32, device=y.device) if grad_tau else ys
-    cfg = _Launch(n, kk, inner, y.device)
+    cfg = _Launch(n, kk, inner, y.element_size(), y.device)
     tau_ptr = tau_cols if tau_cols is not None else ys
     tau_val = 1.0 if tau_cols is not None else _float_tau(tau)
     common = (n, kk, inner, syo, syk, syi, svo, svk, svi, sdo, sdk, sdi, tau_val, cfg.chunk, cfg.nchunk)
@@ -559,7 +567,7 @@ def gumbel_max_index(logits: torch.Tensor, dim: int, generator) -> torch.Tensor:
 def _topk(x: torch.Tensor, key: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     kern = _kernels()
     xs, n, kk, inner, sxo, sxk, sxi = _split(x, dim)
-    cfg = _Launch(n, kk, inner, x.device, one_block_chunks=True)
+    cfg = _Launch(n, kk, inner, x.element_size(), x.device, one_block_chunks=True)
     cv = torch.empty((n, cfg.nchunk * k), dtype=torch.float64, device=x.device)
     ci = torch.empty((n, cfg.nchunk * k), dtype=torch.int64, device=x.device)
     pb = torch.empty((n, cfg.nchunk), dtype=torch.int32, device=x.device)

@@ -129,11 +129,14 @@ def _tau_columns(tau_ptr, tau_val, cols, cmask, TAU_T: tl.constexpr):
 
 @triton.jit
 def _categories(ks, RAX: tl.constexpr):
-    """Category indices ``ks`` (a vector) oriented as the tile's category axis: [1, BK] or [BK, 1]."""
+    """Category indices ``ks`` (a vector) oriented as the tile's category axis: [1, BK] or [BK, 1].
+
+    int64: offsets k * stride and logical indices k * inner may pass 2^31 in a large tensor.
+    """
     if RAX == 1:
-        return ks[None, :]
+        return ks.to(tl.int64)[None, :]
     else:
-        return ks[:, None]
+        return ks.to(tl.int64)[:, None]
 
 
 @triton.jit
