@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import importlib.util
 import itertools
 import math
@@ -126,10 +127,8 @@ def use_counter_noise(t: torch.Tensor) -> bool:
 
 @functools.cache
 def _kernels():
-    """The kernel module, imported (and its kernels built) on first use."""
-    from .kernels import _triton
-
-    return _triton
+    """The kernel module (gumbelkit.kernels._triton), imported -- its kernels built -- on first use."""
+    return importlib.import_module(".kernels._triton", __package__)
 
 
 def _require(logits, fn: str) -> None:
@@ -193,7 +192,7 @@ def _strides(t: torch.Tensor, dim: int) -> tuple[int, int, int]:
 
 # Launch configuration. Elements per block (registers): 4096 float32 values with their float64
 # sums is 16 values per thread at 8 warps. Rows longer than one block are cut into chunks, each its
-# own program, so that few long rows still give every SM work (``_WAVES`` programs per SM).
+# own program, so that few long rows still give every SM work ("waves" programs per SM).
 _CONFIG = {"tile": 4096, "row_block": 2048, "max_chunks": 128, "waves": 4, "topk_max": 64}
 
 
@@ -211,6 +210,17 @@ def _programs_wanted(device: torch.device) -> int:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _launch(n: int, k: int, inner: int, elem: int, device: torch.device, one_block_chunks: bool = False) -> _Launch:
+    """The launch geometry for these sizes (cached: the same shapes come back call after call)."""
+    index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+    return _cached_launch(n, k, inner, elem, device.type, index, one_block_chunks, tuple(_CONFIG.values()))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_launch(n, k, inner, elem, kind, index, one_block_chunks, _config) -> _Launch:
+    return _Launch(n, k, inner, elem, torch.device(kind, index), one_block_chunks)
 
 
 class _Launch:
@@ -295,7 +305,7 @@ def _forward(x: torch.Tensor, key, tau, tau_cols, dim: int, mode: int, save_y: b
         out = torch.empty_like(xs)
         y = torch.empty_like(xs) if save_y else out
         soo, sok, soi = _strides(out, dim)
-    cfg = _Launch(n, kk, inner, x.element_size(), x.device)
+    cfg = _launch(n, kk, inner, x.element_size(), x.device)
     tau_ptr = tau_cols if tau_cols is not None else key  # an unused pointer argument when tau is a float
     tau_val = 1.0 if tau_cols is not None else _float_tau(tau)
     common = (n, kk, inner, sxo, sxk, sxi, soo, sok, soi, tau_val, cfg.chunk, cfg.nchunk)
@@ -332,7 +342,7 @@ def _backward(y: torch.Tensor, v: torch.Tensor, tau, tau_cols, dim: int, dtype: 
     dx = torch.empty_like(ys, dtype=dtype)
     sdo, sdk, sdi = _strides(dx, dim)
     gt = torch.empty(n, dtype=torch.float32, device=y.device) if grad_tau else ys
-    cfg = _Launch(n, kk, inner, y.element_size(), y.device)
+    cfg = _launch(n, kk, inner, y.element_size(), y.device)
     tau_ptr = tau_cols if tau_cols is not None else ys
     tau_val = 1.0 if tau_cols is not None else _float_tau(tau)
     common = (n, kk, inner, syo, syk, syi, svo, svk, svi, sdo, sdk, sdi, tau_val, cfg.chunk, cfg.nchunk)
@@ -567,7 +577,7 @@ def gumbel_max_index(logits: torch.Tensor, dim: int, generator) -> torch.Tensor:
 def _topk(x: torch.Tensor, key: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     kern = _kernels()
     xs, n, kk, inner, sxo, sxk, sxi = _split(x, dim)
-    cfg = _Launch(n, kk, inner, x.element_size(), x.device, one_block_chunks=True)
+    cfg = _launch(n, kk, inner, x.element_size(), x.device, one_block_chunks=True)
     cv = torch.empty((n, cfg.nchunk * k), dtype=torch.float64, device=x.device)
     ci = torch.empty((n, cfg.nchunk * k), dtype=torch.int64, device=x.device)
     pb = torch.empty((n, cfg.nchunk), dtype=torch.int32, device=x.device)
