@@ -140,6 +140,13 @@ def _categories(ks, RAX: tl.constexpr):
 
 
 @triton.jit
+def _partials(cols, cmask, NCHUNK, CB: tl.constexpr, RAX: tl.constexpr):
+    """(offsets, mask) of every chunk's partial of this program's columns in a [columns, NCHUNK] buffer."""
+    ch = _categories(tl.arange(0, CB), RAX)
+    return cols * NCHUNK + ch, cmask & (ch < NCHUNK)
+
+
+@triton.jit
 def _block(
     x_ptr,
     sxk,
@@ -191,37 +198,11 @@ def _store_outputs(out_ptr, y_ptr, ooff, mask, y, hot, bad, MODE: tl.constexpr, 
 
 @triton.jit
 def gs_forward(
-    x_ptr,
-    out_ptr,
-    y_ptr,
-    key_ptr,
-    tau_ptr,
-    pm_ptr,
-    ps_ptr,
-    pi_ptr,
-    pb_ptr,
-    N,
-    K,
-    INNER,
-    sxo,
-    sxk,
-    sxi,
-    soo,
-    sok,
-    soi,
-    tau_val,
-    CHUNK,
-    NCHUNK,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-    CB: tl.constexpr,
-    RAX: tl.constexpr,
-    PAIRED: tl.constexpr,
-    PHASE: tl.constexpr,
-    MODE: tl.constexpr,
-    SAVE_Y: tl.constexpr,
-    TAU_T: tl.constexpr,
-):
+    x_ptr, out_ptr, y_ptr, key_ptr, tau_ptr, pm_ptr, ps_ptr, pi_ptr, pb_ptr,
+    N, K, INNER, sxo, sxk, sxi, soo, sok, soi, tau_val, CHUNK, NCHUNK,
+    BN: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr, RAX: tl.constexpr, PAIRED: tl.constexpr,
+    PHASE: tl.constexpr, MODE: tl.constexpr, SAVE_Y: tl.constexpr, TAU_T: tl.constexpr,
+):  # fmt: skip
     """Gumbel-Softmax forward (MODE 0: soft y; 1: one-hot, and y when SAVE_Y) or Gumbel-Max (MODE 2).
 
     MODE 2 writes one int64 index per column (out_ptr, contiguous over columns), -1 for a bad row.
@@ -277,9 +258,7 @@ def gs_forward(
         tl.store(pb_ptr + p, nbad, mask=cmask)
     else:
         # combine the column's chunk partials, then write this program's chunk
-        ch = _categories(tl.arange(0, CB), RAX)
-        pmask = cmask & (ch < NCHUNK)
-        p = cols * NCHUNK + ch
+        p, pmask = _partials(cols, cmask, NCHUNK, CB, RAX)
         pm = tl.load(pm_ptr + p, mask=pmask, other=float("-inf"))
         m = tl.max(pm, axis=RAX, keep_dims=True)
         mref = tl.where(m == float("-inf"), 0.0, m)
@@ -309,37 +288,11 @@ def gs_forward(
 
 @triton.jit
 def gs_backward(
-    y_ptr,
-    v_ptr,
-    dx_ptr,
-    tau_ptr,
-    gt_ptr,
-    pd_ptr,
-    pa_ptr,
-    pb_ptr,
-    N,
-    K,
-    INNER,
-    syo,
-    syk,
-    syi,
-    svo,
-    svk,
-    svi,
-    sdo,
-    sdk,
-    sdi,
-    tau_val,
-    CHUNK,
-    NCHUNK,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-    CB: tl.constexpr,
-    RAX: tl.constexpr,
-    PHASE: tl.constexpr,
-    TAU_T: tl.constexpr,
-    GRAD_TAU: tl.constexpr,
-):
+    y_ptr, v_ptr, dx_ptr, tau_ptr, gt_ptr, pd_ptr, pa_ptr, pb_ptr,
+    N, K, INNER, syo, syk, syi, svo, svk, svi, sdo, sdk, sdi, tau_val, CHUNK, NCHUNK,
+    BN: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr, RAX: tl.constexpr, PHASE: tl.constexpr,
+    TAU_T: tl.constexpr, GRAD_TAU: tl.constexpr,
+):  # fmt: skip
     """dx = y (v - <y, v>) / tau along the categories; with GRAD_TAU, dtau per column (gt_ptr, float32).
 
     PHASE 0: rows that fit one block, one pass. PHASE 1: per chunk, <y, v> (and with GRAD_TAU
@@ -386,9 +339,7 @@ def gs_backward(
             tl.store(pa_ptr + p, a, mask=cmask)
             tl.store(pb_ptr + p, b, mask=cmask)
     else:
-        ch = _categories(tl.arange(0, CB), RAX)
-        pmask = cmask & (ch < NCHUNK)
-        p = cols * NCHUNK + ch
+        p, pmask = _partials(cols, cmask, NCHUNK, CB, RAX)
         dot = tl.sum(tl.load(pd_ptr + p, mask=pmask, other=0.0), axis=RAX, keep_dims=True)
         if GRAD_TAU:  # noqa: SIM102 (a compile-time branch around a run-time one)
             if pid_c == 0:
@@ -407,24 +358,9 @@ def gs_backward(
 
 @triton.jit
 def topk_candidates(
-    x_ptr,
-    cv_ptr,
-    ci_ptr,
-    pb_ptr,
-    key_ptr,
-    N,
-    K,
-    INNER,
-    sxo,
-    sxk,
-    sxi,
-    NCHUNK,
-    KTOP: tl.constexpr,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-    RAX: tl.constexpr,
-    PAIRED: tl.constexpr,
-):
+    x_ptr, cv_ptr, ci_ptr, pb_ptr, key_ptr, N, K, INNER, sxo, sxk, sxi, NCHUNK,
+    KTOP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RAX: tl.constexpr, PAIRED: tl.constexpr,
+):  # fmt: skip
     """The KTOP largest s = x + g of each (column, block of BK categories), in decreasing order.
 
     Writes their values (float64, cv_ptr) and category indices (int64, ci_ptr) at
