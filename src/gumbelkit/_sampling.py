@@ -89,7 +89,8 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
     r"""An exact sample of Categorical(softmax(logits)) by the Gumbel-Max trick.
 
     Math: z = argmax_k (theta_k + g_k), g_k ~ Gumbel(0, 1) i.i.d., gives P(z = k) = softmax(theta)_k.
-    Masked classes (logit -inf) are never drawn; ties go to the lowest index.
+    Masked classes (logit -inf) are never drawn; ties go to the lowest index. On CUDA it is one
+    Triton kernel that never stores the noise (:func:`gumbelkit.kernels.triton_gumbel_max`).
 
     Args:
         logits: unnormalised log-probabilities, any floating dtype, any shape.
@@ -125,6 +126,8 @@ def gumbel_topk(
 
     Math: the indices of the k largest theta_i + g_i, in decreasing order, are distributed as
     k successive draws without replacement (Plackett-Luce): P(i1, i2) = p_i1 * p_i2 / (1 - p_i1).
+    On CUDA (k <= 64) a Triton kernel keeps each block's top k in registers and the noise is never
+    stored.
 
     Args:
         logits: unnormalised log-probabilities.
@@ -205,6 +208,13 @@ def gumbel_softmax(
     seed drawn in the graph, so ``generator`` is not used there. Categories at dim=1 of
     B x K x H x W (H x W >= 64) are softmaxed in cache-sized contiguous blocks rather than by
     ATen's strided kernels or a transposed copy (see ``docs/bench.md``).
+
+    On CUDA (float16, bfloat16, float32, with ``triton`` installed) it runs as Triton kernels:
+    noise, softmax and one-hot in one forward pass, the backward in one, the noise from a key drawn
+    into a device tensor (CUDA graphs replay fresh noise), and no value read back to the host --
+    in the ``"device"`` validation mode, the CUDA default (see :func:`gumbelkit.set_validation`), a
+    row with NaN, +inf or no finite logit comes out NaN instead of raising. See
+    :func:`gumbelkit.kernels.triton_gumbel_softmax` and ``docs/gpu.md``.
 
     Args:
         logits: unnormalised log-probabilities (float16, bfloat16, float32, float64).
