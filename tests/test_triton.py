@@ -357,9 +357,10 @@ def test_key_is_a_device_tensor_drawn_by_the_generator():
     assert a.device.type == DEV and a.dtype == torch.int32 and a.shape == (4,)
     assert not torch.equal(a, b)  # the generator advanced
     assert torch.equal(a, _key(34))  # the same state, the same key
-    state = torch.get_rng_state()
+    rng_state = torch.cuda.get_rng_state if CUDA else torch.get_rng_state
+    state = rng_state()
     gk.kernels.triton_gumbel_softmax(_randn(2, 5), generator=_gen(35))
-    assert torch.equal(torch.get_rng_state(), state)  # the global RNG untouched when a generator is given
+    assert torch.equal(rng_state(), state)  # the global RNG untouched when a generator is given
 
 
 def test_entry_points_refuse_what_they_cannot_run():
