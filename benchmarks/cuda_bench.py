@@ -218,43 +218,44 @@ def stage_speed(compiled: bool = False) -> None:
         st.data["copy_gbps"] = _copy_bandwidth()
         st.write()
     rounds = ARGS.rounds or (1 if DRY else 15)
-    for dtype_name, dtype in DTYPES.items():
-        # the dry run: every shape in float32, one in bfloat16, one compiled pair
-        shapes = SHAPES if not DRY else DRY_SHAPES if dtype_name == "float32" and not compiled else DRY_SHAPES[:1]
-        for shape, dim in shapes:
-            for hard in (False, True):
-                if DRY and compiled and (hard or dtype_name != "float32"):
-                    continue
-                what = f"{'x'.join(map(str, shape))} dim={dim} {dtype_name} {'hard' if hard else 'soft'}"
-                if _left() < 15:
-                    st.skip(what, "time")
-                    continue
-                gen = torch.Generator(device=DEV).manual_seed(0)
-                x = torch.randn(shape, device=DEV, generator=gen).to(dtype).requires_grad_()
-                v = torch.randn(shape, device=DEV, generator=gen).to(dtype)
-                if compiled:
-                    torch._dynamo.reset()  # every variant compiles afresh: no recompile limit across 16 of them
-                fns = {k: _fwd_bwd(f, x, v) for k, f in _samplers(hard, dim, compiled).items()}
-                if not compiled:
-                    out = torch.empty_like(x)
-                    fns["copy"] = lambda out=out, x=x: out.copy_(x)
-                with _default_path():
-                    try:
-                        t = _interleaved(fns, rounds)
-                    except Exception as exc:  # one failing variant must not lose the rest
-                        st.skip(what, f"{type(exc).__name__}: {exc}"[:300])
-                        continue
-                floor_bytes = 5 * x.element_size() * x.numel()
-                st.add(
-                    {
-                        "shape": list(shape),
-                        "dim": dim,
-                        "dtype": dtype_name,
-                        "hard": hard,
-                        "ms": {k: 1e3 * s for k, s in t.items()},
-                        "gbps": {k: floor_bytes / s / 1e9 for k, s in t.items() if k != "copy"},
-                    }
-                )
+    items = [(shape, dim, d, hard) for d in DTYPES for shape, dim in SHAPES for hard in (False, True)]
+    if compiled:  # each compiles for seconds: float32 first, hard before soft, as time allows
+        items.sort(key=lambda it: (it[2] != "float32", not it[3]))
+    if DRY:  # every shape in float32, one in bfloat16, one compiled pair
+        items = [(s_, d_, "float32", h) for s_, d_ in DRY_SHAPES for h in (False, True)]
+        items += [(DRY_SHAPES[0][0], DRY_SHAPES[0][1], "bfloat16", h) for h in (False, True)]
+        items = items[:1] if compiled else items
+    for shape, dim, dtype_name, hard in items:
+        what = f"{'x'.join(map(str, shape))} dim={dim} {dtype_name} {'hard' if hard else 'soft'}"
+        if _left() < 15:
+            st.skip(what, "time")
+            continue
+        gen = torch.Generator(device=DEV).manual_seed(0)
+        x = torch.randn(shape, device=DEV, generator=gen).to(DTYPES[dtype_name]).requires_grad_()
+        v = torch.randn(shape, device=DEV, generator=gen).to(DTYPES[dtype_name])
+        if compiled:
+            torch._dynamo.reset()  # every variant compiles afresh: no recompile limit across 16 of them
+        fns = {k: _fwd_bwd(f, x, v) for k, f in _samplers(hard, dim, compiled).items()}
+        if not compiled:
+            out = torch.empty_like(x)
+            fns["copy"] = lambda out=out, x=x: out.copy_(x)
+        with _default_path():
+            try:
+                t = _interleaved(fns, rounds)
+            except Exception as exc:  # one failing variant must not lose the rest
+                st.skip(what, f"{type(exc).__name__}: {exc}"[:300])
+                continue
+        floor_bytes = 5 * x.element_size() * x.numel()
+        st.add(
+            {
+                "shape": list(shape),
+                "dim": dim,
+                "dtype": dtype_name,
+                "hard": hard,
+                "ms": {k: 1e3 * s for k, s in t.items()},
+                "gbps": {k: floor_bytes / s / 1e9 for k, s in t.items() if k != "copy"},
+            }
+        )
 
 
 def stage_latency() -> None:
