@@ -6,10 +6,17 @@ without importing them, and starts from the same global RNG state, so examples a
 of their order.
 """
 
+import importlib.util
+
 import pytest
 import torch
 
 import gumbelkit
+
+# The Triton kernel modules import triton (an optional dependency): without it their docstrings
+# are not collected (gumbelkit itself never imports them then).
+if importlib.util.find_spec("triton") is None:
+    collect_ignore = ["src/gumbelkit/kernels/_triton.py", "src/gumbelkit/kernels/_triton_noise.py"]
 
 
 @pytest.fixture(autouse=True)

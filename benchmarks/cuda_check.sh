@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
-# The CUDA checks and benchmarks, in one run on a machine with a GPU (nothing to install there
-# beyond torch, triton, scipy, pytest, hypothesis; the package is used from src/).
+# The GPU check, in ONE call of at most 8 minutes on one H200 (torch 2.11, triton 3.6, no internet;
+# nothing to install beyond torch, triton, scipy, pytest; the package is used from src/):
 #
 #   OUT=runs/cuda-check bash benchmarks/cuda_check.sh
 #
-# Writes device.txt, cuda_tests.log, noise_cuda.log, bench/ (gumbelkit bench --device cuda) and
-# suite.log (the whole test suite on that machine) under $OUT; each step has its own time limit.
+# Every stage has its own time limit (a hang costs that stage, never the rest) and writes under
+# $OUT as it goes: device.txt, tests.log (the CUDA tests), bench_<stage>.json and <stage>.log (see
+# benchmarks/cuda_bench.py), then cuda_bench.md / cuda_bench.json (all tables) and stages.txt
+# (exit status and seconds of each stage; 124 = its time limit). The limits add up to 450 s.
 set -u
 OUT=${OUT:-runs/cuda-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python -c "import torch, triton, platform; print('torch', torch.__version__, 'triton', triton.__version__, 'python', platform.python_version())"
-  grep -m1 "model name" /proc/cpuinfo
-} > "$OUT/device.txt" 2>&1
-timeout "${CUDA_TESTS_S:-200}" python -m pytest -q -p no:cacheprovider -rs \
-  tests/test_cuda.py tests/test_kernels_cuda.py tests/test_generator_device.py > "$OUT/cuda_tests.log" 2>&1
-echo "cuda tests exit $?" >> "$OUT/cuda_tests.log"
-timeout 60 python benchmarks/noise_sources.py --device cuda --n 67108864 --no-philox --rounds 15 > "$OUT/noise_cuda.log" 2>&1
-timeout "${BENCH_S:-120}" python -m gumbelkit bench --device cuda --impls builtin,eager,softmax,clone --no-vae \
-  --no-progress --out "$OUT/bench" > "$OUT/bench.log" 2>&1
-echo "bench exit $?" >> "$OUT/bench.log"
-timeout "${SUITE_S:-150}" python -m pytest -q -p no:cacheprovider -n "${WORKERS:-12}" > "$OUT/suite.log" 2>&1
-echo "suite exit $?" >> "$OUT/suite.log"
-tail -n 3 "$OUT"/cuda_tests.log "$OUT"/bench.log "$OUT"/suite.log
+unset TRITON_INTERPRET
+: > "$OUT/stages.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...: run COMMAND with a time limit, log to $OUT/NAME.log
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  timeout -k 5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/stages.txt"
+}
+
+stage device 15 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv;
+  python -c "import torch, triton, platform; print(\"torch\", torch.__version__, \"triton\", triton.__version__, \"python\", platform.python_version())";
+  grep -m1 "model name" /proc/cpuinfo'
+cp "$OUT/device.log" "$OUT/device.txt"
+# the CUDA tests: the Triton kernels compiled (test_triton.py), the samplers on the device, the switch
+stage tests 140 python -m pytest -q -p no:cacheprovider -rs tests/test_triton.py tests/test_cuda.py tests/test_validation_switch.py
+B=(python benchmarks/cuda_bench.py --out "$OUT")
+stage speed 110 "${B[@]}" --stage speed --deadline 100
+stage compiled 75 "${B[@]}" --stage compiled --deadline 65
+stage overhead 40 "${B[@]}" --stage latency,syncs,graphs
+stage tails 40 "${B[@]}" --stage tails --deadline 32
+stage sampling 20 "${B[@]}" --stage sampling
+stage report 10 "${B[@]}" --report
+cat "$OUT/stages.txt"
+tail -n 3 "$OUT/tests.log"
+cat "$OUT/cuda_bench.md" 2>/dev/null

@@ -4,6 +4,7 @@ Concrete distributions and temperature schedules for PyTorch."""
 from . import binary, decoding, distributions, errors, nn, permutations, schedules, structured, subsets
 from ._kl import kl_categorical
 from ._noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
+from ._policy import get_validation, set_validation, validation
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
 from .errors import (
     DimError,
@@ -48,6 +49,7 @@ __all__ = [
     "exponential_noise",
     "get_estimator",
     "get_spec",
+    "get_validation",
     "gumbel_max",
     "gumbel_noise",
     "gumbel_softmax",
@@ -61,9 +63,11 @@ __all__ = [
     "reinforce_surrogate",
     "sample",
     "schedules",
+    "set_validation",
     "structured",
     "subsets",
     "surrogate",
     "tempered_softmax",
     "uniform_open",
+    "validation",
 ]

@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from . import _triton_ops as _gpu
 from ._noise import log_exponential_noise
 from ._policy import compute_dtype, functorch_active, in_vmap, lean
 from ._validation import Tau
@@ -206,7 +207,12 @@ def gumbel_argmax(logits: torch.Tensor, dim: int, generator=None, m: torch.Tenso
 
     Same noise, same arithmetic and so the same index as the hard forward of
     :class:`gumbelkit._autograd.TemperedSoftmax` for the same generator state and the same ``m``.
+    For CUDA tensors the Triton Gumbel-Max kernel (the same index as the Triton Gumbel-Softmax's
+    hard forward for the same generator state); a bad row, which only ``"device"`` validation
+    lets through, gets index 0 here (the callers mark its output NaN).
     """
+    if _gpu.use_triton(logits):
+        return _gpu.gumbel_max_index(logits, dim, generator).clamp_min(0).unsqueeze(dim)
     return argmax_index_(perturbed(logits, generator, m), dim)
 
 

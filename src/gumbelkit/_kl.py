@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_dtype, check_values, normalize_dim, shape_str, skip_value_checks
+from ._policy import check_mode
+from ._validation import check_dtype, check_values, normalize_dim, shape_str
 from .errors import GumbelkitValueError
 
 __all__ = ["kl_categorical"]
@@ -24,7 +25,8 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
         dim: category dimension.
 
     Returns:
-        KL per row: the broadcast shape without ``dim``.
+        KL per row: the broadcast shape without ``dim``. NaN logits or an all-masked row raise; in
+        ``"device"`` validation mode (see :func:`gumbelkit.set_validation`) that row's KL is NaN.
 
     Examples:
         >>> kl_categorical(torch.zeros(10), torch.zeros(10))
@@ -50,13 +52,16 @@ def kl_categorical(q_logits: torch.Tensor, p_logits: torch.Tensor, dim: int = -1
     p_logits = p_logits.reshape((1,) * (len(shape) - p_logits.dim()) + tuple(p_logits.shape))
     if p_logits.shape[dim] != shape[dim]:
         p_logits = p_logits.expand(*(shape[dim] if i == dim else n for i, n in enumerate(p_logits.shape)))
-    # NaN or an all-masked row would turn log_softmax into NaN silently: refuse them here.
+    # NaN or an all-masked row would turn log_softmax into NaN silently: refuse them here (in
+    # "device" validation mode such a row's KL comes out NaN instead, through the formulas below).
     check_values(q_logits, dim, "q_logits", fn)
     check_values(p_logits, dim, "p_logits", fn)
     log_q = torch.log_softmax(q_logits, dim)
     log_p = torch.log_softmax(p_logits, dim)
     q = log_q.exp()
-    if not skip_value_checks() and not bool(torch.isneginf(log_q).any() | torch.isneginf(log_p).any()):
+    # the fast path needs a host read to choose it: only where the checks raise (sync) anyway
+    raising = check_mode(q_logits) == "raise"
+    if raising and not bool(torch.isneginf(log_q).any() | torch.isneginf(log_p).any()):
         # No -inf log-probability on either side (no masked class, no logit range beyond the
         # dtype's): every term q_k (log q_k - log p_k) is finite, 0 where q_k underflowed, and so
         # is its gradient; the plain formula is exact. Bit-identical to the general path below,

@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from . import _triton_ops as _gpu
 from ._autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, tempered_core
 from ._autograd import softmax_grad as _softmax_grad
 from ._internals import SHIFT_ABOVE as _SHIFT_ABOVE
@@ -34,15 +35,18 @@ from ._internals import (
 )
 from ._internals import needs_grad as _needs_grad
 from ._internals import one_hot as _one_hot
-from ._policy import compiling, compute_dtype, skip_value_checks
+from ._policy import check_mode, compiling, compute_dtype
 from ._policy import lean as _lean
 from ._validation import (
     Tau,
+    bad_rows,
     check_generator,
     check_int,
+    check_logits,
     check_logits_scale,
     check_sample_args_scale,
     check_tau,
+    mark_bad_rows,
     shape_str,
 )
 from .errors import GumbelkitValueError
@@ -85,7 +89,8 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
     r"""An exact sample of Categorical(softmax(logits)) by the Gumbel-Max trick.
 
     Math: z = argmax_k (theta_k + g_k), g_k ~ Gumbel(0, 1) i.i.d., gives P(z = k) = softmax(theta)_k.
-    Masked classes (logit -inf) are never drawn; ties go to the lowest index.
+    Masked classes (logit -inf) are never drawn; ties go to the lowest index. On CUDA it is one
+    Triton kernel that never stores the noise (:func:`gumbelkit.kernels.triton_gumbel_max`).
 
     Args:
         logits: unnormalised log-probabilities, any floating dtype, any shape.
@@ -93,17 +98,25 @@ def gumbel_max(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generato
         generator: optional ``torch.Generator`` (keyword-only).
 
     Returns:
-        int64 tensor of indices, ``logits.shape`` without ``dim``.
+        int64 tensor of indices, ``logits.shape`` without ``dim``. In ``"device"`` validation mode
+        (see :func:`gumbelkit.set_validation`) a row with NaN, +inf or no finite logit gives -1.
 
     Examples:
         >>> z = gumbel_max(torch.tensor([[0.0, 1.0, 2.0]]), generator=torch.Generator().manual_seed(0))
 
     Reference: Gumbel (1954); Maddison, Tarlow, Minka, "A* Sampling", NeurIPS 2014.
     """
+    if _gpu.use_triton(logits):  # CUDA: one kernel, no noise buffer, no host read
+        dim = check_logits(logits, dim, fn="gumbel_max")
+        check_generator(generator, logits.device, "gumbel_max")
+        return _gpu.gumbel_max_index(logits, dim, generator)
     dim, row_max, max_abs = check_logits_scale(logits, dim, fn="gumbel_max")
     check_generator(generator, logits.device, "gumbel_max")
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
-    return gumbel_argmax(logits, dim, generator, m).squeeze(dim)
+    index = gumbel_argmax(logits, dim, generator, m)
+    if check_mode(logits) == "device":
+        index = torch.where(bad_rows(row_max), -1, index)
+    return index.squeeze(dim)
 
 
 def gumbel_topk(
@@ -113,6 +126,8 @@ def gumbel_topk(
 
     Math: the indices of the k largest theta_i + g_i, in decreasing order, are distributed as
     k successive draws without replacement (Plackett-Luce): P(i1, i2) = p_i1 * p_i2 / (1 - p_i1).
+    On CUDA (k <= 64) a Triton kernel keeps each block's top k in registers and the noise is never
+    stored.
 
     Args:
         logits: unnormalised log-probabilities.
@@ -121,7 +136,9 @@ def gumbel_topk(
         generator: optional ``torch.Generator`` (keyword-only).
 
     Returns:
-        int64 tensor shaped like ``logits`` with ``dim`` of size k.
+        int64 tensor shaped like ``logits`` with ``dim`` of size k. In ``"device"`` validation mode
+        a row with NaN, +inf or no finite logit gives -1 everywhere, and a row with fewer than k
+        unmasked classes gives -1 after its last unmasked one.
 
     Examples:
         >>> gumbel_topk(torch.zeros(5), 3, generator=torch.Generator().manual_seed(0)).shape
@@ -130,7 +147,11 @@ def gumbel_topk(
     Reference: Kool, van Hoof, Welling, "Stochastic Beams and Where to Find Them", ICML 2019.
     """
     fn = "gumbel_topk"
-    dim, row_max, max_abs = check_logits_scale(logits, dim, fn=fn)
+    triton = _gpu.use_triton(logits)
+    if triton:
+        dim = check_logits(logits, dim, fn=fn)
+    else:
+        dim, row_max, max_abs = check_logits_scale(logits, dim, fn=fn)
     check_generator(generator, logits.device, fn)
     k = check_int(k, "k", min=1, fn=fn)
     K = logits.shape[dim]
@@ -138,15 +159,26 @@ def gumbel_topk(
         raise GumbelkitValueError(
             f"{fn}: expected k <= {K} (categories along dim={dim} of logits of shape {shape_str(logits.shape)}), got {k}"
         )
-    if not skip_value_checks() and logits.numel():  # an empty batch has no rows to count (min of nothing)
+    mode = check_mode(logits)
+    if mode == "raise" and logits.numel():  # an empty batch has no rows to count (min of nothing)
         n_free = int(torch.isfinite(logits.detach()).sum(dim).min())
         if k > n_free:
             raise GumbelkitValueError(
                 f"{fn}: expected k <= {n_free} (the fewest unmasked classes in a row of logits of shape "
                 f"{shape_str(logits.shape)}), got {k}"
             )
+    if triton:
+        # CUDA: each block's top k of theta + g in registers, then the top k of those
+        index = _gpu.gumbel_topk(logits, k, dim, generator)
+        if index is not None:
+            return index
+        row_max, max_abs = logits.detach().amax(dim, keepdim=True), None  # k too large for the kernel
     m = theta_shift(row_max, max_abs, compute_dtype(logits.dtype))
-    return perturbed(logits, generator, m).topk(k, dim, sorted=True).indices
+    values, index = perturbed(logits, generator, m).topk(k, dim, sorted=True)
+    if mode == "device":
+        # a masked class is picked only once a row has run out of unmasked ones: -1 from there on
+        index = torch.where(torch.isneginf(values) | bad_rows(row_max), -1, index)
+    return index
 
 
 def gumbel_softmax(
@@ -176,6 +208,13 @@ def gumbel_softmax(
     seed drawn in the graph, so ``generator`` is not used there. Categories at dim=1 of
     B x K x H x W (H x W >= 64) are softmaxed in cache-sized contiguous blocks rather than by
     ATen's strided kernels or a transposed copy (see ``docs/bench.md``).
+
+    On CUDA (float16, bfloat16, float32, with ``triton`` installed) it runs as Triton kernels:
+    noise, softmax and one-hot in one forward pass, the backward in one, the noise from a key drawn
+    into a device tensor (CUDA graphs replay fresh noise), and no value read back to the host --
+    in the ``"device"`` validation mode, the CUDA default (see :func:`gumbelkit.set_validation`), a
+    row with NaN, +inf or no finite logit comes out NaN instead of raising. See
+    :func:`gumbelkit.kernels.triton_gumbel_softmax` and ``docs/gpu.md``.
 
     Args:
         logits: unnormalised log-probabilities (float16, bfloat16, float32, float64).
@@ -216,8 +255,12 @@ def checked_gumbel_softmax(
     For public functions built on the Gumbel-Softmax (e.g. :func:`gumbelkit.sample`), so that a
     bad argument is reported under the name the user called. Same samples and gradients.
     """
+    if _gpu.use_triton(logits):  # CUDA: the Triton kernels (see gumbelkit.kernels.triton_gumbel_softmax)
+        out = _gpu.gumbel_softmax(logits, tau, hard, dim, generator, fn)
+        if out is not None:
+            return out
     dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn=fn)
-    return _relaxed(logits, tau, bool(hard), dim, generator, row_max, max_abs)
+    return mark_bad_rows(_relaxed(logits, tau, bool(hard), dim, generator, row_max, max_abs), logits, row_max, tau)
 
 
 def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> torch.Tensor:
@@ -245,7 +288,8 @@ def tempered_softmax(logits: torch.Tensor, tau: Tau = 1.0, dim: int = -1) -> tor
     cdt = compute_dtype(logits.dtype)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m = plain_shift(row_max, max_abs, tau, cdt, per_class)
-    return tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, per_class=per_class)
+    out = tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, per_class=per_class)
+    return mark_bad_rows(out, logits, row_max, tau)
 
 
 # --------------------------------------------------------------------------- torch.compile: custom ops

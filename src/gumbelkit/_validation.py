@@ -7,8 +7,11 @@ raises one of the :mod:`gumbelkit.errors` classes, which are also the builtin ``
 ``TypeError`` / ``IndexError`` the same checks raised before.
 
 Value checks that need the data (NaN, all-masked rows, tau <= 0 in a tensor) cost one reduction
-and a host sync; they follow :func:`gumbelkit._policy.skip_value_checks` (skipped while compiling
-and under vmap).
+and, to raise, a host sync; they follow the validation switch through
+:func:`gumbelkit._policy.check_mode`: they raise only in ``"raise"`` mode (the default for CPU
+tensors). In ``"device"`` mode (the default for CUDA tensors) the samplers mark bad rows on the
+device instead (:func:`bad_rows`, :func:`poison_rows`), and under compile/vmap or ``"off"`` they
+are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numbers
 import torch
 
 from ._policy import (
+    check_mode,
     compiling,
     compute_dtype,
     functorch_active,
@@ -30,6 +34,7 @@ from .errors import DimError, GumbelkitDimError, GumbelkitTypeError, GumbelkitVa
 __all__ = [
     "DimError",
     "Tau",
+    "bad_rows",
     "check_dtype",
     "check_float_dtype",
     "check_generator",
@@ -48,7 +53,9 @@ __all__ = [
     "functorch_active",
     "in_vmap",
     "is_int",
+    "mark_bad_rows",
     "normalize_dim",
+    "poison_rows",
     "prefixed",
     "shape_str",
     "skip_value_checks",
@@ -182,7 +189,7 @@ def check_values(logits: torch.Tensor, dim: int, name: str = "logits", fn: str |
     A single max-reduction finds all three: the row max is NaN if the row has a NaN
     (``amax`` propagates NaN), +inf if it has +inf, and -inf only if every entry is -inf.
     """
-    if skip_value_checks() or logits.numel() == 0:
+    if logits.numel() == 0 or check_mode(logits) != "raise":
         return
     row_max = logits.detach().amax(dim)
     if bool(torch.isfinite(row_max).all()):
@@ -194,15 +201,16 @@ def check_logits_scale(logits: torch.Tensor, dim: int, name: str = "logits", fn:
     """:func:`check_logits`, also returning the row maxima the samplers shift by.
 
     Returns ``(dim, row_max, max_abs)``: the non-negative dim, ``amax`` along dim (keepdim,
-    detached, finite) and max |row_max| as a Python float -- or None where the value checks are
-    skipped (compiling, vmap), which the samplers read as "could be anything". The same
-    reduction and the same single host sync as :func:`check_values`: the samplers get the
-    numbers that decide their stabilising steps for free.
+    detached, finite) and max |row_max| as a Python float -- or None where the value checks do
+    not raise (``"device"`` / ``"off"`` mode, compiling, vmap: no host read), which the samplers
+    read as "could be anything"; ``row_max`` may then hold NaN or +-inf (see :func:`bad_rows`).
+    The same reduction and the same single host sync as :func:`check_values`: the samplers get
+    the numbers that decide their stabilising steps for free.
     """
     check_dtype(logits, name, fn)
     dim = normalize_dim(logits, dim, name, fn)
     row_max = logits.detach().amax(dim, keepdim=True)
-    if skip_value_checks():
+    if check_mode(logits) != "raise":
         return dim, row_max, None
     if logits.numel() == 0:
         return dim, row_max, 0.0
@@ -243,7 +251,7 @@ def check_tau(tau: Tau, logits: torch.Tensor | None = None, name: str = "tau", f
                         f"got {name} of shape {shape_str(tau.shape)}",
                     )
                 )
-        if not skip_value_checks() and tau.numel():
+        if tau.numel() and check_mode(tau) == "raise":
             t = tau.detach()
             # One sync: NaN fails both comparisons, so this also rejects NaN (and +inf, which
             # would make every (x - max) / tau a 0 / inf = NaN at the row's top).
@@ -263,6 +271,48 @@ def check_tau(tau: Tau, logits: torch.Tensor | None = None, name: str = "tau", f
     if not tau > 0 or tau == float("inf"):  # `not >` also rejects NaN
         raise GumbelkitValueError(prefixed(fn, f"expected {name} > 0 and finite, got {tau}"))
     return tau
+
+
+def bad_rows(row_max: torch.Tensor, tau: Tau | None = None) -> torch.Tensor:
+    """The rows a ``"device"``-mode sampler must mark bad, as a bool tensor shaped like ``row_max``.
+
+    ``row_max`` is the keepdim ``amax`` of the logits along the category dim: it is NaN for a row
+    with a NaN, +inf for a row with +inf and -inf for an all-masked row, so ``~isfinite`` finds all
+    three in one pass over the B row maxima (no pass over the logits). A tensor ``tau`` adds the
+    rows where any of its entries is not in (0, inf) (it broadcasts to the logits; its category dim
+    is reduced with ``any``).
+    """
+    bad = ~torch.isfinite(row_max)
+    if isinstance(tau, torch.Tensor) and tau.numel():
+        t = tau.detach()
+        bad_tau = ~((t > 0) & (t < float("inf")))
+        nd = row_max.dim()
+        bad_tau = bad_tau.reshape((1,) * (nd - bad_tau.dim()) + tuple(bad_tau.shape))
+        for d, n in enumerate(row_max.shape):
+            if n == 1 and bad_tau.shape[d] != 1:  # the category dim (and any dim tau alone spans)
+                bad_tau = bad_tau.any(d, keepdim=True)
+        bad = bad | bad_tau
+    return bad
+
+
+def poison_rows(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """``out`` with NaN in the rows marked by ``bad`` (a keepdim bool tensor, see :func:`bad_rows`).
+
+    One elementwise pass and no host read: a ``"device"``-mode result is never a valid-looking
+    sample for a bad row. (Gradients flow to the other rows only.)
+    """
+    return torch.where(bad, torch.full((), float("nan"), dtype=out.dtype, device=out.device), out)
+
+
+def mark_bad_rows(out: torch.Tensor, logits: torch.Tensor, row_max: torch.Tensor, tau: Tau | None = None):
+    """``out`` with its bad rows NaN when ``logits`` are checked in ``"device"`` mode, else ``out``.
+
+    For samplers that validated with :func:`check_logits_scale` (whose ``row_max`` this takes) and
+    whose output has the logits' shape; see :func:`bad_rows` and :func:`poison_rows`.
+    """
+    if check_mode(logits) != "device":
+        return out
+    return poison_rows(out, bad_rows(row_max, tau))
 
 
 def tau_like(tau: Tau, ref: torch.Tensor) -> Tau:

@@ -11,6 +11,7 @@ import torch
 
 from ._internals import argmax_index
 from ._kl import kl_categorical
+from ._policy import check_mode
 from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
 from .errors import GumbelkitTypeError, GumbelkitValueError
@@ -300,6 +301,11 @@ class GumbelQuantizer(torch.nn.Module):
     group ``sync_usage`` does nothing. A schedule reads ``step`` on the host
     (one sync per training forward); float and tensor temperatures do not.
 
+    **Bad input.** With the validation switch in ``"device"`` mode (the default for CUDA tensors,
+    see :func:`gumbelkit.set_validation`) a position whose logits hold NaN or +inf gets NaN in
+    ``z_q`` and code -1 (not counted in the usage statistics); the forward never reads a value
+    back to the host. In ``"raise"`` mode (the default on the CPU) it raises.
+
     Args:
         in_features: channels of the input at ``dim``.
         n_codes: codebook size K (>= 2).
@@ -469,7 +475,13 @@ class GumbelQuantizer(torch.nn.Module):
         kl = kl_categorical(rows, prior.to(rows.dtype).expand(self.n_codes)).mean()
         with torch.no_grad():
             counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device)
-            counts.scatter_add_(0, codes.reshape(-1), torch.ones_like(codes.reshape(-1)))
+            flat = codes.reshape(-1)
+            if check_mode(rows) == "device":
+                # a bad row's code is -1 (see _codes): counted nowhere, and never used as an index,
+                # which on a GPU would be a device-side assertion instead of an error
+                counts.scatter_add_(0, flat.clamp_min(0), (flat >= 0).long())
+            else:
+                counts.scatter_add_(0, flat, torch.ones_like(flat))
             if self.training and self.sync_usage and _distributed():
                 torch.distributed.all_reduce(counts)
             perplexity = _histogram_perplexity(counts.to(logits.dtype))
@@ -490,11 +502,16 @@ class GumbelQuantizer(torch.nn.Module):
         """
         y = y.detach()
         if not get_spec(self.method).one_hot or self.n_codes >= 2**24:
-            return argmax_index(y, -1).squeeze(-1)
-        if y.dtype not in (torch.float32, torch.float64):
-            y = y.float()
-        ramp = torch.arange(self.n_codes, dtype=y.dtype, device=y.device)
-        return (y @ ramp).to(torch.long)
+            codes = argmax_index(y, -1).squeeze(-1)
+        else:
+            yc = y if y.dtype in (torch.float32, torch.float64) else y.float()
+            ramp = torch.arange(self.n_codes, dtype=yc.dtype, device=yc.device)
+            codes = (yc @ ramp).to(torch.long)
+        if check_mode(y) == "device":
+            # "device" validation: a bad row of logits comes out of the sampler all NaN; its code is
+            # -1 (NaN's cast to an integer is undefined), read from the row's first entry alone
+            codes = torch.where(torch.isnan(y[..., 0]), -1, codes)
+        return codes
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The codebook vectors of integer ``codes``, laid out like ``z_q`` (``embedding_dim`` at ``dim``).

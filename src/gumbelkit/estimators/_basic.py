@@ -17,7 +17,7 @@ from .._sampling import (
     theta_shift,
 )
 from .._sampling import gumbel_softmax as _gumbel_softmax
-from .._validation import Tau, check_generator, check_sample_args_scale
+from .._validation import Tau, check_generator, check_sample_args_scale, mark_bad_rows
 from ._registry import register
 
 __all__ = ["gumbel_softmax_estimator", "softmax_estimator", "st_estimator", "st_gumbel_estimator"]
@@ -81,7 +81,9 @@ def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generat
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
     if not _needs_grad(logits, tau):
-        return one_hot_like(logits, index, dim)
-    per_class = per_class_tau(tau, logits.dim(), dim)
-    m = plain_shift(row_max, max_abs, tau, cdt, per_class)
-    return tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, index=index, per_class=per_class)
+        out = one_hot_like(logits, index, dim)
+    else:
+        per_class = per_class_tau(tau, logits.dim(), dim)
+        m = plain_shift(row_max, max_abs, tau, cdt, per_class)
+        out = tempered_core(logits, prepare_tau(tau, cdt), dim, m=m, index=index, per_class=per_class)
+    return mark_bad_rows(out, logits, row_max, tau)

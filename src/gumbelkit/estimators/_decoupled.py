@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from .. import _triton_ops as _gpu
 from .._internals import argmax_index_, log_exp_noise, noise_plan, one_hot_like
 from .._policy import compute_dtype
 from .._sampling import (
     _needs_grad,
-    gumbel_softmax,
+    checked_gumbel_softmax,
     one_hot_straight_through,
     per_class_tau,
     prepare_tau,
     tempered_core,
 )
-from .._validation import Tau, check_sample_args_scale
+from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import OptionSpec, register
 
 __all__ = ["decoupled_st_gumbel_estimator"]
@@ -88,13 +89,16 @@ def decoupled_st_gumbel_estimator(
     Straight-Through Estimator", arXiv:2410.13331 (v2; v1 titled "... Decoupled Straight-Through
     Gumbel-Softmax").
     """
-    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     tau_f = _check_tau_forward(tau_forward)
     if tau_f == 1.0:
-        # the same computation as st_gumbel, so the two agree to the bit
-        return gumbel_softmax(logits, tau, True, dim=dim, generator=generator)
+        # the same computation as st_gumbel, so the two agree to the bit (validated once, in there)
+        return checked_gumbel_softmax(logits, tau, True, dim, generator=generator, fn="sample")
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     cdt = compute_dtype(logits.dtype)
-    log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
+    if _gpu.use_counter_noise(logits):  # CUDA: the counter noise from a device key (no host read)
+        log_e = _gpu.log_exponential(logits.shape, _gpu.draw_key(generator, logits.device), 0, cdt)
+    else:
+        log_e = log_exp_noise(logits.shape, generator, logits.device, cdt)
     x = logits.detach().to(cdt)
     # (theta - max) / tau_f has a top of exactly 0 and is <= 0 elsewhere: no overflow for any
     # tau_f (a tiny tau_f sends the others to -inf, i.e. the argmax, which is the limit law);
@@ -102,9 +106,9 @@ def decoupled_st_gumbel_estimator(
     top = x.amax(dim, keepdim=True) if row_max is None else row_max.to(cdt)
     index = argmax_index_((x - top) / tau_f - log_e, dim)  # a fresh temporary: may be overwritten
     if not _needs_grad(logits, tau):
-        return one_hot_like(logits, index, dim)
+        return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m, post = noise_plan(row_max, max_abs, tau, cdt, per_class)
     # tempered_core overwrites log_e (done with it above); the soft value is st_gumbel's
     soft = tempered_core(logits, prepare_tau(tau, cdt), dim, log_e=log_e, m=m, post=post, per_class=per_class)
-    return one_hot_straight_through(soft, index, dim).to(logits.dtype)
+    return mark_bad_rows(one_hot_straight_through(soft, index, dim).to(logits.dtype), logits, row_max, tau)

@@ -16,7 +16,7 @@ from .._sampling import (
     tempered_core,
     theta_shift,
 )
-from .._validation import Tau, check_sample_args_scale
+from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import OptionSpec, register
 
 __all__ = ["gapped_logits", "gapped_st_estimator"]
@@ -124,7 +124,7 @@ def gapped_st_estimator(
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
     if not _needs_grad(logits, tau):
-        return one_hot_like(logits, index, dim)
+        return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     # Shift to a row max of exactly 0 (the gradient is unchanged: softmax ignores a per-row
     # constant); the moved logits then have a top of exactly 0 (x_D + (0 - x_D)) and every other
     # class <= -gap, so (theta' / tau) never overflows into inf - inf, whatever tau is.
@@ -132,4 +132,4 @@ def gapped_st_estimator(
     moved = gapped_logits(x, index, gap, dim)
     per_class = per_class_tau(tau, moved.dim(), dim)
     soft = tempered_core(moved, prepare_tau(tau, cdt), dim, per_class=per_class)
-    return one_hot_straight_through(soft, index, dim).to(logits.dtype)
+    return mark_bad_rows(one_hot_straight_through(soft, index, dim).to(logits.dtype), logits, row_max, tau)

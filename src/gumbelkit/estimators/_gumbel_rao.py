@@ -9,12 +9,16 @@ of the result depend on the batch size.) Each draw has its own noise stream: one
 from the caller's generator seeds draw j's generator through the SplitMix64 finaliser, so the same
 generator state gives the same draws and the same gradient, and draw j is the same in the
 unbatched formula (:func:`conditional_gumbel`) used under ``torch.func`` and ``torch.compile``.
+On CUDA (where the Triton kernels run) the word would have to be read back to the host: there the
+caller's generator draws a 128-bit key into a device tensor instead, and draw j is the counter
+noise of stream j under that key (one kernel per draw), with the same properties and no host read.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import _triton_ops as _gpu
 from .._autograd import softmax_grad
 from .._internals import log_exp_noise, one_hot
 from .._policy import compiling, compute_dtype, functorch_active, in_vmap
@@ -35,6 +39,7 @@ from .._validation import (
     check_generator,
     check_positive_int,
     check_sample_args_scale,
+    mark_bad_rows,
 )
 from ._registry import OptionSpec, register
 
@@ -51,18 +56,32 @@ def _mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _draw_base(generator, device) -> int:
-    """One 64-bit word from ``generator`` (or the device's default RNG): the key of all k draws."""
-    dev = torch.device(generator.device) if generator is not None else torch.device(device)
+def _draw_base(generator, ref: torch.Tensor) -> int | torch.Tensor:
+    """The key of all k draws, from ``generator`` (or the device's default RNG).
+
+    Where the counter-noise kernel runs (CUDA), a 128-bit key in a device tensor: nothing is read
+    to the host, and a CUDA graph replays fresh draws. Elsewhere one 64-bit word on the host.
+    """
+    if _gpu.use_counter_noise(ref):
+        return _gpu.draw_key(generator, ref.device)
+    dev = torch.device(generator.device) if generator is not None else ref.device
     return int(torch.empty(1, dtype=torch.int64, device=dev).random_(generator=generator).item()) & _MASK64
 
 
-def _draw_log_e(base: int, j0: int, j1: int, shape, device, dtype) -> torch.Tensor:
-    """log E for draws j0..j1-1, shape (j1 - j0, *shape): draw j from its own generator (seed mix(base + j))."""
+def _draw_log_e(base: int | torch.Tensor, j0: int, j1: int, shape, device, dtype) -> torch.Tensor:
+    """log E for draws j0..j1-1, shape (j1 - j0, *shape).
+
+    Draw j: with a device key, the counter noise of its stream c3 + j (see
+    :func:`gumbelkit._triton_ops.log_exponential`); with a host word, its own generator seeded
+    with mix(base + j).
+    """
     parts = []
     for j in range(j0, j1):
-        gen = torch.Generator(device=device).manual_seed(_mix64(base + j))
-        parts.append(log_exp_noise(tuple(shape), gen, device, dtype))
+        if isinstance(base, torch.Tensor):
+            parts.append(_gpu.log_exponential(tuple(shape), base, j, dtype))
+        else:
+            gen = torch.Generator(device=device).manual_seed(_mix64(base + j))
+            parts.append(log_exp_noise(tuple(shape), gen, device, dtype))
     return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
 
@@ -120,6 +139,8 @@ def conditional_gumbel(
     Noise: one 64-bit word is drawn from ``generator``; draw j takes its exact-tail Exp(1) noise
     from a generator seeded with SplitMix64(word + j), so draw j is the same however many draws
     are made at once (under ``torch.vmap`` and ``torch.compile`` all k come from one call instead).
+    On CUDA a 128-bit key is drawn into a device tensor instead and draw j is the counter noise of
+    stream j under it (no value is read to the host).
 
     Args:
         logits: (..., K, ...) logits, detached.
@@ -148,7 +169,7 @@ def conditional_gumbel(
         # batched / traced random draws must be out-of-place calls without Python integers
         log_e = log_exp_noise((k,) + tuple(theta.shape), generator, theta.device, theta.dtype)
     else:
-        base = _draw_base(generator, theta.device)
+        base = _draw_base(generator, theta)
         log_e = _draw_log_e(base, 0, k, theta.shape, theta.device, theta.dtype)
     return _condition(theta, log_z, index, log_e, dim)
 
@@ -164,7 +185,7 @@ class _GumbelRaoStraightThrough(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x, index, base: int, k: int, tau: float, dim: int, post: bool, out_dtype):
+    def forward(x, index, base, k: int, tau: float, dim: int, post: bool, out_dtype):
         return one_hot(x, index, dim, dtype=out_dtype)
 
     @staticmethod
@@ -262,7 +283,7 @@ def gumbel_rao_estimator(
     m = theta_shift(row_max, max_abs, cdt)
     index = gumbel_argmax(logits, dim, generator, m)
     if not _needs_grad(logits, tau):
-        return one_hot_like(logits, index, dim)
+        return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     # For large |theta| shift to a row max of 0 first (the gradient is unchanged: softmax ignores
     # a per-row constant) so that theta + g_j below is formed near 0, where float32 keeps the noise.
     xs = logits.to(cdt) if m is None else logits.to(cdt) - m
@@ -271,9 +292,9 @@ def gumbel_rao_estimator(
         ftau = prepare_tau(float(tau), cdt)
         # |max z| <= max|theta| + log K + |log E|: a float tau needs no second shift unless it is tiny
         _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, ftau, cdt, False)
-        base = _draw_base(generator, logits.device)
+        base = _draw_base(generator, logits)
         args = (xs, index, base, k, float(ftau), dim, bool(post), logits.dtype)
-        return _GumbelRaoStraightThrough.apply(*args)
+        return mark_bad_rows(_GumbelRaoStraightThrough.apply(*args), logits, row_max, tau)
     xd = xs.detach()
     cond = conditional_gumbel(xd, index, k, dim, generator=generator)
     # Noise g_j = (theta + g_j) - theta, detached; masked entries get g = 0 so theta + g stays -inf
@@ -284,4 +305,4 @@ def gumbel_rao_estimator(
     per_class = per_class_tau(tau, z.dim(), dim + 1)
     _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, tau, cdt, per_class)
     soft = tempered_core(z, prepare_tau(tau, cdt), dim + 1, post=post, per_class=per_class).mean(0)
-    return one_hot_straight_through(soft, index, dim).to(logits.dtype)
+    return mark_bad_rows(one_hot_straight_through(soft, index, dim).to(logits.dtype), logits, row_max, tau)

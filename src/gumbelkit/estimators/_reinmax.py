@@ -17,7 +17,7 @@ from .._sampling import (
     prepare_tau,
     theta_shift,
 )
-from .._validation import Tau, check_sample_args_scale
+from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import register
 
 __all__ = ["reinmax_estimator"]
@@ -105,9 +105,10 @@ def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
     if not _needs_grad(logits):
-        return one_hot_like(logits, index, dim)
+        return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     x = logits.to(cdt)
     t = prepare_tau(tau.detach() if isinstance(tau, torch.Tensor) else tau, cdt)
     per_class = per_class_tau(t, x.dim(), dim)
     m = plain_shift(row_max, max_abs, t, cdt, per_class)
-    return _ReinMax.apply(x, t, index, dim, m, per_class, _lean())[0].to(logits.dtype)
+    out = _ReinMax.apply(x, t, index, dim, m, per_class, _lean())[0].to(logits.dtype)
+    return mark_bad_rows(out, logits, row_max, tau)

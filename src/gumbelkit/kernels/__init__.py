@@ -1,5 +1,9 @@
 """Fused, memory-lean implementations: the same distribution, checks and dtype policy as the public samplers.
 
+:func:`triton_gumbel_softmax` and :func:`triton_gumbel_max` are the Triton kernels that the public
+samplers run for CUDA tensors (noise, softmax, argmax and one-hot in one pass; the backward in
+one; no host synchronisation), callable directly; see ``docs/gpu.md``.
+
 :func:`gumbel_softmax` generates its Gumbel noise with Philox4x32-10 inside one compiled
 (torch.compile / Inductor) kernel together with the softmax, argmax and one-hot; the backward is
 one fused kernel and only the softmax is saved. On a 2-core AVX2 CPU it measured slower than the
@@ -12,6 +16,7 @@ by each element's logical position (any memory layout gives the same sample), an
 work under ``torch.func.grad`` / ``torch.vmap`` (op by op there) and with double backward.
 """
 
+from .._triton_ops import triton_gumbel_max, triton_gumbel_softmax
 from ._fused import (
     FusedFallbackWarning,
     compile_times,
@@ -40,6 +45,8 @@ __all__ = [
     "gumbel_softmax_reference",
     "is_available",
     "philox4x32",
+    "triton_gumbel_max",
+    "triton_gumbel_softmax",
     "uniform_float32",
     "uniform_float64",
 ]
