@@ -367,9 +367,12 @@ def test_bad_logits_raise():
         sample_tokens(x, temperature=0.0)
 
 
-def test_device_mode_returns_minus_one_for_bad_rows(monkeypatch):
-    monkeypatch.setattr(dparams, "check_mode", lambda t: "device")
-    monkeypatch.setattr(gk.decoding._sample, "check_mode", lambda t: "device")
+def test_device_mode_returns_minus_one_for_bad_rows():
+    with gk.validation("device"):
+        _device_mode_rows()
+
+
+def _device_mode_rows():
     x = torch.randn(5, 600)
     x[1, 7] = math.nan
     x[3] = -math.inf

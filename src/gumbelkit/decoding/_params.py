@@ -3,7 +3,8 @@
 Every argument may be a Python number (checked at once, whatever the device) or a per-row
 tensor of shape (B,) (or 0-d, which applies to every row). A number out of range always raises.
 The *values* inside a parameter tensor are data: they are checked like the logits, by the
-validation mode of :func:`check_mode` -- ``"raise"`` reads them and raises naming the row,
+validation mode (:func:`gumbelkit.get_validation`, resolved per tensor by
+``gumbelkit._policy.check_mode``) -- ``"raise"`` reads them and raises naming the row,
 ``"device"`` and ``"off"`` never read them on the host and turn a bad row's token into -1.
 """
 
@@ -14,30 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import _policy
-from .._policy import compute_dtype, skip_value_checks
+from .._policy import compute_dtype
 from .._validation import check_dtype, check_generator, is_int, prefixed, shape_str
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 
-__all__ = ["FN", "RowParams", "check_logits_2d", "check_mode", "raise_bad_rows", "row_keys", "row_params"]
+__all__ = ["FN", "RowParams", "check_logits_2d", "raise_bad_rows", "row_keys", "row_params"]
 
 FN = "sample_tokens"
-
-
-def check_mode(t: torch.Tensor) -> str:
-    """How data-dependent checks run for ``t``: ``"raise"``, ``"device"`` or ``"off"``.
-
-    The library-wide switch (``gumbelkit._policy.check_mode``) decides when it exists; until then
-    the default rule: skipped while compiling or under vmap, raising on the CPU (a host read costs
-    nothing there), and on the device for CUDA tensors, where a host read would stall the stream
-    (a bad row's token comes out -1 instead).
-    """
-    policy = getattr(_policy, "check_mode", None)
-    if policy is not None:
-        return str(policy(t))
-    if skip_value_checks():
-        return "off"
-    return "device" if t.is_cuda else "raise"
 
 
 def check_logits_2d(logits) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._params import check_logits_2d, check_mode, raise_bad_rows, row_keys, row_params
+from .._policy import check_mode
+from ._params import check_logits_2d, raise_bad_rows, row_keys, row_params
 from ._torch import row_maxima, sample_rows
 
 __all__ = ["sample_tokens"]

@@ -7,92 +7,44 @@ tests import it under the interpreter (and reload it afterwards).
 import triton  # type: ignore
 import triton.language as tl  # type: ignore
 
-from ._philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
-
-_M0 = tl.constexpr(PHILOX_M0)
-_M1 = tl.constexpr(PHILOX_M1)
-_W0 = tl.constexpr(PHILOX_W0)
-_W1 = tl.constexpr(PHILOX_W1)
+from ._triton_noise import counter_exponential, exp_from_words, load_key, philox4x32_10
 
 
 @triton.jit
-def philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 on uint32 tensors (c*: one shape, k*: scalars): the rounds of ``philox4x32``.
+def counter_words(k0, k1, c2, c3, index):
+    """The (high, low) uint32 words of element ``index`` (int64 >= 0) under key (k0, k1, c2, c3).
 
-    Every constant is an explicit uint32 tensor, so products wrap modulo 2^32 (the low word) and
-    ``umulhi`` gives the high word, whatever the promotion rules of Python integer literals.
+    The mapping of :func:`gumbelkit.kernels._philox.counter_exponential`: pair j = index >> 1,
+    words (w0, w1) for even elements, (w2, w3) for odd ones. Used by the test kernel below; the
+    samplers call :func:`counter_exponential` directly.
     """
-    m0 = tl.full(c0.shape, _M0, tl.uint32)
-    m1 = tl.full(c0.shape, _M1, tl.uint32)
-    w0 = tl.full([], _W0, tl.uint32)
-    w1 = tl.full([], _W1, tl.uint32)
-    for _ in tl.static_range(10):
-        a0 = c0
-        a2 = c2
-        c0 = tl.umulhi(m1, a2) ^ c1 ^ k0
-        c2 = tl.umulhi(m0, a0) ^ c3 ^ k1
-        c1 = a2 * m1
-        c3 = a0 * m0
-        k0 = k0 + w0
-        k1 = k1 + w1
-    return c0, c1, c2, c3
-
-
-@triton.jit
-def counter_word(k0, k1, c2, c3, index):
-    """The 64-bit word (int64 bit pattern) of element ``index`` (int64 >= 0) of key (k0, k1, c2, c3)."""
     j = index >> 1
     zero = tl.zeros(j.shape, tl.uint32)
     w0, w1, w2, w3 = philox4x32_10(
         (j & 0xFFFFFFFF).to(tl.uint32), (j >> 32).to(tl.uint32), zero + c2, zero + c3, k0, k1
     )
     odd = (index & 1) == 1
-    hi = tl.where(odd, w2, w0)
-    lo = tl.where(odd, w3, w1)
-    return ((hi.to(tl.uint64) << 32) | lo.to(tl.uint64)).to(tl.int64, bitcast=True)
-
-
-@triton.jit
-def exponential_of_word(w):
-    """E ~ Exp(1) in float32 from a 64-bit word: v in float32 as the reference, logs in float64.
-
-    -log1p(-v) as log(u) * (-v) / (u - 1) with u = 1 - v (Goldberg): exact where u rounds to 1.
-    """
-    upper = w < 0
-    v = ((w & 0x7FFFFFFFFFFFFFFF).to(tl.float32) + 0.5) * 5.421010862427522e-20  # 2^-64
-    vd = v.to(tl.float64)
-    u = 1.0 - vd
-    log1p = tl.where(u == 1.0, -vd, tl.log(u) * (-vd) / (u - 1.0))
-    return tl.where(upper, -tl.log(vd), -log1p).to(tl.float32)
+    return tl.where(odd, w2, w0), tl.where(odd, w3, w1)
 
 
 @triton.jit
 def gumbel(k0, k1, c2, c3, index):
-    """g = -log E in float32 (the log of the float32 E taken in float64 and rounded)."""
-    e = exponential_of_word(counter_word(k0, k1, c2, c3, index))
-    return (-tl.log(e.to(tl.float64))).to(tl.float32)
-
-
-@triton.jit
-def load_key(keys_ptr, row):
-    k0 = tl.load(keys_ptr + row * 4 + 0).to(tl.uint32, bitcast=True)
-    k1 = tl.load(keys_ptr + row * 4 + 1).to(tl.uint32, bitcast=True)
-    c2 = tl.load(keys_ptr + row * 4 + 2).to(tl.uint32, bitcast=True)
-    c3 = tl.load(keys_ptr + row * 4 + 3).to(tl.uint32, bitcast=True)
-    return k0, k1, c2, c3
+    """g = -log E (float32) of each element of ``index`` under the key: the shared counter noise."""
+    return -tl.log(counter_exponential(k0, k1, c2, c3, index))
 
 
 @triton.jit
 def words_kernel(keys_ptr, index_ptr, words_ptr, e_ptr, n, N: tl.constexpr):
     """Test kernel: the counter words and E of index[row, :n] for key[row]."""
     row = tl.program_id(0)
-    k0, k1, c2, c3 = load_key(keys_ptr, row)
+    k0, k1, c2, c3 = load_key(keys_ptr + row * 4)
     offs = tl.arange(0, N)
     mask = offs < n
     idx = tl.load(index_ptr + row * n + offs, mask=mask, other=0)
-    w = counter_word(k0, k1, c2, c3, idx)
+    hi, lo = counter_words(k0, k1, c2, c3, idx)
+    w = ((hi.to(tl.uint64) << 32) | lo.to(tl.uint64)).to(tl.int64, bitcast=True)
     tl.store(words_ptr + row * n + offs, w, mask=mask)
-    tl.store(e_ptr + row * n + offs, exponential_of_word(w), mask=mask)
+    tl.store(e_ptr + row * n + offs, exp_from_words(hi, lo), mask=mask)
 
 
 @triton.jit
@@ -233,7 +185,7 @@ def draw_kernel(
         base = x_ptr + row.to(tl.int64) * V
         m = tl.load(m_ptr + row)
         thr = tl.load(thr_ptr + row)
-        k0, k1, c2, c3 = load_key(keys_ptr, row)
+        k0, k1, c2, c3 = load_key(keys_ptr + row * 4)
         best = tl.full([], float("-inf"), tl.float32)
         best_j = tl.zeros([], tl.int64)
         zm = tl.full([], float("-inf"), tl.float32)  # log-mass of K, online
