@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from .runner import UserError
 
 __all__ = ["DistContext", "init_distributed", "partition", "rank_seed", "shard_batch"]
 
@@ -39,10 +41,6 @@ class DistContext:
         """Only the main process writes checkpoints, results and plots."""
         return self.rank == 0
 
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
     def all_gather_object(self, obj: Any) -> list[Any]:
         if not self.enabled:
             return [obj]
@@ -50,22 +48,18 @@ class DistContext:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=src)
-        return box[0]
-
-    def agree(self, error: str | None) -> None:
-        """Collective error check: if any rank reports an error, every rank raises it.
-
-        Without this a rank that fails early (a bad path, say) leaves the others blocked in the
-        next collective until the timeout.
-        """
+    def agreed(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on every rank; a UserError on any rank is raised on all of them (otherwise the
+        healthy ranks would wait in their next collective until the timeout)."""
+        error, value = None, None
+        try:
+            value = fn()
+        except UserError as exc:
+            error = str(exc)
         errors = [e for e in self.all_gather_object(error) if e]
         if errors:
-            raise RuntimeError(errors[0])
+            raise UserError(errors[0])
+        return value
 
     def shutdown(self, *, clean: bool = True) -> None:
         """Leave the process group; after a clean run, in step with the other ranks.

@@ -3,7 +3,7 @@
 For z = (z_1, ..., z_N), z_n ~ Categorical(softmax(theta_n)) independent, and a loss f of the
 one-hot codes, E[f(z)] = sum_z p(z) f(z) with p(z) = prod_n softmax(theta_n)[z_n]. This is a
 differentiable function of theta, so autograd gives the *true* gradient that every estimator
-in the gradient lab is compared with.
+in the gradient lab is compared with (and the VAE enumerates its codes with).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._common import UserError
+from .runner import UserError
 
 __all__ = ["MAX_OUTCOMES", "all_one_hot", "exact_expectation", "exact_gradient"]
 
@@ -24,7 +24,7 @@ def all_one_hot(n: int, k: int, *, dtype=torch.float64, device=None) -> torch.Te
     """All K^N joint outcomes as one-hot codes, shape (K^N, N, K), in lexicographic order.
 
     Examples:
-        >>> from gumbelkit.experiments._enumerate import all_one_hot
+        >>> from experiments.exact import all_one_hot
         >>> all_one_hot(2, 3).shape
         torch.Size([9, 2, 3])
     """
@@ -56,7 +56,7 @@ def exact_expectation(
 
     Examples:
         >>> import torch
-        >>> from gumbelkit.experiments._enumerate import exact_expectation
+        >>> from experiments.exact import exact_expectation
         >>> theta = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
         >>> round(exact_expectation(theta, lambda z: z[:, 0, 0]).item(), 4)
         0.3333
