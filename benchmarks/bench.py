@@ -28,26 +28,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from experiments import methods as M
-from experiments.runner import (
-    Config,
-    Flag,
-    Float,
-    Int,
-    Names,
-    PathText,
-    Run,
-    UserError,
-    option,
-    parse_list,
-    resolve_device,
-    save_figure,
-    table,
-)
+from experiments.config import Config, Flag, Float, Int, Names, PathText, UserError, option, parse_list
+from experiments.runner import Run, resolve_device
 
 import gumbelkit as gk
+from experiments import methods as M
 from gumbelkit import kernels
 
+from .bench_report import markdown, plot
 from .harness import interleaved, measure_memory, run_once
 
 __all__ = ["BenchConfig", "main", "parse_shapes", "sampler"]
@@ -76,7 +64,7 @@ def parse_shapes(value: Any, flag: str = "--shapes", ndim: int | None = None, si
             raise UserError(f"expected {flag} like 1024x1000,100x20x10, got {item!r}") from None
         if not 2 <= len(dims) <= 8 or min(dims) < 1 or math.prod(dims) > 2**31 - 1 or len(dims) != (ndim or len(dims)):
             raise UserError(
-                f"expected {flag} of {ndim or '2 to 8'} positive sizes and at most 2^31-1 elements, got {item!r}"
+                f"expected {flag} of {ndim or '2 to 8'} positive sizes, at most 2^31-1 elements, got {item!r}"
             )
         shapes.append("x".join(map(str, dims)))
     if single and len(shapes) != 1:
@@ -112,19 +100,10 @@ class BenchConfig(Config):
                          parse_shapes, role="grid")  # fmt: skip
     impls: list = option(list(IMPLS), "implementations", Names(IMPLS))
     modes: list = option(list(MODES), "soft, hard or both", Names(MODES))
-    methods: list = M.option(
-        "categorical",
-        "sample",
-        what="registry methods to time as sample:<label>",
-        default=list,
-        none=True,
-        role="setting",
-    )
+    methods: list = M.option("categorical", "sample", what="timed as sample:", default=list, none=True, role="setting")
     tau: float = option(1.0, "temperature (speed only)", Float(positive=True))
     repeats: int = option(0, "timing rounds per shape, 0 (automatic: 15, 7 or 5 by size) or >= 3", _repeats)
-    min_time: float = option(
-        0.002, "seconds per timed sample; small shapes loop inside it", Float(positive=True, hi=60.0)
-    )
+    min_time: float = option(0.002, "seconds per timed sample (short calls loop)", Float(positive=True, hi=60.0))
     memory: bool = option(True, "measure the peak memory", Flag())
     vae: bool = option(True, "time a categorical-VAE training step", Flag(), role="grid")
     vae_steps: int = option(30, "timed VAE steps per sampler", Int(1, 100_000), role="grid")
@@ -461,99 +440,5 @@ def main(cfg: BenchConfig) -> dict:
                    "compiled_model": time_compiled_model(cfg, device, run.bar),
                    "quantizer": time_quantizer(cfg, device, run.bar)}  # fmt: skip
     results |= run.meta(device)
-    run.write(results, _markdown, [("bench.png", _plot)])
+    run.write(results, markdown, [("bench.png", plot)])
     return results
-
-
-def _markdown(res: dict) -> str:
-    env, shapes = res["environment"], res["shapes"]
-    out = [
-        f"# Speed and memory\n\nCommand: `{res['command']}`\n\ntorch {env['torch']}, {env['threads']} thread(s), "
-        f"device {env['device']}, {env['platform']}. Times are medians over interleaved rounds; vs built-in = "
-        "built-in time / this time (higher is faster).\n"
-    ]
-    for p, title in (("fwdbwd", "Forward + backward of (out * w).sum()"), ("fwd", "Forward (autograd recording)")):
-        rows = [r for s in shapes for r in s["rows"] if r["pass"] == p]
-        out.append(f"\n## {title}\n\n" + table(rows, [("shape", "shape"), ("mode", "mode"), ("impl", "impl"),
-                   ("median ms", "median_ms"), ("vs built-in", "ratio_vs_builtin"), ("GB/s", "gb_per_s")]))  # fmt: skip
-    mem = [{"shape": s["shape"], **m} for s in shapes for m in s.get("memory", [])]
-    if mem:
-        out.append(
-            "\n## Peak memory (forward + backward), in B x K float32 buffers beyond the inputs\n\npeak: "
-            "everything allocated at the worst moment; held: kept by the graph between forward and backward, "
-            "besides the output.\n\n"
-            + table(
-                mem, [(k, k) for k in ("shape", "mode", "impl")] + [("peak", "peak_buffers"), ("held", "held_buffers")]
-            )
-        )
-    first = [{"shape": s["shape"], **c} for s in shapes for c in s.get("fused_first_calls", []) if c["compiled"]]
-    if first:
-        out.append("\n## Fused path: first calls (compilation included)\n\n" + table(first, [
-            ("shape", "shape"), ("mode", "mode"), ("pass", "pass"), ("first call s", "seconds"),
-            ("compiled variants", lambda c: ", ".join(f"{n} {t:.1f} s" for n, t in c["compiled"]))]))  # fmt: skip
-    sections: list[tuple[str, str, str, list[tuple[str, Any]]]] = [
-        (
-            "layout",
-            "Categories not last: B x K x H x W with dim=1 (forward + backward)",
-            "impl",
-            [("vs built-in", "vs_builtin"), ("vs last", "vs_last"), ("vs last (min)", "vs_last_min")],
-        ),
-        (
-            "cost",
-            "Cost of each method (forward + backward along dim=1), against the baseline method",
-            "method",
-            [
-                ("time / baseline", "vs_baseline"),
-                ("(min)", "vs_baseline_min"),
-                ("time / built-in", "vs_builtin"),
-                ("peak", lambda r: r.get("peak_buffers")),
-                ("peak / baseline", lambda r: r.get("peak_vs_baseline")),
-            ],
-        ),
-    ]
-    for key, title, label, cols in sections:
-        if res[key]:
-            head: list[tuple[str, Any]] = [
-                ("shape", "shape"),
-                (label, label),
-                ("median ms", "median_ms"),
-                ("min ms", "min_ms"),
-            ]
-            out.append(
-                f"\n## {title}\n\n"
-                + table(res[key], head[:1] + ([("mode", "mode")] if key == "layout" else []) + head[1:] + cols)
-            )
-    for key, title, cols in (("compiled_model", "Compiled model", [("time / eager gumbelkit", "vs_eager_gumbelkit"),
-                             ("(min)", "vs_eager_gumbelkit_min"), ("first call s", "first_s")]),
-                             ("quantizer", "Quantizer layer (forward + backward)", [("speed-up", "vs_builtin"),
-                             ("(min)", "vs_builtin_min")])):  # fmt: skip
-        if res[key]:
-            c = res[key]
-            out.append(f"\n## {title} ({c['model']}, {c['shape']})\n\n" + table(c["rows"], [("mode", "mode"),
-                       ("variant", "variant"), ("median ms", "median_ms"), ("min ms", "min_ms")] + cols))  # fmt: skip
-    if res["vae"]:
-        out.append(f"\n## Categorical VAE training step ({res['vae']['model']})\n\n" + table(res["vae"]["rows"], [
-            ("mode", "mode"), ("impl", "impl"), ("median ms/step", "median_ms"), ("vs built-in", "ratio_vs_builtin"),
-            ("first step s", "first_step_s")]))  # fmt: skip
-    return "".join(out)
-
-
-def _plot(res: dict, path: Any) -> None:
-    from matplotlib.figure import Figure
-
-    modes, shapes = res["config"]["modes"], res["shapes"]
-    impls = [i for i in res["config"]["impls"] if i != "builtin"] + [PREFIX + m for m in res["config"]["methods"]]
-    fig = Figure(figsize=(6.5 * len(modes), 4))
-    for ax, mode in zip(fig.subplots(1, len(modes), squeeze=False)[0], modes):
-        width = 0.8 / max(1, len(impls))
-        for j, impl in enumerate(impls):
-            vals = [next((r["ratio_vs_builtin"] for r in s["rows"] if r["impl"] == impl and r["pass"] == "fwdbwd"
-                          and r["mode"] in (mode, "soft")), float("nan")) for s in shapes]  # fmt: skip
-            ax.bar([k + j * width for k in range(len(shapes))], vals, width, label=impl)
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.set(yscale="log", ylabel="speed-up vs F.gumbel_softmax (fwd+bwd)", title=f"{mode}: higher is faster")
-        ax.set_xticks(
-            [k + 0.4 - width / 2 for k in range(len(shapes))], [s["shape"] for s in shapes], rotation=20, fontsize=8
-        )
-        ax.legend(fontsize=8)
-    save_figure(fig, path)

@@ -31,6 +31,8 @@ from gumbelkit import _noise, kernels
 
 from .harness import interleaved
 
+__all__ = ["main"]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

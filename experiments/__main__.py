@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from .runner import COMMANDS, UserError
+from .config import COMMANDS, UserError
 
 __all__ = ["MODULES", "build_parser", "main"]
 

@@ -33,22 +33,8 @@ import torch
 import gumbelkit as gk
 
 from . import methods as M
-from .runner import (
-    Config,
-    Float,
-    Floats,
-    Int,
-    Names,
-    OneOf,
-    PathText,
-    Run,
-    Timer,
-    UserError,
-    generator,
-    option,
-    save_figure,
-    table,
-)
+from .config import Config, Float, Floats, Int, Names, OneOf, PathText, UserError, option
+from .runner import Run, Timer, generator, save_figure, table
 
 __all__ = ["BinaryConfig", "estimates", "main", "poly_loss", "surrogate_loss", "toy_gradient", "toy_loss", "train"]
 
@@ -196,22 +182,11 @@ def _toy_row(family: str, method: M.Method, t: float, theta: float, cfg: BinaryC
     mean, var = float(g.mean()), float(g.var())
     se = math.sqrt(var / cfg.toy_samples)
     floor = max(se, 1e-6 * abs(exact))  # a zero-variance estimator still carries rounding: z measures bias
-    return {
-        "family": FAMILY[family],
-        "method": method.label,
-        "t": t,
-        "theta": theta,
-        "samples": cfg.toy_samples,
-        "exact": exact,
-        "mean": mean,
-        "bias": mean - exact,
-        "stderr": se,
-        "z": (mean - exact) / floor if floor > 0 else 0.0,
-        "variance": var,
-        "p_wrong_sign": float((g * exact < 0).to(torch.float64).mean()),
-        "p_zero": float((g == 0).to(torch.float64).mean()),
-        "wall_s": timer.seconds,
-    }
+    row = {"family": FAMILY[family], "method": method.label, "t": t, "theta": theta, "samples": cfg.toy_samples}
+    row |= {"exact": exact, "mean": mean, "bias": mean - exact, "stderr": se, "variance": var}
+    row["z"] = (mean - exact) / floor if floor > 0 else 0.0
+    row["p_wrong_sign"] = float((g * exact < 0).to(torch.float64).mean())
+    return row | {"p_zero": float((g == 0).to(torch.float64).mean()), "wall_s": timer.seconds}
 
 
 def _stable_step(thetas: torch.Tensor, direction: float) -> list[int | None]:
@@ -244,25 +219,13 @@ def _train_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
         losses = toy_loss(th, t)
         stable = _stable_step(th, -1.0 if t < 0.5 else 1.0)
         reached = [s for s in stable if s is not None]
-        rows.append(
-            {
-                "family": FAMILY[family],
-                "method": method.label,
-                "t": t,
-                "seeds": n_s,
-                "steps": cfg.train_steps,
-                "optimum": min(t, 1 - t) ** 2,
-                "final_loss_mean": float(losses[-1].mean()),
-                "final_loss_std": float(losses[-1].std()) if n_s > 1 else 0.0,
-                "final_p_mean": float(torch.sigmoid(th[-1]).mean()),
-                "stable_step": stable,
-                "stable_step_median": statistics.median(reached) if reached else None,
-                "seeds_stable": len(reached),
-                "curve_steps": every,
-                "curve_loss": [float(losses[s - 1].mean()) for s in every],
-                "wall_s": timer.seconds / len(cfg.targets),
-            }
-        )
+        row = {"family": FAMILY[family], "method": method.label, "t": t, "seeds": n_s, "steps": cfg.train_steps}
+        row |= {"optimum": min(t, 1 - t) ** 2, "final_loss_mean": float(losses[-1].mean())}
+        row |= {"final_loss_std": float(losses[-1].std()) if n_s > 1 else 0.0, "stable_step": stable}
+        row |= {"final_p_mean": float(torch.sigmoid(th[-1]).mean()), "seeds_stable": len(reached)}
+        row["stable_step_median"] = statistics.median(reached) if reached else None
+        row |= {"curve_steps": every, "curve_loss": [float(losses[s - 1].mean()) for s in every]}
+        rows.append(row | {"wall_s": timer.seconds / len(cfg.targets)})
     return {"rows": rows}
 
 
@@ -284,38 +247,21 @@ def _poly_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
         return (b - POLY_TARGET).abs().pow(p_col.to(torch.float32).view(-1, 1, 1)).mean(-1)
 
     with Timer() as timer:
-        final = train(
-            family,
-            method,
-            theta0.to(torch.float32),
-            f,
-            batch=cfg.poly_batch,
-            steps=cfg.poly_steps,
-            lr=cfg.poly_lr,
-            gen=generator(cfg.seed, "poly", FAMILY[family], method.tag, method.tau),
-            record=record,
-            two_logits=cfg.poly_logits == "two",
-        )
+        gen = generator(cfg.seed, "poly", FAMILY[family], method.tag, method.tau)
+        kwargs = {"batch": cfg.poly_batch, "steps": cfg.poly_steps, "lr": cfg.poly_lr, "gen": gen, "record": record}
+        final = train(family, method, theta0.to(torch.float32), f, two_logits=cfg.poly_logits == "two", **kwargs)
     per_row, start, curves = poly_loss(final.to(torch.float64), p_col), poly_loss(theta0, p_col), torch.stack(curve)
     rows = []
     for i, p in enumerate(cfg.poly_powers):
         sl = slice(i * n_s, (i + 1) * n_s)
+        row = {"family": FAMILY[family], "method": method.label, "p": p, "seeds": n_s, "steps": cfg.poly_steps}
+        row |= {"start": float(start[sl].mean()), "optimum": POLY_TARGET**p, "final_loss": per_row[sl].tolist()}
+        row |= {
+            "final_loss_mean": float(per_row[sl].mean()),
+            "final_loss_std": float(per_row[sl].std()) if n_s > 1 else 0.0,
+        }
         rows.append(
-            {
-                "family": FAMILY[family],
-                "method": method.label,
-                "p": p,
-                "seeds": n_s,
-                "steps": cfg.poly_steps,
-                "start": float(start[sl].mean()),
-                "optimum": POLY_TARGET**p,
-                "final_loss": per_row[sl].tolist(),
-                "final_loss_mean": float(per_row[sl].mean()),
-                "final_loss_std": float(per_row[sl].std()) if n_s > 1 else 0.0,
-                "curve_steps": marks,
-                "curve_loss": curves[:, sl].mean(1).tolist(),
-                "wall_s": timer.seconds / n_p,
-            }
+            row | {"curve_steps": marks, "curve_loss": curves[:, sl].mean(1).tolist(), "wall_s": timer.seconds / n_p}
         )
     return {"rows": rows}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runner import UserError
+from .config import UserError
 
 __all__ = ["Dataset", "binarize", "binarize_dataset", "carve_split", "load_dataset", "parse_data_spec", "read_idx"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runner import UserError
+from .config import UserError
 
 __all__ = ["DistContext", "init_distributed", "partition", "rank_seed", "shard_batch"]
 

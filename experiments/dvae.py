@@ -30,22 +30,9 @@ import torch
 import gumbelkit as gk
 
 from . import methods as M
+from .config import MIN_TAU, Config, Float, Int, PathText, UserError, option
 from .data import DATA_SOURCES, Dataset, load_dataset, parse_data_spec
-from .runner import (
-    MIN_TAU,
-    Config,
-    Float,
-    Int,
-    PathText,
-    Run,
-    Timer,
-    UserError,
-    generator,
-    mean_std,
-    option,
-    save_figure,
-    table,
-)
+from .runner import Run, Timer, generator, mean_std, save_figure, table
 
 __all__ = ["DVAE", "DvaeConfig", "evaluate", "main", "reconstruction_loss", "train"]
 

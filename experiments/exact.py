@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .runner import UserError
+from .config import UserError
 
 __all__ = ["MAX_OUTCOMES", "all_one_hot", "exact_expectation", "exact_gradient"]
 

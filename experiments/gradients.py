@@ -31,27 +31,11 @@ import torch
 import gumbelkit as gk
 
 from . import methods as M
+from .config import MIN_TAU, Config, Flag, Float, Floats, Int, Names, PathText, UserError, option
 from .exact import exact_gradient
 from .gradients_problems import SEVENTY_THIRTY, Problem, demo_run, make_problem
 from .gradients_report import DEFINITIONS, markdown, plot_demo, plot_problem
-from .runner import (
-    MIN_TAU,
-    Config,
-    Flag,
-    Float,
-    Floats,
-    Int,
-    Names,
-    PathText,
-    Run,
-    Timer,
-    UserError,
-    generator,
-    mean_std,
-    option,
-    prepare_folder,
-    resolve_device,
-)
+from .runner import Run, Timer, generator, mean_std, prepare_folder, resolve_device
 
 __all__ = ["PROBLEMS", "GradientsConfig", "Problem", "equal_work_errors", "estimate", "estimator_gradients", "main"]
 

@@ -31,23 +31,9 @@ from torch import nn
 
 import gumbelkit as gk
 
+from .config import Config, Float, Floats, Int, Names, PathText, UserError, option, parse_list
 from .data import Dataset, load_dataset, parse_data_spec
-from .runner import (
-    Config,
-    Float,
-    Floats,
-    Int,
-    Names,
-    PathText,
-    Run,
-    Timer,
-    UserError,
-    mean_std,
-    option,
-    parse_list,
-    save_figure,
-    table,
-)
+from .runner import Run, Timer, mean_std, save_figure, table
 
 __all__ = ["L0MLP", "L0Config", "error_rate", "expected_l0", "magnitude_masks", "main", "weights_kept"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import gumbelkit as gk
 
-from . import runner
-from .runner import MIN_TAU, Float, UserError, parse_list
+from . import config
+from .config import MIN_TAU, Float, UserError, parse_list
 
 __all__ = ["Method", "choices", "describe", "labels", "option", "option_help", "parse"]
 
@@ -91,7 +91,7 @@ def option(
         ]
 
     check = labels(family, kind, cap=cap, taus=taus, none=none)
-    return runner.option(default or every, option_help(family, kind, what), check, role=role)
+    return config.option(default or every, option_help(family, kind, what), check, role=role)
 
 
 def _legacy(token: str, specs: dict[str, gk.MethodSpec]) -> tuple[str, str, str] | None:
@@ -173,7 +173,7 @@ def labels(family: str, kind: str | None = None, *, cap=None, taus: bool = False
     """A checker of a method-list option: the labels of :func:`choices`; ``none``: 'none' is the empty list."""
 
     def check(value: Any, flag: str) -> list[str]:
-        if none and ((isinstance(value, str) and value.strip() in ("none", "")) or value in ([], ())):
+        if none and (value in ([], ()) or (isinstance(value, str) and value.strip() in ("none", ""))):
             return []
         return [c.label for c in choices(value, family, kind=kind, flag=flag, cap=cap, taus=taus)]
 

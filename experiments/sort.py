@@ -29,22 +29,8 @@ import torch
 import gumbelkit as gk
 
 from . import methods as M
-from .runner import (
-    MIN_TAU,
-    Config,
-    Float,
-    Int,
-    PathText,
-    Run,
-    Timer,
-    UserError,
-    generator,
-    mean_std,
-    option,
-    parse_list,
-    save_figure,
-    table,
-)
+from .config import MIN_TAU, Config, Float, Int, PathText, UserError, option, parse_list
+from .runner import Run, Timer, generator, mean_std, save_figure, table
 
 __all__ = ["SortConfig", "any_wrong_fraction", "ascending_ranks", "evaluate", "kendall_tau", "main", "train"]
 

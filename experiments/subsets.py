@@ -28,7 +28,8 @@ import torch
 import gumbelkit as gk
 
 from . import methods as M
-from .runner import MIN_TAU, Config, Float, Floats, Int, PathText, Run, Timer, option, save_figure, table
+from .config import MIN_TAU, Config, Float, Floats, Int, PathText, option
+from .runner import Run, Timer, save_figure, table
 
 __all__ = ["SubsetsConfig", "enumerate_subsets", "exact_gradient", "law_log_probs", "main"]
 

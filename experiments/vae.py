@@ -33,26 +33,12 @@ import torch
 
 import gumbelkit as gk
 
+from . import config as R
 from . import methods as M
+from .config import Config, UserError, option, parse_list
 from .data import Dataset, binarize_dataset, load_dataset, parse_data_spec
 from .distributed import DistContext, init_distributed, partition
-from .runner import (
-    MIN_TAU,
-    Config,
-    Flag,
-    Float,
-    Int,
-    OneOf,
-    PathText,
-    Run,
-    Timer,
-    UserError,
-    mean_std,
-    option,
-    resolve_device,
-    save_figure,
-    table,
-)
+from .runner import Run, Timer, mean_std, resolve_device, save_figure, table
 from .vae_model import CategoricalVAE, evaluate, rank_generator, start, train, train_state
 
 __all__ = ["CategoricalVAE", "VaeConfig", "evaluate", "main", "parse_latent"]
@@ -72,9 +58,9 @@ def parse_latent(text: Any) -> tuple[int, int]:
 
 
 def _hidden(value: Any, flag: str) -> list[int]:
-    sizes = [Int(1, 65536)(h, f"each {flag} size") for h in str(value).split(",")] if value != "" else []
-    if not sizes or len(sizes) > 16:
-        raise UserError(f"expected {flag} as 1 to 16 comma-separated sizes of at most 65536 units, got {value!r}")
+    sizes = [R.Int(1, 65536)(h, f"each {flag} size") for h in parse_list(value, flag)]
+    if len(sizes) > 16:
+        raise UserError(f"expected {flag} as 1 to 16 comma-separated sizes, got {value!r}")
     return sizes
 
 
@@ -101,38 +87,40 @@ class VaeConfig(Config):
     COMMAND, FIRST = "vae", ("data", "latent", "steps")
     HELP = "train and evaluate a categorical VAE with each estimator"
 
-    out: str = option("runs/vae", "output folder", PathText(), role="run")
+    out: str = option("runs/vae", "output folder", R.PathText(), role="run")
     data: str = option("mnist5k", "mnist5k, digits, fashion-mnist or idx:FOLDER", _data)
     latent: str = option("30x10", "N x K categorical latents", lambda v, f: "x".join(map(str, parse_latent(v))))
-    steps: int = option(3000, "training steps per run", Int(1, 10**9))
+    steps: int = option(3000, "training steps per run", R.Int(1, 10**9))
     methods: list = M.option("categorical", cap=MAX_OPTION)
-    seeds: int = option(1, "number of seeds R (runs seeds 0..R-1)", Int(1, 10_000), role="grid")
+    seeds: int = option(1, "number of seeds R (runs seeds 0..R-1)", R.Int(1, 10_000), role="grid")
     tau_schedule: str = option(
         "exp:tau0=1,rate=3e-5,floor=0.5,interval=1000",
-        f"temperature schedule (tau must stay >= {MIN_TAU:g}); the default is Jang et al.'s",
+        f"temperature schedule (tau must stay >= {R.MIN_TAU:g}); the default is Jang et al.'s",
         _schedule,
     )
-    batch_size: int = option(100, "images per step", Int(1))
-    lr: float = option(1e-3, "Adam learning rate", Float(positive=True))
-    eval_samples: int = option(100, "m of the importance-weighted test bound (0 skips it)", Int(0, 100_000))
+    batch_size: int = option(100, "images per step", R.Int(1))
+    lr: float = option(1e-3, "Adam learning rate", R.Float(positive=True))
+    eval_samples: int = option(100, "m of the importance-weighted test bound (0 skips it)", R.Int(0, 100_000))
     device: str = option("auto", "cpu, cuda or auto (CUDA when available)", lambda v, f: str(v), role="run")
     hidden: list = option([512, 256], "encoder hidden sizes; the decoder mirrors them", _hidden)
-    binarize: str = option("fixed", "fixed (threshold) or dynamic (drawn at every use)", OneOf(("fixed", "dynamic")))
-    threshold: float = option(0.5, "fixed binarisation threshold on grey levels in [0, 1]", Float(lo=0.0, below=1.0))
-    log_every: int = option(100, "steps per point of the training curve", Int(1))
-    val_every: int = option(500, "steps between validation -ELBO evaluations", Int(1))
-    checkpoint_every: int = option(500, "steps between saved states", Int(1))
-    sweep_parallel: bool = option(False, "under torchrun: whole runs over the ranks instead of DDP", Flag(), role="run")
-    dist_timeout: int = option(1800, "seconds a rank waits in a collective", Int(1, 7 * 24 * 3600), role="run")
+    binarize: str = option("fixed", "fixed (threshold) or dynamic (drawn at every use)", R.OneOf(("fixed", "dynamic")))
+    threshold: float = option(0.5, "fixed binarisation threshold on grey levels in [0, 1]", R.Float(lo=0.0, below=1.0))
+    log_every: int = option(100, "steps per point of the training curve", R.Int(1))
+    val_every: int = option(500, "steps between validation -ELBO evaluations", R.Int(1))
+    checkpoint_every: int = option(500, "steps between saved states", R.Int(1))
+    sweep_parallel: bool = option(
+        False, "under torchrun: whole runs over the ranks instead of DDP", R.Flag(), role="run"
+    )
+    dist_timeout: int = option(1800, "seconds a rank waits in a collective", R.Int(1, 7 * 24 * 3600), role="run")
 
     @classmethod
     def cross_check(cls, values: dict) -> dict:
         # The schedules are monotone, so the ends decide; 1000 steps in between guard the rest.
         schedule, last = gk.schedules.parse_schedule(values["tau_schedule"]), values["steps"] - 1
         taus = [schedule(t) for t in sorted({0, last, *range(0, last, max(1, last // 1000))})]
-        if not all(math.isfinite(t) and t >= MIN_TAU for t in taus):
+        if not all(math.isfinite(t) and t >= R.MIN_TAU for t in taus):
             raise UserError(
-                f"expected --tau-schedule to stay finite and >= {MIN_TAU:g} over the {values['steps']} steps, "
+                f"expected --tau-schedule to stay finite and >= {R.MIN_TAU:g} over the {values['steps']} steps, "
                 f"got tau from {taus[0]:g} to {taus[-1]:g}"
             )
         return values

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import gumbelkit as gk
 
 from . import methods as M
+from .config import UserError
 from .data import Dataset, binarize
 from .distributed import DistContext, rank_seed, shard_batch
 from .exact import all_one_hot
-from .runner import Timer, UserError
+from .runner import Timer
 
 __all__ = ["CategoricalVAE", "EpochSampler", "evaluate", "rank_generator", "start", "train", "train_state"]
 
