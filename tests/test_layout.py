@@ -10,11 +10,7 @@ import gumbelkit
 
 PKG = Path(gumbelkit.__file__).resolve().parent
 # estimators/ is checked by its own test (test_open_core_layout.py).
-CORE = sorted(
-    p
-    for p in PKG.rglob("*.py")
-    if p.relative_to(PKG).parts[0] not in ("estimators", "conftest.py")
-)
+CORE = sorted(p for p in PKG.rglob("*.py") if p.relative_to(PKG).parts[0] not in ("estimators", "conftest.py"))
 
 
 def _module_name(path: Path) -> str:

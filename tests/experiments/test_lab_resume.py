@@ -1,12 +1,15 @@
-"""Every command, killed after its first saved file and run again, ends bit-identical to a straight
-run (the vae is killed inside a training run and continues from the saved state); a damaged file
-is refused in one line and --fresh starts over."""
+"""Every command runs (a smoke run: its results, Markdown and plots), and, killed after its first
+saved file and run again, ends bit-identical to a straight run (the vae is killed inside a training
+run and continues from the saved state); a damaged file is refused in one line and --fresh starts
+over."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from experiments.store import Store
-from lab_helpers import SMOKE, numbers, results, smoke
+from lab_helpers import PLOTS, SMOKE, numbers, results, smoke
 
 COMMANDS = sorted(c for c in SMOKE if c != "bench")
 
@@ -30,8 +33,10 @@ def _kill_after(monkeypatch, saves: int) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_killed_run_resumes_bit_identical(command, tmp_path, capsys, monkeypatch):
-    rc, _, err = smoke(command, tmp_path / "straight", capsys, "--no-plots")
+    pytest.importorskip("matplotlib")
+    rc, _, err = smoke(command, tmp_path / "straight", capsys)
     assert rc == 0, err
+    _check_smoke(command, tmp_path / "straight", err)
     with monkeypatch.context() as m:
         _kill_after(m, 2 if command == "l0" else 1)  # l0's first cell saves the dense weights, then its row
         rc, _, err = smoke(command, tmp_path / "killed", capsys, "--no-plots")
@@ -46,9 +51,21 @@ def test_a_killed_run_resumes_bit_identical(command, tmp_path, capsys, monkeypat
         assert resumed["cells_resumed"] == 1 and resumed["cells_computed"] == straight["cells_computed"] - 1
 
 
+def _check_smoke(command: str, out: Path, err: str) -> None:
+    assert "Traceback" not in err and f"{command}: " in err
+    for name in ["results.json", "results.md"] + PLOTS[command]:
+        assert (out / name).stat().st_size > 0, name
+    res = results(out)
+    assert [Path(p).name for p in res["plots"]] == PLOTS[command] and list((out / "cells").glob("*.json"))
+    assert res["command"].startswith(f"python -m experiments {command}") and res["cells_computed"] >= 1
+
+
 def test_bench_resume_reuses_finished_shapes_only_when_asked(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     out = tmp_path / "b"
-    assert smoke("bench", out, capsys, "--no-plots", "--no-vae")[0] == 0
+    rc, _, err = smoke("bench", out, capsys)
+    assert rc == 0, err
+    _check_smoke("bench", out, err)
     first = results(out)["shapes"]
     assert smoke("bench", out, capsys, "--no-plots", "--no-vae", "--resume")[0] == 0
     assert results(out)["shapes"] == first and results(out)["cells_resumed"] == 1
