@@ -316,9 +316,7 @@ def main(cfg: BinaryConfig) -> dict:
         "toy": toy,
         "train": runs,
         "poly": poly,
-        **run.meta(),
-        "definitions": DEFINITIONS,
-        "compute_s": sum(r["wall_s"] for r in (*toy, *runs, *poly)),
+        **run.meta(definitions=DEFINITIONS, compute_s=sum(r["wall_s"] for r in (*toy, *runs, *poly))),
     }
     plots = [("binary_toy.png", functools.partial(_plot, "train", "t", "Bernoulli toy, t"))] * bool(runs)
     run.write(

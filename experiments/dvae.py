@@ -32,7 +32,7 @@ import gumbelkit as gk
 from . import methods as M
 from .config import MIN_TAU, Config, Float, Int, PathText, UserError, option
 from .data import DATA_SOURCES, Dataset, load_dataset, parse_data_spec
-from .runner import Run, Timer, generator, mean_std, save_figure, table
+from .runner import Run, Timer, generator, means, save_figure, table
 
 __all__ = ["DVAE", "DvaeConfig", "evaluate", "main", "reconstruction_loss", "train"]
 
@@ -73,9 +73,7 @@ class DvaeConfig(Config):
             raise UserError(f"expected --eval-every <= --steps ({values['steps']}), got {values['eval_every']}")
         return values
 
-    @functools.cached_property
-    def choices(self) -> list[M.Method]:
-        return M.choices(self.methods, "categorical", kind="sample")
+    choices = M.Chosen("categorical", kind="sample")
 
 
 class DVAE(torch.nn.Module):
@@ -197,16 +195,12 @@ def main(cfg: DvaeConfig) -> dict:
             "collapsed": sum(r["test_perplexity"] < floor for r in cells),
             "collapsed_train": sum(r["train_perplexity"] < floor for r in cells),
         }
-        for f in _FIELDS:
-            entry[f], entry[f + "_std"] = mean_std(r[f] for r in cells)
-        summary.append(entry)
+        summary.append(entry | means(cells, _FIELDS))
     results = {
         "data": ds.summary(),
         "summary": summary,
         "rows": rows,
-        **run.meta(),
-        "definitions": DEFINITIONS,
-        "compute_s": sum(r["train_s"] + r["eval_s"] for r in rows),
+        **run.meta(definitions=DEFINITIONS, compute_s=sum(r["train_s"] + r["eval_s"] for r in rows)),
     }
     run.write(results, _markdown, [("dvae.png", _plot)])
     return results

@@ -93,9 +93,7 @@ class GradientsConfig(Config):
             raise UserError(f"expected --max-samples >= {values['min_samples']}, got {values['max_samples']}")
         return values
 
-    @functools.cached_property
-    def choices(self) -> list[M.Method]:
-        return M.choices(self.methods, "categorical", cap=MAX_DRAWS)
+    choices = M.Chosen("categorical", cap=MAX_DRAWS)
 
     @functools.cached_property
     def demo_choices(self) -> list[M.Method]:
@@ -396,10 +394,7 @@ def main(cfg: GradientsConfig) -> dict:
         "relaxed_reference": refs,
         "equal_work": equal_work_errors(rows),
         "demo": demo,
-        **run.meta(device),
-        "definitions": DEFINITIONS,
-        # the measured work of every cell, those taken from an earlier process included
-        "compute_s": sum(r["wall_s"] for r in rows + refs + demo_runs),
+        **run.meta(device, DEFINITIONS, compute_s=sum(r["wall_s"] for r in rows + refs + demo_runs)),
     }
     plots = [(f"gradients_{p}.png", functools.partial(plot_problem, p)) for p in cfg.problems]
     run.write(results, markdown, plots + [("gradients_70_30_demo.png", plot_demo)] * bool(demo), plot_dir=plot_dir)

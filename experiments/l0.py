@@ -291,8 +291,7 @@ def main(cfg: L0Config) -> dict:
         "dense_test_error": mean_std(d["test_error"] for d in dense_rows) if dense_rows else None,
         "cells": cells,
         "summary": _summary(cfg, cells),
-        **run.meta(),
-        "definitions": _definitions(cfg, ds),
+        **run.meta(definitions=_definitions(cfg, ds)),
     }
     run.write(results, _markdown, [("l0.png", _plot)])
     return results

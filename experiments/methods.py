@@ -23,7 +23,7 @@ import gumbelkit as gk
 from . import config
 from .config import MIN_TAU, Float, UserError, parse_list
 
-__all__ = ["Method", "choices", "describe", "labels", "option", "option_help", "parse"]
+__all__ = ["Chosen", "Method", "choices", "describe", "labels", "option", "option_help", "parse"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +167,23 @@ def choices(value: Any, family: str, **kwargs: Any) -> list[Method]:
         c = parse(item, family, **kwargs)
         out.setdefault((c.name, tuple(c.options.items()), c.tau), c)
     return list(out.values())
+
+
+class Chosen:
+    """A config attribute: the :class:`Method` objects of its ``methods`` value in ``family``
+    (:func:`choices` with ``kwargs``), resolved on first use and kept."""
+
+    def __init__(self, family: str, **kwargs: Any):
+        self.family, self.kwargs, self.name = family, kwargs, "choices"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = choices(obj.methods, self.family, **self.kwargs)
+        return value
 
 
 def labels(family: str, kind: str | None = None, *, cap=None, taus: bool = False, none: bool = False):

@@ -35,7 +35,7 @@ from .config import UserError, installed
 from .store import Store, atomic_write, json_bytes
 
 __all__ = ["Run", "Timer", "environment_info", "generator", "mean_std", "prepare_folder", "progress"]
-__all__ += ["resolve_device", "save_figure", "table"]
+__all__ += ["means", "resolve_device", "save_figure", "table"]
 
 
 class Timer:
@@ -131,8 +131,14 @@ class Run:
         self.bar.update(1)
         return value
 
-    def meta(self, device: torch.device | None = None) -> dict:
-        """The results' common entries: the command, the config, the machine, the time, the cells."""
+    def meta(
+        self, device: torch.device | None = None, definitions: dict | None = None, compute_s: float | None = None
+    ) -> dict:
+        """The results' common entries: the command, the config, the machine, the time, the cells; then
+        the experiment's ``definitions`` and ``compute_s`` (the measured work of every cell, those taken
+        from an earlier process included) where given."""
+        extra = {"definitions": definitions} if definitions is not None else {}
+        extra |= {"compute_s": compute_s} if compute_s is not None else {}
         return {
             "command": self.cfg.command(),
             "config": {k: v for k, v in self.cfg.to_dict().items() if k not in ("progress", "resume")},
@@ -140,7 +146,7 @@ class Run:
             "runtime_s": self.timer.stop(),
             "cells_computed": self.store.computed,
             "cells_resumed": self.store.reused,
-        }
+        } | extra
 
     def write(
         self,
@@ -241,6 +247,17 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     m = sum(vals) / len(vals)
     return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
+
+
+def means(cells: Sequence[dict], fields: Iterable[str]) -> dict[str, float]:
+    """``field`` and ``field_std`` for each field that the cells report (not None): mean and standard
+    deviation over the cells."""
+    out = {}
+    for f in fields:
+        vals = [c[f] for c in cells if c.get(f) is not None]
+        if vals:
+            out[f], out[f + "_std"] = mean_std(vals)
+    return out
 
 
 def _cell_text(v: Any) -> str:

@@ -30,7 +30,7 @@ import gumbelkit as gk
 
 from . import methods as M
 from .config import MIN_TAU, Config, Float, Int, PathText, UserError, option, parse_list
-from .runner import Run, Timer, generator, mean_std, save_figure, table
+from .runner import Run, Timer, generator, means, save_figure, table
 
 __all__ = ["SortConfig", "any_wrong_fraction", "ascending_ranks", "evaluate", "kendall_tau", "main", "train"]
 
@@ -79,9 +79,7 @@ class SortConfig(Config):
             )
         return values
 
-    @functools.cached_property
-    def choices(self) -> list[M.Method]:
-        return M.choices(self.methods, "permutation")
+    choices = M.Chosen("permutation")
 
     def requirements(self) -> list[tuple[str, str, str]]:
         need = any(m.spec.traits.get("input") == "log_alpha" for m in self.choices)
@@ -252,15 +250,11 @@ def main(cfg: SortConfig) -> dict:
         for n in cfg.sizes:
             cells = [r for r in rows if r["method"] == m.label and r["n"] == n]
             entry = {"method": m.label, "n": n, "tau": cfg.tau(m), "seeds": len(cells)}
-            for f in _FIELDS:
-                entry[f], entry[f + "_std"] = mean_std(r[f] for r in cells)
-            summary.append(entry)
+            summary.append(entry | means(cells, _FIELDS))
     results = {
         "summary": summary,
         "rows": rows,
-        **run.meta(),
-        "definitions": DEFINITIONS,
-        "compute_s": sum(r["train_s"] + r["eval_s"] for r in rows),
+        **run.meta(definitions=DEFINITIONS, compute_s=sum(r["train_s"] + r["eval_s"] for r in rows)),
     }
     run.write(results, _markdown, [("sort.png", _plot)])
     return results

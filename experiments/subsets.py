@@ -55,9 +55,7 @@ class SubsetsConfig(Config):
     grad_samples: int = option(2000, "gradient estimates per method and tau", Int(2, 10**7))
     seed: int = option(0, "seed of theta, b and every sampler", Int(0, 2**63 - 1))
 
-    @functools.cached_property
-    def choices(self) -> list[M.Method]:
-        return M.choices(self.methods, "subset")
+    choices = M.Chosen("subset")
 
 
 def enumerate_subsets(n: int, k: int) -> torch.Tensor:
@@ -213,8 +211,7 @@ def main(cfg: SubsetsConfig) -> dict:
             "rows": hist,
         },
         "gradients": toy | {"rows": grads},
-        **run.meta(),
-        "definitions": DEFINITIONS,
+        **run.meta(definitions=DEFINITIONS),
     }
     run.write(results, _markdown, [("subsets.png", _plot)])
     return results

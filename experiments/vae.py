@@ -38,7 +38,7 @@ from . import methods as M
 from .config import Config, UserError, option, parse_list
 from .data import Dataset, binarize_dataset, load_dataset, parse_data_spec
 from .distributed import DistContext, init_distributed, partition
-from .runner import Run, Timer, mean_std, resolve_device, save_figure, table
+from .runner import Run, Timer, means, resolve_device, save_figure, table
 from .vae_model import CategoricalVAE, evaluate, rank_generator, start, train, train_state
 
 __all__ = ["CategoricalVAE", "VaeConfig", "evaluate", "main", "parse_latent"]
@@ -125,9 +125,7 @@ class VaeConfig(Config):
             )
         return values
 
-    @functools.cached_property
-    def choices(self) -> list[M.Method]:
-        return M.choices(self.methods, "categorical", cap=MAX_OPTION)
+    choices = M.Chosen("categorical", cap=MAX_OPTION)
 
     @property
     def latent_nk(self) -> tuple[int, int]:
@@ -277,12 +275,7 @@ def _summary(runs: list) -> list[dict]:
     out = []
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
-        entry: dict[str, Any] = {"method": method, "seeds": len(rs)}
-        for _, key, _ in _TABLE:
-            vals = [r[key] for r in rs if r.get(key) is not None]
-            if vals:
-                entry[key], entry[key + "_std"] = mean_std(vals)
-        out.append(entry)
+        out.append({"method": method, "seeds": len(rs)} | means(rs, (key for _, key, _ in _TABLE)))
     return out
 
 
