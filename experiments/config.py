@@ -363,14 +363,12 @@ class Config:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def requirements(self) -> list[tuple[str, str, str]]:
-        """(import name, pip name, the option that needs it) of the optional packages this run needs."""
-        from .data import required_package  # the data loaders are needed only where there is --data
-
+        """(import name, pip name, the option that needs it) of the optional packages this run needs:
+        those a field's checker ``needs`` for its value, then tqdm and matplotlib where asked for."""
         reqs = []
-        data = getattr(self, "data", None)
-        need = required_package(data) if isinstance(data, str) else None
-        if need:
-            reqs.append((*need, f"--data {data}"))
+        for f in dataclasses.fields(self):
+            needs, value = getattr(_meta(f).check, "needs", None), getattr(self, f.name)
+            reqs += [(*need, f"{_flag(f)} {value}") for need in (needs(value) if needs else [])]
         if self.progress:
             reqs.append(("tqdm", "tqdm", "--progress"))
         if self.plots:

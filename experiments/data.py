@@ -26,7 +26,8 @@ import torch
 
 from .config import UserError
 
-__all__ = ["Dataset", "binarize", "binarize_dataset", "carve_split", "load_dataset", "parse_data_spec", "read_idx"]
+__all__ = ["Dataset", "binarize", "binarize_dataset", "carve_split", "data_option"]
+__all__ += ["load_dataset", "parse_data_spec", "read_idx"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_SOURCES = ("mnist5k", "digits", "fashion-mnist")
@@ -276,6 +277,15 @@ def parse_data_spec(spec: str) -> tuple[str, Path | None]:
 def required_package(spec: str) -> tuple[str, str] | None:
     """(import name, pip name) of the optional package that ``--data spec`` needs, or None."""
     return DATA_PACKAGES.get(parse_data_spec(spec)[0])
+
+
+def data_option(value: object, flag: str) -> str:
+    """The checker of a ``--data`` option: a valid spec, stripped (its ``needs`` names the package)."""
+    parse_data_spec(str(value))
+    return str(value).strip()
+
+
+data_option.needs = lambda spec: [required_package(spec)] if required_package(spec) else []  # type: ignore[attr-defined]
 
 
 def load_dataset(spec: str, *, fashion_dir=None) -> Dataset:

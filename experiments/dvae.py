@@ -31,18 +31,13 @@ import gumbelkit as gk
 
 from . import methods as M
 from .config import MIN_TAU, Config, Float, Int, PathText, UserError, option
-from .data import DATA_SOURCES, Dataset, load_dataset, parse_data_spec
+from .data import DATA_SOURCES, Dataset, data_option, load_dataset
 from .runner import Run, Timer, generator, means, save_figure, table
 
 __all__ = ["DVAE", "DvaeConfig", "evaluate", "main", "reconstruction_loss", "train"]
 
 COLLAPSE_DIVISOR = 10
 EVAL_CHUNK = 1000
-
-
-def _data(value: Any, flag: str) -> str:
-    parse_data_spec(str(value))
-    return str(value).strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +47,9 @@ class DvaeConfig(Config):
     COMMAND, HELP = "dvae", "train a discrete VAE with a Gumbel codebook with each method"
 
     out: str = option("runs/dvae", "output folder", PathText(), role="run")
-    data: str = option("fashion-mnist", f"{', '.join(DATA_SOURCES)} or idx:FOLDER (H and W divisible by 4)", _data)
+    data: str = option(
+        "fashion-mnist", f"{', '.join(DATA_SOURCES)} or idx:FOLDER (H and W divisible by 4)", data_option
+    )
     methods: list = M.option("categorical", "sample")
     steps: int = option(400, "training steps (Adam) per method and seed", Int(1, 10**7))
     batch_size: int = option(32, "training images per step", Int(1, 10**5))

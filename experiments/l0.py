@@ -32,18 +32,13 @@ from torch import nn
 import gumbelkit as gk
 
 from .config import Config, Float, Floats, Int, Names, PathText, UserError, option, parse_list
-from .data import Dataset, load_dataset, parse_data_spec
+from .data import Dataset, data_option, load_dataset
 from .runner import Run, Timer, mean_std, save_figure, table
 
 __all__ = ["L0MLP", "L0Config", "error_rate", "expected_l0", "magnitude_masks", "main", "weights_kept"]
 
 ARMS = ("l0", "magnitude")  # the pruning methods: L0 gates, and magnitude pruning of the dense model
 BETA, LIMITS, DROP_INPUT, DROP_HIDDEN, LAMBDA_BASE = 2.0 / 3.0, (-0.1, 1.1), 0.2, 0.5, 0.1
-
-
-def _data(value: Any, flag: str) -> str:
-    parse_data_spec(value)
-    return str(value).strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +52,7 @@ class L0Config(Config):
     )
 
     out: str = option("runs/l0", "output folder", PathText(), role="run")
-    data: str = option("fashion-mnist", "fashion-mnist, digits, mnist5k or idx:FOLDER (labels needed)", _data)
+    data: str = option("fashion-mnist", "fashion-mnist, digits, mnist5k or idx:FOLDER (labels needed)", data_option)
     methods: list = option(list(ARMS), "pruning methods (magnitude keeps the L0 models' unit counts, so needs l0)",
                            Names(ARMS, what="pruning method"))  # fmt: skip
     hidden: list = option(

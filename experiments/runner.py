@@ -137,7 +137,7 @@ class Run:
         """The results' common entries: the command, the config, the machine, the time, the cells; then
         the experiment's ``definitions`` and ``compute_s`` (the measured work of every cell, those taken
         from an earlier process included) where given."""
-        extra = {"definitions": definitions} if definitions is not None else {}
+        extra: dict[str, Any] = {"definitions": definitions} if definitions is not None else {}
         extra |= {"compute_s": compute_s} if compute_s is not None else {}
         return {
             "command": self.cfg.command(),

@@ -36,7 +36,7 @@ import gumbelkit as gk
 from . import config as R
 from . import methods as M
 from .config import Config, UserError, option, parse_list
-from .data import Dataset, binarize_dataset, load_dataset, parse_data_spec
+from .data import Dataset, binarize_dataset, data_option, load_dataset
 from .distributed import DistContext, init_distributed, partition
 from .runner import Run, Timer, means, resolve_device, save_figure, table
 from .vae_model import CategoricalVAE, evaluate, rank_generator, start, train, train_state
@@ -75,11 +75,6 @@ def _schedule(value: Any, flag: str) -> str:
         raise UserError(f"{flag}: {exc}") from None
 
 
-def _data(value: Any, flag: str) -> str:
-    parse_data_spec(value)
-    return str(value)
-
-
 @dataclasses.dataclass(frozen=True)
 class VaeConfig(Config):
     """Every option of ``python -m experiments vae``."""
@@ -88,7 +83,7 @@ class VaeConfig(Config):
     HELP = "train and evaluate a categorical VAE with each estimator"
 
     out: str = option("runs/vae", "output folder", R.PathText(), role="run")
-    data: str = option("mnist5k", "mnist5k, digits, fashion-mnist or idx:FOLDER", _data)
+    data: str = option("mnist5k", "mnist5k, digits, fashion-mnist or idx:FOLDER", data_option)
     latent: str = option("30x10", "N x K categorical latents", lambda v, f: "x".join(map(str, parse_latent(v))))
     steps: int = option(3000, "training steps per run", R.Int(1, 10**9))
     methods: list = M.option("categorical", cap=MAX_OPTION)
