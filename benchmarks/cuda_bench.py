@@ -154,7 +154,7 @@ class _Stage:
 def _env() -> dict:
     import platform
 
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(DEV)}
+    env: dict[str, object] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(DEV)}
     try:
         import triton
 

@@ -7,11 +7,11 @@
 # Every stage has its own time limit (a hang costs that stage, never the rest) and writes under
 # $OUT as it goes: device.txt, tests.log (the CUDA tests), bench_<stage>.json and <stage>.log (see
 # benchmarks/cuda_bench.py), then cuda_bench.md / cuda_bench.json (all tables) and stages.txt
-# (exit status and seconds of each stage; 124 = its time limit). The limits add up to 450 s.
+# (exit status and seconds of each stage; 124 = its time limit). The limits add up to 480 s.
 set -u
 OUT=${OUT:-runs/cuda-check}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 : > "$OUT/stages.txt"
 
@@ -28,13 +28,17 @@ stage device 15 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total
   grep -m1 "model name" /proc/cpuinfo'
 cp "$OUT/device.log" "$OUT/device.txt"
 # the CUDA tests: the Triton kernels compiled (test_triton.py), the samplers on the device, the switch
-stage tests 140 python -m pytest -q -p no:cacheprovider -rs tests/test_triton.py tests/test_cuda.py tests/test_validation_switch.py
+stage tests 140 python -m pytest -q -p no:cacheprovider -rs tests/test_triton.py tests/test_cuda.py \
+  tests/test_kernels_cuda.py tests/test_validation_switch.py
+stage decoding_tests 30 python -m pytest -q -p no:cacheprovider -rs tests/test_decoding.py -k cuda
 B=(python benchmarks/cuda_bench.py --out "$OUT")
-stage speed 110 "${B[@]}" --stage speed --deadline 100
-stage compiled 75 "${B[@]}" --stage compiled --deadline 65
-stage overhead 40 "${B[@]}" --stage latency,syncs,graphs
-stage tails 40 "${B[@]}" --stage tails --deadline 32
+stage speed 95 "${B[@]}" --stage speed --deadline 85
+stage compiled 65 "${B[@]}" --stage compiled --deadline 55
+stage overhead 35 "${B[@]}" --stage latency,syncs,graphs
+stage tails 35 "${B[@]}" --stage tails --deadline 28
 stage sampling 20 "${B[@]}" --stage sampling
+# token sampling at 256 x 151,936: speed against multinomial and the exponential race, syncs, graph replay, tails
+stage decoding 35 python benchmarks/decoding_speed.py --device cuda --quick --out "$OUT/decoding.json"
 stage report 10 "${B[@]}" --report
 cat "$OUT/stages.txt"
 tail -n 3 "$OUT/tests.log"

@@ -32,6 +32,7 @@ import os
 import platform
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -149,7 +150,7 @@ def tail_counts(device, n_draws: int, rows: int = 200) -> dict:
 def cuda_checks(x: torch.Tensor) -> dict:
     """No host sync in sample_tokens; a captured CUDA graph replays with fresh noise."""
     out: dict = {}
-    kw = {"top_k": 50, "top_p": 0.9}
+    kw: dict[str, Any] = {"top_k": 50, "top_p": 0.9}
     sample_tokens(x, **kw)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -16,19 +16,22 @@
 - ``philox compiled``: ``gumbelkit.kernels.gumbel_noise_philox`` compiled by Inductor (Philox4x32-10 bits,
   the uniform conversion and both logs in one kernel; compiles on first use, tens of seconds).
 
-    python benchmarks/noise_sources.py [--n 1048576] [--threads 1] [--no-philox]
+    python -m benchmarks.noise_sources [--n 1048576] [--threads 1] [--no-philox]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
 import gumbelkit
 from gumbelkit import _noise, kernels
+
+from .harness import interleaved
+
+__all__ = ["main"]
 
 
 def main() -> None:
@@ -61,7 +64,6 @@ def main() -> None:
     }
     if dev.type == "cpu":
         sources["sfc64 words"] = lambda: _noise._random_words(max(n, _noise._NUMPY_MIN_WORDS), gen, "cpu")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if not args.no_philox and dev.type == "cpu":
         compiled = torch.compile(
             lambda k: kernels.gumbel_noise_philox(n, k),
@@ -73,25 +75,15 @@ def main() -> None:
         compiled(kernels.draw_key(gen, "cpu"))
         print(f"philox compiled: first call {time.perf_counter() - t0:.1f} s (compilation)")
         sources["philox compiled"] = lambda: compiled(kernels.draw_key(gen, "cpu"))
-    for f in sources.values():
-        f()
-    times = {k: [] for k in sources}
-    names = list(sources)
-    for r in range(args.rounds):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            sync()
-            t0 = time.perf_counter()
-            sources[k]()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    base = statistics.median(times["exponential_"])
+    times = interleaved(sources, args.rounds, 0.0, dev)
+    base = times["exponential_"]["median_s"]
     import platform
 
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n = {n}, CPU: {cpu}")
-    for k in names:
-        m = statistics.median(times[k])
+    for k in sources:
+        m = times[k]["median_s"]
         print(f"{k:>16}: {m / n * 1e9:8.4f} ns/element   exponential_ / this = {base / m:5.2f}x")
 
 

@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import time
+from typing import Any
 
 import torch
 
@@ -65,12 +66,12 @@ def tune(method: str, t: float, steps: int, lr: float, rows: int = 256):
 
 
 def toy_rows(samples: int, tune_steps: int) -> list[dict]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in (0.45, 0.499):
         exact = 0.25 * ((1 - t) ** 2 - t**2)
         reinforce_var = 0.5 * ((1 - t) ** 2 / 2) ** 2 + 0.5 * (t**2 / 2) ** 2 - exact**2
         rows.append({"t": t, "estimator": "reinforce (1 sample, exact)", "mean": exact, "z": 0.0, "var": reinforce_var})
-        cells = [
+        cells: list[tuple[str, str, tuple[str, float] | None, dict[str, Any]]] = [
             ("reinforce_loo:n=2", "reinforce_loo", None, {"n": 2}),
             ("disarm:n=1", "disarm", None, {"n": 1}),
             ("rebar (eta=1, lambda=0.5)", "rebar", None, {}),
@@ -82,10 +83,10 @@ def toy_rows(samples: int, tune_steps: int) -> list[dict]:
         for index, (label, method, tuned, options) in enumerate(cells):
             control = None if tuned is None else tune(tuned[0], t, tune_steps, tuned[1])
             # an independent stream per cell: the biases in standard errors are independent too
-            g = single_estimates(method, t, samples, control, seed=100 + index, **options)
-            mean, var = float(g.mean()), float(g.var())
+            est = single_estimates(method, t, samples, control, seed=100 + index, **options)
+            mean, var = float(est.mean()), float(est.var())
             z = (mean - exact) / math.sqrt(var / samples) if var > 0 else 0.0  # DisARM is exact for one bit
-            row = {"t": t, "estimator": label, "mean": mean, "z": z, "var": var}
+            row: dict[str, Any] = {"t": t, "estimator": label, "mean": mean, "z": z, "var": var}
             if isinstance(control, gk.estimators.RebarControl):
                 row["eta"], row["lambda"] = float(control.eta.detach()), float(control.temperature.detach())
             rows.append(row)
@@ -99,12 +100,13 @@ def toy_rows(samples: int, tune_steps: int) -> list[dict]:
 
 def train_rows(steps: int, t: float = 0.499) -> list[dict]:
     rows = []
-    for label, method, options in (
+    train_cells: tuple[tuple[str, str, dict[str, Any]], ...] = (
         ("reinforce_loo:n=2", "reinforce_loo", {}),
         ("rebar tuned", "rebar", {}),
         ("relax tuned", "relax", {}),
         ("relax:f_term=false tuned", "relax", {"f_term": False}),
-    ):
+    )
+    for label, method, options in train_cells:
         theta = torch.zeros(1, 1, requires_grad=True)
         spec = binary.METHODS[method]
         control = spec.new_control((1,), **options) if spec.has_control else None
@@ -141,7 +143,7 @@ def onehot_f(z: torch.Tensor) -> torch.Tensor:
 def exact_onehot() -> torch.Tensor:
     th = THETA.clone().requires_grad_()
     lp = torch.log_softmax(th, -1)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64)
     for i, j in itertools.product(range(4), repeat=2):
         if not torch.isinf(THETA[1, j]):
             z = torch.zeros(2, 4, dtype=torch.float64)
@@ -153,22 +155,23 @@ def exact_onehot() -> torch.Tensor:
 def onehot_rows(samples: int, tune_steps: int) -> list[dict]:
     exact = exact_onehot()
     rows = []
-    for label, method, options, tuned in (
+    onehot_cells: tuple[tuple[str, str, dict[str, Any], bool], ...] = (
         ("reinforce:n=2", "reinforce", {"n": 2}, False),
         ("rebar (eta=1, lambda=0.5)", "rebar", {}, False),
         ("rebar (independent)", "rebar", {"noise": "independent"}, False),
         (f"rebar tuned ({tune_steps} steps)", "rebar", {}, True),
         (f"relax tuned ({tune_steps} steps)", "relax", {}, True),
-    ):
+    )
+    for label, method, options, tuned in onehot_cells:
         control = None
         if tuned:
             control = gk.get_spec(method).new_control((2, 4)).double()
             opt = torch.optim.Adam(control.parameters(), lr=0.03)
-            g = gen(5)
+            tune_gen = gen(5)
             for _ in range(tune_steps):
                 opt.zero_grad()
                 x = THETA.expand(256, 2, 4).clone().requires_grad_()
-                gk.surrogate(x, onehot_f, method, generator=g, control=control).mean().backward()
+                gk.surrogate(x, onehot_f, method, generator=tune_gen, control=control).mean().backward()
                 opt.step()
         x = THETA.expand(samples, 2, 4).clone().requires_grad_()
         (g,) = torch.autograd.grad(
@@ -215,9 +218,11 @@ def imle_rows(samples: int) -> dict:
         x = theta.expand(samples, 10).clone().requires_grad_()
         z = gk.subsets.imle(x, 5, generator=gen(1), lam=lam)
         ((z - b) ** 2).sum().backward()
+        assert x.grad is not None
         grad_rows.append({"estimator": f"imle lam={lam:g}", **stats(x.grad)})
     x = theta.expand(samples, 10).clone().requires_grad_()
     ((gk.subsets.simple(x, 5, generator=gen(1)) - b) ** 2).sum().backward()
+    assert x.grad is not None
     grad_rows.append({"estimator": "simple (reference)", **stats(x.grad)})
 
     w = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
@@ -252,7 +257,7 @@ def main() -> None:
     ap.add_argument("--json", default="rebar_relax_stats.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"args": vars(args), "torch": torch.__version__}
+    out: dict[str, Any] = {"args": vars(args), "torch": torch.__version__}
 
     out["toy"] = toy_rows(args.samples, args.tune_steps)
     print(f"1. Bernoulli toy at theta = 0, {args.samples} single estimates each (z: bias / standard error)")

@@ -1,9 +1,8 @@
-"""The typed method registry: declarations, the live METHODS view, option checks, plugins, and a
-method registered at runtime going through every command."""
+"""The typed method registry: declarations, families, the live METHODS view, option checks and plugins
+(a method going through every experiment of the lab: tests/experiments/test_plugins.py)."""
 
 from __future__ import annotations
 
-import json
 import operator
 import sys
 import textwrap
@@ -13,7 +12,6 @@ import pytest
 import torch
 
 import gumbelkit as gk
-from gumbelkit import cli
 from gumbelkit.estimators import OptionSpec, _registry, one_hot_straight_through, softmax_backward
 
 # --------------------------------------------------------------------------- a straight-through with a custom backward
@@ -85,19 +83,8 @@ class dataclasses_frozen:
 
 def test_methods_is_a_live_read_only_view(registered):
     assert registered in gk.METHODS and registered in gk.estimators.METHODS
-    assert sorted(gk.METHODS) == sorted(
-        [
-            "softmax",
-            "gumbel_softmax",
-            "st_gumbel",
-            "st",
-            "gumbel_rao",
-            "reinmax",
-            "gapped_st",
-            "decoupled_st_gumbel",
-            "scaled_st",
-        ]
-    )
+    builtin = ["softmax", "gumbel_softmax", "st_gumbel", "st", "gumbel_rao", "reinmax", "gapped_st"]
+    assert sorted(gk.METHODS) == sorted([*builtin, "decoupled_st_gumbel", "scaled_st"])
     assert (
         len(gk.METHODS) == 9 and gk.METHODS[-1] == "scaled_st" and list(gk.METHODS)[:2] == ["softmax", "gumbel_softmax"]
     )
@@ -271,113 +258,6 @@ def test_plugins_load_lazily_once_and_broken_ones_only_warn(plugins):
     assert _registry.load_plugins() == ("good",)  # once: later reads do not import again
     assert gk.get_spec("plugin_st").reference == "a plugin"
     assert gk.sample(torch.zeros(2, 3), "plugin_st", scale=2.0).sum() == 2
-
-
-def test_every_command_accepts_a_plugin_method(plugins, tmp_path, capsys):
-    out = tmp_path / "grad"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rc = cli.main(
-            [
-                "gradients",
-                "--problems",
-                "quadratic",
-                "--methods",
-                "st,plugin_st:scale=2",
-                "--taus",
-                "0.5",
-                "--samples",
-                "8",
-                "--chunk",
-                "8",
-                "--no-demo",
-                "--no-plots",
-                "--out",
-                str(out),
-            ]
-        )
-    assert rc == 0, capsys.readouterr().err
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["st", "plugin_st:scale=2.0"]
-    assert rows[1]["options"] == {"scale": 2.0} and rows[1]["estimator"] == "plugin_st"
-
-
-# --------------------------------------------------------------------------- a runtime registration in every command
-
-
-def test_a_method_registered_at_runtime_runs_in_vae_and_gradients(registered, tmp_path, capsys):
-    pytest.importorskip("sklearn", reason="the VAE run uses scikit-learn's digits")
-    vae_out = tmp_path / "vae"
-    rc = cli.main(
-        [
-            "vae",
-            "--data",
-            "digits",
-            "--latent",
-            "3x3",
-            "--steps",
-            "3",
-            "--hidden",
-            "8",
-            "--batch-size",
-            "20",
-            "--eval-samples",
-            "2",
-            "--methods",
-            "st,scaled_st,scaled_st:scale=0.5",
-            "--no-plots",
-            "--no-progress",
-            "--out",
-            str(vae_out),
-        ]
-    )
-    assert rc == 0, capsys.readouterr().err
-    data = json.loads((vae_out / "results.json").read_text())
-    assert [r["method"] for r in data["runs"]] == ["st", "scaled_st", "scaled_st:scale=0.5"]
-    assert data["runs"][2]["fingerprint"]["options"] == {"scale": 0.5}
-    assert (vae_out / "runs" / "scaled_st_scale0.5-seed0.json").exists()
-    assert all(r["test_neg_elbo"] > 0 and r["train_objective"] == "-ELBO estimate" for r in data["runs"])
-
-    grad_out = tmp_path / "grad"
-    rc = cli.main(
-        [
-            "gradients",
-            "--problems",
-            "quadratic",
-            "--methods",
-            "st,scaled_st:scale=1,scaled_st:scale=2",
-            "--taus",
-            "0.5",
-            "--samples",
-            "64",
-            "--chunk",
-            "32",
-            "--demo-methods",
-            "scaled_st",
-            "--demo-steps",
-            "2",
-            "--demo-seeds",
-            "1",
-            "--demo-batch",
-            "4",
-            "--no-plots",
-            "--out",
-            str(grad_out),
-        ]
-    )
-    assert rc == 0, capsys.readouterr().err
-    res = json.loads((grad_out / "results.json").read_text())
-    rows = {r["method"]: r for r in res["rows"]}
-    assert set(rows) == {"st", "scaled_st:scale=1.0", "scaled_st:scale=2.0"}
-    assert rows["scaled_st:scale=2.0"]["options"] == {"scale": 2.0} and rows["st"]["f_evals"] == 1
-    assert set(res["demo"]["summary"]) == {"scaled_st"}
-    # the option reaches the estimator: with the same draws, scale 2 doubles every estimate
-    from gumbelkit.experiments import gradients as G
-
-    prob = G.make_problem("quadratic", 0)
-    g1, _ = G.estimator_gradients(prob, "scaled_st:scale=1", 0.5, 16, generator=torch.Generator().manual_seed(3))
-    g2, _ = G.estimator_gradients(prob, "scaled_st:scale=2", 0.5, 16, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(g2, 2 * g1)
 
 
 def test_option_spec_open_minimum_excludes_the_bound_and_says_so():

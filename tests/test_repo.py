@@ -1,4 +1,5 @@
-"""Repository hygiene: CI runs the README's test command; the public API is exported."""
+"""Repository hygiene: CI runs the README's test command, the README's main job is the lab's VAE, and the
+public API is exported."""
 
 import re
 from pathlib import Path
@@ -20,6 +21,10 @@ def test_ci_runs_readme_test_command():
     assert test_cmds[0] in (ROOT / ".ci" / "run").read_text()
     for c in cmds:  # never an unpinned torch: that would pull GBs of CUDA wheels
         assert '"torch==2.13.0"' in c
+    assert 'python -m pip install "torch==2.13.0" -e ".[all]" && python -m experiments vae --out runs/vae' in cmds
+    for tool in ("ruff check", "ruff format --check"):  # the lab is linted like the library
+        line = next(x for x in (ROOT / ".ci" / "run").read_text().splitlines() if f"python -m {tool}" in x)
+        assert "experiments" in line and "benchmarks" in line
 
 
 def test_public_api_matches_design():

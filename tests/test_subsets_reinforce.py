@@ -12,11 +12,9 @@ import gumbelkit as gk
 
 
 def _subsets(n: int, k: int) -> torch.Tensor:
-    rows = list(itertools.combinations(range(n), k))
-    z = torch.zeros(len(rows), n, dtype=torch.float64)
-    for r, c in enumerate(rows):
-        z[r, list(c)] = 1.0
-    return z
+    """Every k-subset of n items as k-hot float64 rows."""
+    index = torch.tensor(list(itertools.combinations(range(n), k)))
+    return torch.zeros(len(index), n, dtype=torch.float64).scatter_(1, index, 1.0)
 
 
 def test_log_normalizer_is_the_elementary_symmetric_polynomial():

@@ -58,24 +58,16 @@ def _st(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
     return _straight_through(b, _sigmoid(theta / tau))
 
 
-@register(
-    "binary_concrete",
-    family="bernoulli",
-    one_hot=False,
-    default_tau=1.0,
-    reference="Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 2017",
-)
+_CONCRETE: dict = {"family": "bernoulli", "default_tau": 1.0}
+_CONCRETE["reference"] = "Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 2017"
+
+
+@register("binary_concrete", one_hot=False, **_CONCRETE)
 def _binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
     return _sigmoid((theta + noise) / tau)
 
 
-@register(
-    "st_binary_concrete",
-    family="bernoulli",
-    one_hot=True,
-    default_tau=1.0,
-    reference="Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 2017",
-)
+@register("st_binary_concrete", one_hot=True, **_CONCRETE)
 def _st_binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
     x = theta + noise
     return _straight_through((x.detach() > 0).to(theta.dtype), _sigmoid(x / tau))

@@ -79,28 +79,16 @@ def _antithetic(phi, f, logits, generator, n, disarm: bool):
 _PAIRS = OptionSpec("n", int, 2, minimum=1, help="antithetic pairs per row (2n evaluations of f)")
 
 
-@register(
-    "arm",
-    family="bernoulli",
-    kind="score_function",
-    one_hot=True,
-    uses_tau=False,
-    options=(_PAIRS,),
-    reference="Yin and Zhou, ICLR 2019",
-)
+_ANTITHETIC: dict = {"family": "bernoulli", "kind": "score_function", "one_hot": True, "uses_tau": False}
+_ANTITHETIC["options"] = (_PAIRS,)
+
+
+@register("arm", reference="Yin and Zhou, ICLR 2019", **_ANTITHETIC)
 def _arm(phi, f, logits, generator, n):
     return _antithetic(phi, f, logits, generator, n, disarm=False)
 
 
-@register(
-    "disarm",
-    family="bernoulli",
-    kind="score_function",
-    one_hot=True,
-    uses_tau=False,
-    options=(_PAIRS,),
-    reference="Dong, Mnih, Tucker, NeurIPS 2020",
-)
+@register("disarm", reference="Dong, Mnih, Tucker, NeurIPS 2020", **_ANTITHETIC)
 def _disarm(phi, f, logits, generator, n):
     return _antithetic(phi, f, logits, generator, n, disarm=True)
 

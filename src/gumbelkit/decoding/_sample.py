@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 
 from .._policy import check_mode
@@ -17,6 +19,36 @@ def _use_triton(logits: torch.Tensor) -> bool:
     from ..kernels import _triton_decoding
 
     return _triton_decoding.is_available()
+
+
+@overload
+def sample_tokens(
+    logits: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor | None = None,
+    top_p: float | torch.Tensor | None = None,
+    min_p: float | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seeds: int | torch.Tensor | None = None,
+    offsets: int | torch.Tensor | None = None,
+    return_logprobs: Literal[False] = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def sample_tokens(
+    logits: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor | None = None,
+    top_p: float | torch.Tensor | None = None,
+    min_p: float | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seeds: int | torch.Tensor | None = None,
+    offsets: int | torch.Tensor | None = None,
+    return_logprobs: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def sample_tokens(

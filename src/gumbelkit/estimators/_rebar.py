@@ -602,7 +602,10 @@ def relax_objective(
     learned network (``f_term=False``: r alone). Unbiased for every r and lambda.
 
     Args:
-        logits, loss_fn, dim, generator: as :func:`rebar_objective`.
+        logits: as :func:`rebar_objective`.
+        loss_fn: as :func:`rebar_objective`.
+        dim: as :func:`rebar_objective`.
+        generator: as :func:`rebar_objective`.
         control: a :class:`RelaxControl` (its network and lambda are trained), any ``nn.Module``
             r mapping the relaxed sample, shaped like ``logits``, to one value per row (trained;
             lambda fixed at ``temperature``), or None: r = 0, the untrained default (RELAX is then

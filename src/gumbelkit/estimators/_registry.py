@@ -26,7 +26,7 @@ Bernoulli method). The built-in families:
 - ``"permutation"``: ``fn(x, tau, *, generator, **options)`` returns an (..., n, n) relaxed (or,
   ``one_hot``, exact) permutation matrix. Trait ``input``: ``"log_alpha"`` (x is an n x n score
   matrix, row i = item i, column j = position j) or ``"scores"`` (x holds n scores, row i of the
-  result = the item with the i-th largest score).
+  result = the item with the i-th largest score); trait ``stochastic``: whether it draws noise.
 
 Any other family name is allowed (plugins may add families); :meth:`MethodSpec.call` calls a
 method the same way whatever its family. ``fixed`` keywords are passed on every call (one function

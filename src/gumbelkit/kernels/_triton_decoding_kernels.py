@@ -4,8 +4,8 @@
 tests import it under the interpreter (and reload it afterwards).
 """
 
-import triton  # type: ignore
-import triton.language as tl  # type: ignore
+import triton
+import triton.language as tl
 
 from ._triton_noise import counter_exponential, exp_from_words, load_key, philox4x32_10
 

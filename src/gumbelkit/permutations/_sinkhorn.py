@@ -190,7 +190,7 @@ def _assignment(keys: torch.Tensor, fn: str) -> torch.Tensor:
         OptionSpec("hard", bool, False, help="exact permutation forward (assignment), relaxed backward"),
         OptionSpec("noise", float, 1.0, minimum=0.0, help="scale of the Gumbel noise"),
     ),
-    traits={"input": "log_alpha"},
+    traits={"input": "log_alpha", "stochastic": True},
     reference="Mena, Belanger, Linderman, Snoek, Learning Latent Permutations with Gumbel-Sinkhorn Networks, ICLR 2018",
 )
 def gumbel_sinkhorn(

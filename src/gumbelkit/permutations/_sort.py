@@ -45,11 +45,16 @@ _HARD = OptionSpec("hard", bool, False, help="exact permutation forward, relaxed
     one_hot=False,
     options=(_HARD,),
     fixed={"stochastic": True},
-    traits={"input": "scores"},
+    traits={"input": "scores", "stochastic": True},
     reference=_GROVER,
 )
 @register(
-    "neural_sort", family="permutation", one_hot=False, options=(_HARD,), traits={"input": "scores"}, reference=_GROVER
+    "neural_sort",
+    family="permutation",
+    one_hot=False,
+    options=(_HARD,),
+    traits={"input": "scores", "stochastic": False},
+    reference=_GROVER,
 )
 def neural_sort(
     scores: torch.Tensor,
@@ -142,7 +147,7 @@ def neural_sort(
     family="permutation",
     one_hot=False,
     options=(OptionSpec("p", float, 1.0, minimum=1.0, help="power of the distance |s_i - s_j|^p"),),
-    traits={"input": "scores"},
+    traits={"input": "scores", "stochastic": False},
     reference="Prillo, Eisenschlos, SoftSort: A Continuous Relaxation for the argsort Operator, ICML 2020",
 )
 def soft_sort(scores: torch.Tensor, tau: Tau = 1.0, p: float = 1) -> torch.Tensor:

@@ -9,6 +9,7 @@ distribution whose parameters moved against the downstream gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -26,7 +27,13 @@ _FN = "imle"
 
 
 def sum_of_gamma_noise(
-    shape, k: int, s: int = 10, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+    shape: Sequence[int] | torch.Size,
+    k: int,
+    s: int = 10,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     r"""Sum-of-Gamma noise: k independent draws of it sum to (almost) a standard Gumbel.
 

@@ -16,22 +16,11 @@ __all__ = ["relaxed_topk"]
 _XIE_ERMON = "Xie, Ermon, Reparameterizable Subset Sampling via Continuous Relaxations, IJCAI 2019"
 
 
-@register(
-    "relaxed_topk_soft",
-    family="subset",
-    one_hot=False,
-    fixed={"hard": False},
-    traits={"law": "gumbel_topk"},
-    reference=_XIE_ERMON,
-)
-@register(
-    "relaxed_topk_hard",
-    family="subset",
-    one_hot=True,
-    fixed={"hard": True},
-    traits={"law": "gumbel_topk"},
-    reference=_XIE_ERMON,
-)
+_TOPK: dict = {"family": "subset", "traits": {"law": "gumbel_topk"}, "reference": _XIE_ERMON}
+
+
+@register("relaxed_topk_soft", one_hot=False, fixed={"hard": False}, **_TOPK)
+@register("relaxed_topk_hard", one_hot=True, fixed={"hard": True}, **_TOPK)
 def relaxed_topk(
     logits: torch.Tensor,
     k: int,

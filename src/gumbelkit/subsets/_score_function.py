@@ -87,11 +87,11 @@ def reinforce_loo(
         loss_fn: maps the k-hot samples, shape (n, *logits.shape), to losses of shape
             (n, *batch), ``batch`` = ``logits.shape`` without ``dim``.
         dim: the item dimension.
-        generator: optional ``torch.Generator``.
-        n: samples per estimate, >= 2.
+        generator: optional ``torch.Generator`` of the samples.
+        n: how many subsets one estimate draws (at least 2, for the leave-one-out baseline).
 
     Returns:
-        (surrogate of shape ``batch``, losses of shape (n, *batch)).
+        The surrogate (shape ``batch``) and the n losses (shape (n, *batch)).
 
     Raises:
         GumbelkitError: what :func:`simple` refuses (logits, k, dim, generator), a bad ``n``, or
