@@ -16,7 +16,11 @@ import gumbelkit
 # The Triton kernel modules import triton (an optional dependency): without it their docstrings
 # are not collected (gumbelkit itself never imports them then).
 if importlib.util.find_spec("triton") is None:
-    collect_ignore = ["src/gumbelkit/kernels/_triton.py", "src/gumbelkit/kernels/_triton_noise.py"]
+    collect_ignore = [
+        "src/gumbelkit/kernels/_triton.py",
+        "src/gumbelkit/kernels/_triton_noise.py",
+        "src/gumbelkit/kernels/_triton_decoding_kernels.py",
+    ]
 
 
 @pytest.fixture(autouse=True)

@@ -60,7 +60,9 @@ def _parse(argv=None):
     return p.parse_args(argv)
 
 
-ARGS = _parse()
+# parsed at import (TRITON_INTERPRET must be set before the kernels are built); imported as a module
+# (the doctest collection), it takes the defaults
+ARGS = _parse(None if __name__ == "__main__" else [])
 if ARGS.dry_run:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first built
 

@@ -402,7 +402,7 @@ def test_empty_batch_and_tiny_vocabularies():
 _TRITON_SCRIPT = """
 import sys, torch
 from gumbelkit.decoding._params import RowParams
-from gumbelkit.kernels import _triton_decoding as td
+from gumbelkit.decoding import _triton as td
 cases = torch.load(sys.argv[1])
 out = {"words": td.counter_words_and_exponential(cases["keys"], cases["index"]), "draws": []}
 for c in cases["draws"]:

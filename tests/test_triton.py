@@ -29,7 +29,7 @@ import triton.language as tl  # noqa: E402
 import gumbelkit as gk  # noqa: E402
 from gumbelkit import _triton_ops as T  # noqa: E402
 from gumbelkit.kernels import _triton_noise as noise  # noqa: E402
-from gumbelkit.kernels._philox import _exp_from_word64, as_int32, counter_exponential, join64  # noqa: E402
+from gumbelkit.kernels._philox import exp_from_word64, as_int32, counter_exponential, join64  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -101,7 +101,7 @@ def test_word_to_noise_map_is_exact_at_the_extreme_words():
     out64 = torch.empty(len(highs), device=DEV, dtype=torch.float64)
     _words_to_exp[(1,)](hi, lo, out, out64, len(highs), BLOCK=16)
     word = join64(hi, lo)
-    ref, ref64 = _exp_from_word64(word, torch.float32), _exp_from_word64(word, torch.float64)
+    ref, ref64 = exp_from_word64(word, torch.float32), exp_from_word64(word, torch.float64)
     assert torch.allclose(out, ref, rtol=4e-7, atol=0), (out, ref)
     assert torch.allclose(out64, ref64, rtol=1e-15, atol=0), (out64, ref64)
     g = -torch.log(out.double())

@@ -21,7 +21,7 @@ from ..kernels._philox import (
     PHILOX_M1,
     PHILOX_W0,
     PHILOX_W1,
-    _exp_from_word64,
+    exp_from_word64,
     counter_gumbel,
     join64,
 )
@@ -58,7 +58,7 @@ def _as_int32(w: np.ndarray) -> torch.Tensor:
 
 def _gumbel_from_words(hi: torch.Tensor, lo: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # the float part is the reference's own function: the same ops give the same bits
-    return _exp_from_word64(join64(hi, lo), dtype).log_().neg_()
+    return exp_from_word64(join64(hi, lo), dtype).log_().neg_()
 
 
 # Rows of noise per NumPy pass: the ~30 uint64 temporaries of a pass stay in the L2 cache.

@@ -16,9 +16,9 @@ __all__ = ["sample_tokens"]
 def _use_triton(logits: torch.Tensor) -> bool:
     if not logits.is_cuda:
         return False
-    from ..kernels import _triton_decoding
+    from . import _triton
 
-    return _triton_decoding.is_available()
+    return _triton.is_available()
 
 
 @overload
@@ -130,7 +130,7 @@ def sample_tokens(
     rp = row_params(logits, temperature, top_k, top_p, min_p, mode)
     keys = row_keys(logits, seeds, offsets, generator)
     if _use_triton(logits):
-        from ..kernels._triton_decoding import sample_rows_triton
+        from ._triton import sample_rows_triton
 
         tokens, logp = sample_rows_triton(logits, rp, keys, bool(return_logprobs))
         if mode == "raise" and bool((tokens < 0).any()):

@@ -37,6 +37,7 @@ __all__ = [
     "as_uint32",
     "counter_exponential",
     "counter_gumbel",
+    "exp_from_word64",
     "gumbel_float32",
     "gumbel_float64",
     "join64",
@@ -190,7 +191,7 @@ def gumbel_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
 # pair of elements shares one Philox call, so each call's four words are all used.
 
 
-def _exp_from_word64(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def exp_from_word64(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """E ~ Exp(1) in ``dtype`` from one 64-bit random word (int64 bit pattern), exact in both tails.
 
     The construction of :func:`gumbelkit._noise.exp_from_words64` (the sign bit picks the half of
@@ -214,7 +215,7 @@ def counter_exponential(
     decode step). Element ``i`` (an int64 logical index >= 0) belongs to pair j = i >> 1 and takes
     Philox4x32-10 at counter (j mod 2^32, j >> 32, c2, c3) with key (k0, k1): words (w0, w1) for
     even i, (w2, w3) for odd i, joined high:low into one 64-bit word (:func:`join64`) and mapped to
-    E by :func:`_exp_from_word64` in ``dtype`` (float32 or float64).
+    E by :func:`exp_from_word64` in ``dtype`` (float32 or float64).
 
     Args:
         key: an int32 tensor whose last dim holds the 4 words (a (4,) key for all, or (..., 4)
@@ -245,7 +246,7 @@ def counter_exponential(
     odd = (i & 1).bool()
     hi = torch.where(odd, w2, w0)
     lo = torch.where(odd, w3, w1)
-    return _exp_from_word64(join64(hi, lo), dtype)
+    return exp_from_word64(join64(hi, lo), dtype)
 
 
 def counter_gumbel(key: torch.Tensor | tuple, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -32,8 +32,8 @@ import os
 
 import torch
 
-from ..decoding._params import RowParams
-from ..decoding._torch import (
+from ._params import RowParams
+from ._torch import (
     BLOCK,
     SUB,
     SUB_BASE,
@@ -65,7 +65,7 @@ def _interpreted() -> bool:
 
 def _kernels():
     """The kernels module, imported on first use (Triton is never imported with gumbelkit)."""
-    from . import _triton_decoding_kernels
+    from ..kernels import _triton_decoding_kernels
 
     return _triton_decoding_kernels
 
