@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._policy import compiling, compute_dtype
+from ._policy import compiling, compute_dtype, in_vmap
 from ._validation import check_float_dtype, check_generator, check_shape, prefixed
 from .errors import GumbelkitTypeError
 
@@ -134,15 +134,22 @@ def uniform_open(
     device = _resolve_device(generator, device, "uniform_open")
     check_generator(generator, device, "uniform_open")
     ndt = _noise_dtype(dtype, "uniform_open")
-    # Under torch.compile, Dynamo cannot trace random_ and Inductor generates its own uniforms.
-    if ndt == torch.float32 and device.type == "cpu" and not compiling():
+    # Under torch.compile, Dynamo cannot trace random_ and Inductor generates its own uniforms;
+    # under vmap only out-of-place random ops are batched (see _exp_vmap).
+    if ndt == torch.float32 and device.type == "cpu" and not compiling() and not in_vmap():
         n = math.prod(int(s) for s in shape)
         u = _uniform_float32_from_words(_random_words(n, generator, device)).view(shape)
     else:
         # On CUDA torch.rand is a vectorised Philox and already cheap; the guard is one pass.
         u = torch.rand(shape, generator=generator, device=device, dtype=ndt)
         u.clamp_(min=torch.finfo(ndt).tiny)
-    return u if ndt == dtype else u.to(dtype)
+    if ndt == dtype:
+        return u
+    # Rounding to a narrower dtype can reach the ends: 1 - 2^-24 rounds to exactly 1.0 in float16
+    # and bfloat16 (their last value below 1 is 1 - 2^-11 / 1 - 2^-8). Keep the cast inside (0, 1).
+    lo = torch.nextafter(torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype))
+    hi = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    return u.to(dtype).clamp_(min=float(lo), max=float(hi))
 
 
 # --------------------------------------------------------------------------- exact Exp(1) noise
@@ -324,19 +331,35 @@ def _exp_cuda(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Te
     return e.log_() if log else e
 
 
+def _exp_vmap(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Tensor:
+    """E ~ Exp(1) (or log E) under ``torch.vmap``: one out-of-place float64 ``torch.rand``.
+
+    Under ``vmap(randomness="different")`` only out-of-place random ops are batched; the other
+    constructions draw in place into fresh, unbatched buffers, which vmap refuses (or, with
+    ``randomness="same"``, would repeat). 53-bit uniforms clamped to the smallest normal give
+    E = -log u in [1.1e-16, 708] (log E finite), computed in float64 and then cast.
+    """
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    e = u.clamp_min_(torch.finfo(torch.float64).tiny).log_().neg_()
+    return (e.log_() if log else e).to(ndt)
+
+
 def _exponential(shape, generator, device, dtype, *, log: bool, fn: str | None = None) -> torch.Tensor:
     """E ~ Exp(1), or log E, in the noise dtype (float32 / float64), exact tails, fresh buffer.
 
-    Four constructions, one law: the CPU float32 default (:func:`_exp_cpu32`, the fastest there),
+    Five constructions, one law: the CPU float32 default (:func:`_exp_cpu32`, the fastest there),
     the word construction under torch.compile (Dynamo traces ``randint`` but not in-place draws;
-    Inductor fuses the passes), CUDA's float64 ``exponential_`` on CUDA, and float64
-    ``torch.rand`` everywhere else (CPU float64, other devices).
+    Inductor fuses the passes), one out-of-place draw under vmap (:func:`_exp_vmap`), CUDA's
+    float64 ``exponential_`` on CUDA, and float64 ``torch.rand`` everywhere else (CPU float64,
+    other devices).
     """
     shape = check_shape(shape, fn)
     device = _resolve_device(generator, device, fn)
     check_generator(generator, device, fn)
     ndt = _noise_dtype(dtype, fn)
     n = math.prod(shape)
+    if in_vmap():
+        return _exp_vmap(shape, generator, device, ndt, log)
     if compiling():
         if ndt == torch.float64:
             return exp_from_words64(_words(n, 64, generator, device), log).view(shape)

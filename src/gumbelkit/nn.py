@@ -14,7 +14,7 @@ from ._kl import kl_categorical
 from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
 from .errors import GumbelkitTypeError, GumbelkitValueError
-from .estimators import METHODS, get_estimator, get_spec, sample
+from .estimators import METHODS, get_spec, sample
 from .schedules import LearnableTemperature
 
 __all__ = ["GumbelQuantizer", "GumbelSoftmax", "L0Gate", "QuantizerOutput"]
@@ -58,10 +58,12 @@ class GumbelSoftmax(torch.nn.Module):
     ):
         super().__init__()
         fn = type(self).__name__
-        try:
-            get_estimator(method)
-        except ValueError as exc:  # the registry's message, named after this constructor
-            raise GumbelkitValueError(f"{fn}: {exc}") from None
+        # Everything that needs no input is checked here, not at the first forward: the method is
+        # a registered sampling method (a score-function one needs the loss), its options are
+        # checked against the method's declaration, and dim is an int.
+        self.options = _sample_options(method, options, fn)
+        if not is_int(dim):
+            raise GumbelkitTypeError(f"{fn}: expected dim to be an int, got {type(dim).__name__}")
         if isinstance(tau, numbers.Real) and not isinstance(tau, bool):
             check_tau(tau, fn=fn)  # > 0 and finite (also refuses NaN), as the samplers do at every call
         elif not callable(tau):
@@ -70,9 +72,8 @@ class GumbelSoftmax(torch.nn.Module):
             )
         self.method = method
         self.tau = tau  # a LearnableTemperature registers as a submodule
-        self.dim = dim
+        self.dim = int(dim)
         self.generator = generator
-        self.options = options
         self.step: torch.Tensor
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -198,13 +199,13 @@ class L0Gate(torch.nn.Module):
         return self._units(d.deterministic()).expand(*sample_shape, self.n)
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        fn = type(self).__name__
+        check_dtype(x, "x", fn)  # an integer input would silently come out as float
         if x.dim() == 0 or x.shape[-1] != self.n:
-            raise GumbelkitValueError(
-                f"{type(self).__name__}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}"
-            )
-        if self.training:
-            return x * self.gate(x.shape[:-1], generator=generator)
-        return x * self.gate()
+            raise GumbelkitValueError(f"{fn}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}")
+        gate = self.gate(x.shape[:-1], generator=generator) if self.training else self.gate()
+        # the gates live in the parameters' dtype (float32); the output keeps x's (float16 stays float16)
+        return x * gate.to(x.dtype)
 
     def l0_penalty(self) -> torch.Tensor:
         """Expected number of non-zero units: ``group_size * sum(prob_nonzero)`` (differentiable)."""
@@ -383,13 +384,7 @@ class GumbelQuantizer(torch.nn.Module):
         self.in_features = check_int(in_features, "in_features", fn=fn)
         self.n_codes = check_int(n_codes, "n_codes", min=2, fn=fn)
         self.embedding_dim = check_int(embedding_dim, "embedding_dim", fn=fn)
-        try:
-            spec = get_spec(method)
-        except ValueError:  # the registry's message, named after this constructor below
-            spec = None
-        if spec is None or spec.kind != "sample":
-            raise GumbelkitValueError(f"{fn}: expected method in {tuple(METHODS)}, got {method!r}")
-        self.options = spec.check_options(options, where=f"{fn}: ") if options else {}
+        self.options = _sample_options(method, options, fn)
         if isinstance(tau, torch.Tensor):
             check_tau(tau, fn=fn)
             self.register_buffer("tau", tau.detach().clone())
@@ -472,7 +467,10 @@ class GumbelQuantizer(torch.nn.Module):
             counts.scatter_add_(0, codes.reshape(-1), torch.ones_like(codes.reshape(-1)))
             if self.training and self.sync_usage and _distributed():
                 torch.distributed.all_reduce(counts)
-            perplexity = _histogram_perplexity(counts.to(logits.dtype))
+            # the histogram in float32 or better: float16 holds counts only up to 65,504 (one large
+            # batch would read as inf / inf, a perplexity of 1, i.e. a fake codebook collapse)
+            wide = torch.promote_types(logits.dtype, torch.float32)
+            perplexity = _histogram_perplexity(counts.to(wide)).to(logits.dtype)
             if self.training:
                 self.step.add_(1)
                 if self.track_usage:
@@ -547,6 +545,17 @@ class GumbelQuantizer(torch.nn.Module):
             f"in_features={self.in_features}, n_codes={self.n_codes}, embedding_dim={self.embedding_dim}, "
             f"method={self.method!r}, tau={tau}, dim={self.dim}, kl_weight={self.kl_weight:g}, prior={self.prior!r}"
         )
+
+
+def _sample_options(method, options: dict, fn: str) -> dict:
+    """The options of a registered sampling ``method``, checked against its declaration (errors name ``fn``)."""
+    try:
+        spec = get_spec(method)
+    except ValueError:  # the registry's message, named after the module below
+        spec = None
+    if spec is None or spec.kind != "sample":
+        raise GumbelkitValueError(f"{fn}: expected method in {tuple(METHODS)}, got {method!r}")
+    return spec.check_options(options, where=f"{fn}: ") if options else {}
 
 
 def _tau_to_last(tau, ndim: int, dim: int):

@@ -57,9 +57,9 @@ from torch.distributions import Distribution, TransformedDistribution, constrain
 from torch.distributions.transforms import ExpTransform
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
-from .._autograd import one_hot_straight_through
+from .._autograd import divide_by_tau, one_hot_straight_through
 from .._noise import gumbel_noise, logistic_noise
-from .._policy import compiling, compute_dtype
+from .._policy import compute_dtype, skip_value_checks
 from .._validation import check_dtype, check_values, shape_str
 from ..errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
 
@@ -138,7 +138,8 @@ def _batch_shape(owner: str, temperature: torch.Tensor, batch: torch.Size, what:
 
 
 def _check_temperature_values(owner: str, t: torch.Tensor) -> None:
-    if compiling() or t.numel() == 0:
+    # data-dependent: skipped while compiling and under vmap (the library's value-check rule)
+    if skip_value_checks() or t.numel() == 0:
         return
     td = t.detach()
     ok = (td > 0) & torch.isfinite(td)  # `> 0` is False for NaN
@@ -151,7 +152,7 @@ def _check_temperature_values(owner: str, t: torch.Tensor) -> None:
 
 
 def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool) -> None:
-    if compiling() or value.numel() == 0:
+    if skip_value_checks() or value.numel() == 0:
         return
     v = value.detach()
     if name == "logits":
@@ -328,7 +329,12 @@ class ExpConcrete(_Checked, Distribution):
         # Masked classes: perturb 0 instead of -inf and put -inf back afterwards. (-inf + g) / lam
         # has the lambda-derivative +inf, and the zero gradient a masked y = 0 sends back would
         # turn it into 0 * inf = NaN in temperature.grad.
-        z = torch.where(unmasked, (torch.where(unmasked, theta, 0.0) + g) / lam, _NEG_INF)
+        u = torch.where(unmasked, theta, 0.0) + g
+        # Shift the row's top to exactly 0 first (log_softmax is invariant to it, in value and
+        # gradient): a tiny lam then sends the others to -inf, never two entries to +inf (inf - inf);
+        # divide_by_tau gives the temperature exactly 0 gradient from the entries at -inf.
+        top = torch.where(unmasked, u, _NEG_INF).detach().amax(-1, keepdim=True)
+        z = torch.where(unmasked, divide_by_tau(u - top, lam), _NEG_INF)
         return torch.log_softmax(z, -1)
 
     def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -543,7 +549,8 @@ class BinaryConcrete(_Checked, Distribution):
         theta = self.logits
         cdt = compute_dtype(theta.dtype)
         noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
-        return (theta + noise) / self.temperature
+        # divide_by_tau: a tiny temperature saturates the sigmoid, and its gradient stays exactly 0
+        return divide_by_tau(theta + noise, self.temperature)
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.sigmoid(self.rsample_logit(sample_shape, generator=generator))

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch.distributions import Distribution, constraints
 
+from .._autograd import divide_by_tau
 from .._noise import logistic_noise
 from .._policy import compute_dtype
 from .._validation import check_dtype
@@ -160,7 +161,8 @@ class HardConcrete(_Checked, Distribution):
         theta = self.logits
         cdt = compute_dtype(theta.dtype)
         noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
-        s = torch.sigmoid((theta + noise) / self.temperature)
+        # divide_by_tau: a tiny temperature saturates the sigmoid, and its gradient stays exactly 0
+        s = torch.sigmoid(divide_by_tau(theta + noise, self.temperature))
         return s * (self.zeta - self.gamma) + self.gamma
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -7,6 +7,7 @@ import numbers
 
 import torch
 
+from .._autograd import divide_by_tau
 from .._internals import log_exp_noise, prepare_tau
 from .._policy import compute_dtype, skip_value_checks
 from .._validation import Tau, check_dtype, check_generator, prefixed, shape_str
@@ -279,10 +280,11 @@ def gumbel_sinkhorn(
     # Shift each row's top to exactly 0 before dividing (exact for Sinkhorn, see the docstring):
     # (x - m) / tau then cannot reach +inf, however small tau is. Masked entries are replaced by
     # 0 before the division, so that no -inf / tau term appears in tau's gradient (0 * inf = NaN),
-    # and restored to -inf after it. The floor keeps finite entries finite for a tiny tau.
+    # and restored to -inf after it. The floor keeps finite entries finite for a tiny tau, and
+    # divide_by_tau gives a tensor tau exactly 0 gradient from the entries that overflowed there.
     d = (x - x.detach().amax(-1, keepdim=True)).masked_fill(masked, 0.0)
     floor = -torch.finfo(cdt).max / 8
-    s = (d / t).clamp_min(floor).masked_fill(masked, float("-inf"))
+    s = divide_by_tau(d, t).clamp_min(floor).masked_fill(masked, float("-inf"))
     y = _log_sinkhorn(s, n_iters).exp().to(log_alpha.dtype)
     if not bool(hard):
         return y
