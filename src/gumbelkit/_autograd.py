@@ -303,7 +303,11 @@ class TauDivide(torch.autograd.Function):
             fin = torch.isfinite(q)
             # the inner where keeps q's own (double-backward) gradient away from the inf entries
             gq = torch.where(fin, g * torch.where(fin, q, 0.0), 0.0)
-            gtau = (-gq / tau).sum_to_size(tau.shape)
+            # Summed (tau is one value over each summed group) in float64, then divided: with a tiny
+            # tau and a huge q the terms g q / tau can overflow, and +inf + -inf would be NaN; the
+            # true gradient is then just too large for the dtype, and comes out as +-inf instead.
+            wide = torch.float64 if gq.dtype != torch.float64 else gq.dtype
+            gtau = (-gq.to(wide).sum_to_size(tau.shape) / tau.to(wide)).to(tau.dtype)
         return gx, gtau
 
 

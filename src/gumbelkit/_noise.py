@@ -142,7 +142,7 @@ def uniform_open(
     else:
         # On CUDA torch.rand is a vectorised Philox and already cheap; the guard is one pass.
         u = torch.rand(shape, generator=generator, device=device, dtype=ndt)
-        u.clamp_(min=torch.finfo(ndt).tiny)
+        u.clamp_min_(torch.finfo(ndt).tiny)  # clamp_min_ has a vmap batching rule, clamp_ has not
     if ndt == dtype:
         return u
     # Rounding to a narrower dtype can reach the ends: 1 - 2^-24 rounds to exactly 1.0 in float16

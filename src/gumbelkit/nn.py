@@ -10,10 +10,11 @@ from typing import Any, NamedTuple
 import torch
 
 from ._internals import argmax_index
+from ._policy import in_vmap
 from ._kl import kl_categorical
 from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
-from .errors import GumbelkitTypeError, GumbelkitValueError
+from .errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
 from .estimators import METHODS, get_spec, sample
 from .schedules import LearnableTemperature
 
@@ -64,6 +65,7 @@ class GumbelSoftmax(torch.nn.Module):
         self.options = _sample_options(method, options, fn)
         if not is_int(dim):
             raise GumbelkitTypeError(f"{fn}: expected dim to be an int, got {type(dim).__name__}")
+        _check_generator_type(generator, fn)
         if isinstance(tau, numbers.Real) and not isinstance(tau, bool):
             check_tau(tau, fn=fn)  # > 0 and finite (also refuses NaN), as the samplers do at every call
         elif not callable(tau):
@@ -86,7 +88,10 @@ class GumbelSoftmax(torch.nn.Module):
         return self.tau
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        out = sample(logits, self.method, self.current_tau(), self.dim, generator=self.generator, **self.options)
+        try:
+            out = sample(logits, self.method, self.current_tau(), self.dim, generator=self.generator, **self.options)
+        except GumbelkitError as exc:  # the checks ran in sample(); the user called this module
+            raise _renamed(exc, "sample", type(self).__name__) from None
         if self.training:
             self.step.add_(1)
         return out
@@ -201,6 +206,7 @@ class L0Gate(torch.nn.Module):
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         fn = type(self).__name__
         check_dtype(x, "x", fn)  # an integer input would silently come out as float
+        _check_generator_type(generator, fn)
         if x.dim() == 0 or x.shape[-1] != self.n:
             raise GumbelkitValueError(f"{fn}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}")
         gate = self.gate(x.shape[:-1], generator=generator) if self.training else self.gate()
@@ -298,7 +304,8 @@ class GumbelQuantizer(torch.nn.Module):
     the global batch. Without it each rank counts its own batch, and DDP's default
     ``broadcast_buffers=True`` copies rank 0's buffers to every rank before each forward, so the
     accumulated counts are rank 0's history plus the local batch. With no initialised process
-    group ``sync_usage`` does nothing. A schedule reads ``step`` on the host
+    group ``sync_usage`` does nothing. Under ``torch.vmap`` the perplexity is each call's own and
+    the usage buffers are not updated. A schedule reads ``step`` on the host
     (one sync per training forward); float and tensor temperatures do not.
 
     Args:
@@ -385,6 +392,7 @@ class GumbelQuantizer(torch.nn.Module):
         self.n_codes = check_int(n_codes, "n_codes", min=2, fn=fn)
         self.embedding_dim = check_int(embedding_dim, "embedding_dim", fn=fn)
         self.options = _sample_options(method, options, fn)
+        _check_generator_type(generator, fn)
         if isinstance(tau, torch.Tensor):
             check_tau(tau, fn=fn)
             self.register_buffer("tau", tau.detach().clone())
@@ -463,8 +471,10 @@ class GumbelQuantizer(torch.nn.Module):
         # logits of every code, unused ones included, pulling them towards the prior.
         kl = kl_categorical(rows, prior.to(rows.dtype).expand(self.n_codes)).mean()
         with torch.no_grad():
-            counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device)
-            counts.scatter_add_(0, codes.reshape(-1), torch.ones_like(codes.reshape(-1)))
+            # out of place: under vmap the codes (and so the histogram) are batched
+            counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device).scatter_add(
+                0, codes.reshape(-1), torch.ones_like(codes.reshape(-1))
+            )
             if self.training and self.sync_usage and _distributed():
                 torch.distributed.all_reduce(counts)
             # the histogram in float32 or better: float16 holds counts only up to 65,504 (one large
@@ -473,7 +483,8 @@ class GumbelQuantizer(torch.nn.Module):
             perplexity = _histogram_perplexity(counts.to(wide)).to(logits.dtype)
             if self.training:
                 self.step.add_(1)
-                if self.track_usage:
+                # under vmap each call has its own histogram: there is no one batch to add to the buffers
+                if self.track_usage and not in_vmap():
                     self.code_counts.add_(counts)
                     self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         return QuantizerOutput(z_q, self.kl_weight * kl, kl, codes, logits, perplexity)
@@ -545,6 +556,18 @@ class GumbelQuantizer(torch.nn.Module):
             f"in_features={self.in_features}, n_codes={self.n_codes}, embedding_dim={self.embedding_dim}, "
             f"method={self.method!r}, tau={tau}, dim={self.dim}, kl_weight={self.kl_weight:g}, prior={self.prior!r}"
         )
+
+
+def _check_generator_type(generator, fn: str) -> None:
+    """A generator is None or a torch.Generator (its device is checked where the noise is drawn)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise GumbelkitTypeError(f"{fn}: expected generator to be a torch.Generator, got {type(generator).__name__}")
+
+
+def _renamed(exc: GumbelkitError, inner: str, outer: str) -> GumbelkitError:
+    """The same error, its message naming ``outer`` (the function the user called) instead of ``inner``."""
+    msg = str(exc)
+    return type(exc)(f"{outer}: {msg.removeprefix(inner + ': ')}")
 
 
 def _sample_options(method, options: dict, fn: str) -> dict:

@@ -177,5 +177,8 @@ def sample(
     # prepare_tau: a subnormal tau is raised to the smallest normal number (see there); every
     # method divides through divide_by_tau, so a tensor tau gets exactly 0 gradient from +-inf
     # logits and saturated sigmoids (a tiny tau) instead of 0 * inf = NaN
-    out = spec.fn(logits.to(cdt), prepare_tau(tau_like(tau, noise), cdt), noise, **opts)
+    # contiguous: elementwise kernels round some values differently on strided memory, and the
+    # sample must not depend on the layout of the logits
+    theta = logits.to(cdt).contiguous()
+    out = spec.fn(theta, prepare_tau(tau_like(tau, noise), cdt), noise, **opts)
     return out.to(logits.dtype)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .._sampling import gumbel_max
 from .._validation import (
     check_dtype,
+    check_generator,
     check_logits,
     shape_str,
     skip_value_checks,
@@ -318,6 +319,7 @@ def reinforce_objective(
     """
     fn = "reinforce_objective"
     dim = check_logits(logits, dim, fn=fn)
+    check_generator(generator, logits.device, fn)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
         raise GumbelkitValueError(f"{fn}: expected n to be an integer >= 2, got {n!r}")
     n = int(n)

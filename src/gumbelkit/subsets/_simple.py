@@ -204,7 +204,7 @@ def simple(logits: torch.Tensor, k: int, dim: int = -1, *, generator: torch.Gene
         n_free = torch.isfinite(lw.detach()).sum(-1, keepdim=True)
         free_upto = torch.minimum(torch.arange(1, n + 1, device=lw.device), n_free)
         r = torch.full(lw.shape[:-1] + (1,), k, dtype=torch.int64, device=lw.device)
-        take = torch.zeros(lw.shape, dtype=torch.bool, device=lw.device)
+        takes = []  # out of place (a list, stacked at the end): under vmap the draws are batched
         for i in range(n - 1, -1, -1):
             rc = r.clamp_min(1).unsqueeze(-1)
             # P(take i | r left) = w_i e_{r-1}(first i) / e_r(first i + 1) = exp(A_r(i) - n_r(i + 1)):
@@ -215,8 +215,9 @@ def simple(logits: torch.Tensor, k: int, dim: int = -1, *, generator: torch.Gene
             # r > 0 and unmasked; forced when every remaining unmasked item is needed (p is then
             # 1 up to rounding, which must not leave the subset short).
             t = (r > 0) & (i < n_free) & ((u[..., i : i + 1] < p) | (r >= free_upto[..., i : i + 1]))
-            take[..., i : i + 1] = t
+            takes.append(t)
             r = r - t.to(torch.int64)
+        take = torch.cat(takes[::-1], -1)
         index = order.gather(-1, take.to(torch.int8).topk(k, -1).indices)
     y = khot_straight_through(mu, index, -1)
     return y.movedim(-1, d).to(logits.dtype)
