@@ -56,8 +56,12 @@ TINY_TAU = {
     "relaxed_topk": lambda t: gk.subsets.relaxed_topk(torch.randn(6, generator=_gen(3)), 2, t, generator=_gen(4)),
     "neural_sort": lambda t: gk.permutations.neural_sort(torch.randn(5, generator=_gen(3)), t.view(1)),
     "soft_sort": lambda t: gk.permutations.soft_sort(torch.randn(5, generator=_gen(3)), t.view(1)),
-    "gumbel_sinkhorn": lambda t: gk.permutations.gumbel_sinkhorn(torch.randn(4, 4, generator=_gen(3)), t, generator=_gen(4)),
-    "binary.sample": lambda t: gk.binary.sample(torch.randn(6, generator=_gen(3)), "binary_concrete", t, generator=_gen(4)),
+    "gumbel_sinkhorn": lambda t: gk.permutations.gumbel_sinkhorn(
+        torch.randn(4, 4, generator=_gen(3)), t, generator=_gen(4)
+    ),
+    "binary.sample": lambda t: gk.binary.sample(
+        torch.randn(6, generator=_gen(3)), "binary_concrete", t, generator=_gen(4)
+    ),
 }
 
 

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import torch
 
 from ._internals import argmax_index
-from ._policy import in_vmap
 from ._kl import kl_categorical
+from ._policy import in_vmap
 from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
 from .errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
@@ -208,7 +208,9 @@ class L0Gate(torch.nn.Module):
         check_dtype(x, "x", fn)  # an integer input would silently come out as float
         _check_generator_type(generator, fn)
         if x.dim() == 0 or x.shape[-1] != self.n:
-            raise GumbelkitValueError(f"{fn}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}")
+            raise GumbelkitValueError(
+                f"{fn}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}"
+            )
         gate = self.gate(x.shape[:-1], generator=generator) if self.training else self.gate()
         # the gates live in the parameters' dtype (float32); the output keeps x's (float16 stays float16)
         return x * gate.to(x.dtype)

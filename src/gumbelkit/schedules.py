@@ -268,7 +268,9 @@ def parse_schedule(spec: str) -> Schedule:
         if not eq:
             raise GumbelkitValueError(f"{fn}: expected key=value in schedule spec, got {item!r}")
         if key.strip() in kwargs:  # "last one wins" would silently drop a value the user wrote
-            raise GumbelkitValueError(f"{fn}: expected each key once in schedule spec, got {key.strip()!r} twice in {text!r}")
+            raise GumbelkitValueError(
+                f"{fn}: expected each key once in schedule spec, got {key.strip()!r} twice in {text!r}"
+            )
         try:
             kwargs[key.strip()] = int(val) if key.strip() in _INT_ARGS else float(val)
         except ValueError:

@@ -431,11 +431,11 @@ class Concrete(_Checked, TransformedDistribution):
     # softmax misses torch's simplex tolerance of 1e-6 and refused valid float16 logits.
     @lazy_property
     def logits(self):
-        return self.base_dist.logits
+        return cast(ExpConcrete, self.base_dist).logits
 
     @lazy_property
     def probs(self):
-        return self.base_dist.probs
+        return cast(ExpConcrete, self.base_dist).probs
 
     param_shape = property(lambda self: self.base_dist.param_shape)
     base = property(lambda self: self.base_dist, doc="The former name of ``base_dist``.")
