@@ -34,6 +34,15 @@ import gumbelkit
 SHAPES = ("1024x1000", "256x32000", "64x262144")
 
 
+def _load() -> list[str]:
+    """The 1, 5 and 15 minute load averages (empty where /proc is missing)."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return fh.read().split()[:3]
+    except OSError:
+        return []
+
+
 def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
@@ -83,10 +92,7 @@ def main() -> int:
     p.add_argument("--min-ratio", type=float, default=3.0)
     p.add_argument("--out", default="cpu_speed_check.json")
     args = p.parse_args()
-    try:
-        load = open("/proc/loadavg").read().split()[:3]
-    except OSError:
-        load = []
+    load = _load()
     result = {
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -97,7 +103,9 @@ def main() -> int:
         "cells": [],
     }
     print(f"torch {torch.__version__}, {result['cpu_capability']}, load average {' '.join(load)}, tau={args.tau}")
-    print(f"{'threads':>7} {'shape':>10} {'mode':>4} {'builtin ms':>10} {'gk ms':>8} {'ratio':>6} {'round ratio':>11} {'faults b/gk':>13}")
+    print(
+        f"{'threads':>7} {'shape':>10} {'mode':>4} {'builtin ms':>10} {'gk ms':>8} {'ratio':>6} {'round ratio':>11} {'faults b/gk':>13}"
+    )
     worst = float("inf")
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -114,10 +122,7 @@ def main() -> int:
                     f"{cell['ratio_of_medians']:>6.2f} {cell['median_round_ratio']:>11.2f} "
                     f"{f['builtin']:>6.0f}/{f['gumbelkit']:<6.0f}"
                 )
-    try:
-        result["load_average_at_end"] = open("/proc/loadavg").read().split()[:3]
-    except OSError:
-        pass
+    result["load_average_at_end"] = _load()
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
     print(f"worst ratio {worst:.2f} (wanted >= {args.min_ratio}); JSON in {args.out}")

@@ -116,6 +116,14 @@ def _quantizer(tau, g):
     return call
 
 
+def _soft_and_hard(rid: str, name: str, fn: Callable) -> list[Row]:
+    """The two rows of a drop-in ``fn(logits, tau, hard, dim=, generator=)``: relaxed and one-hot."""
+    return [
+        Row(rid, name, lambda t, g, d: lambda x: fn(x, t, False, dim=d, generator=g), exact_grad=True, dim=True),
+        Row(f"{rid}_hard", name, lambda t, g, d: lambda x: fn(x, t, True, dim=d, generator=g), out="one_hot", dim=True),
+    ]
+
+
 def _rows() -> list[Row]:
     rows = []
     for m in METHODS:
@@ -143,41 +151,15 @@ def _rows() -> list[Row]:
             )
         )
     rows += [
-        Row(
-            "gumbel_softmax",
-            "gumbel_softmax",
-            lambda t, g, d: lambda x: gk.gumbel_softmax(x, t, False, dim=d, generator=g),
-            exact_grad=True,
-            dim=True,
-        ),
-        Row(
-            "gumbel_softmax_hard",
-            "gumbel_softmax",
-            lambda t, g, d: lambda x: gk.gumbel_softmax(x, t, True, dim=d, generator=g),
-            out="one_hot",
-            dim=True,
-        ),
+        *_soft_and_hard("gumbel_softmax", "gumbel_softmax", gk.gumbel_softmax),
+        # the fused algorithm run op by op (the compiled kernel computes the same function)
+        *_soft_and_hard("kernels_reference", "gumbel_softmax", kernels.gumbel_softmax_reference),
         Row(
             "tempered_softmax",
             "tempered_softmax",
             lambda t, g, d: lambda x: gk.tempered_softmax(x, t, dim=d),
             random=False,
             exact_grad=True,
-            dim=True,
-        ),
-        # the fused algorithm run op by op (the compiled kernel computes the same function)
-        Row(
-            "kernels_reference",
-            "gumbel_softmax",
-            lambda t, g, d: lambda x: kernels.gumbel_softmax_reference(x, t, False, dim=d, generator=g),
-            exact_grad=True,
-            dim=True,
-        ),
-        Row(
-            "kernels_reference_hard",
-            "gumbel_softmax",
-            lambda t, g, d: lambda x: kernels.gumbel_softmax_reference(x, t, True, dim=d, generator=g),
-            out="one_hot",
             dim=True,
         ),
         Row(
@@ -317,53 +299,33 @@ def _rows() -> list[Row]:
             **scores,
         ),
     ]
-    # a distribution's parameters share one dtype: its temperature is given in the logits' dtype
-    dist = {"tau_name": "temperature", "tau_dtype": "input", "exact_grad": True}
+
+    def dist(cls, out="simplex", exact_grad=True, **kw) -> Row:
+        # a distribution's parameters share one dtype: its temperature is given in the logits' dtype
+        make = (
+            (lambda t, g, d: lambda x: cls(x, t).rsample(generator=g))
+            if cls is D.HardConcrete
+            else (lambda t, g, d: lambda x: cls(t, logits=x).rsample(generator=g))
+        )
+        kw.setdefault("tau_shape", lambda s: s[:-1])
+        return Row(
+            cls.__name__,
+            cls.__name__,
+            make,
+            out=out,
+            exact_grad=exact_grad,
+            tau_name="temperature",
+            tau_dtype="input",
+            **kw,
+        )
+
+    bits = {"kind": "bits", "out": "unit", "inf": "refuse", "tau_shape": lambda s: s[:-1] + (1,)}
     rows += [
-        Row(
-            "Concrete",
-            "Concrete",
-            lambda t, g, d: lambda x: D.Concrete(t, logits=x).rsample(generator=g),
-            tau_shape=lambda s: s[:-1],
-            **dist,
-        ),
-        Row(
-            "ExpConcrete",
-            "ExpConcrete",
-            lambda t, g, d: lambda x: D.ExpConcrete(t, logits=x).rsample(generator=g),
-            out="log_simplex",
-            bounded_grad=False,
-            tau_shape=lambda s: s[:-1],
-            **dist,
-        ),
-        Row(
-            "StraightThroughConcrete",
-            "StraightThroughConcrete",
-            lambda t, g, d: lambda x: D.StraightThroughConcrete(t, logits=x).rsample(generator=g),
-            out="one_hot",
-            tau_shape=lambda s: s[:-1],
-            tau_name="temperature",
-            tau_dtype="input",
-        ),
-        Row(
-            "BinaryConcrete",
-            "BinaryConcrete",
-            lambda t, g, d: lambda x: D.BinaryConcrete(t, logits=x).rsample(generator=g),
-            kind="bits",
-            out="unit",
-            inf="refuse",
-            **dist,
-        ),
-        Row(
-            "HardConcrete",
-            "HardConcrete",
-            lambda t, g, d: lambda x: D.HardConcrete(x, t).rsample(generator=g),
-            kind="bits",
-            out="unit",
-            inf="refuse",
-            tau_name="temperature",
-            tau_dtype="input",
-        ),
+        dist(D.Concrete),
+        dist(D.ExpConcrete, out="log_simplex", bounded_grad=False),
+        dist(D.StraightThroughConcrete, out="one_hot", exact_grad=False),
+        dist(D.BinaryConcrete, **bits),
+        dist(D.HardConcrete, exact_grad=False, **bits),
     ]
     rows += [
         Row(

@@ -347,10 +347,18 @@ def _suffix_lse(a: torch.Tensor) -> torch.Tensor:
     return a.flip(-1).logcumsumexp(-1).flip(-1)
 
 
-class SuffixWeights(torch.autograd.Function):
-    """T(g; x, r)_i = sum_{o >= i} g_o exp(x_i - r_o), r = logcumsumexp(x) (last dim)."""
+class _WeightsFunction(torch.autograd.Function):
+    """The shared part of the two linear maps below: inputs (vector, x, r), everything saved."""
 
     generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output)
+
+
+class SuffixWeights(_WeightsFunction):
+    """T(g; x, r)_i = sum_{o >= i} g_o exp(x_i - r_o), r = logcumsumexp(x) (last dim)."""
 
     @staticmethod
     def forward(g, x, r):
@@ -364,11 +372,6 @@ class SuffixWeights(torch.autograd.Function):
         return out
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        g, x, r = inputs
-        ctx.save_for_backward(g, x, r, output)
-
-    @staticmethod
     def backward(ctx, u):
         g, x, r, out = ctx.saved_tensors
         need_g, need_x, need_r = ctx.needs_input_grad
@@ -376,10 +379,8 @@ class SuffixWeights(torch.autograd.Function):
         return (tu if need_g else None), (u * out if need_x else None), (-g * tu if need_r else None)
 
 
-class PrefixWeights(torch.autograd.Function):
+class PrefixWeights(_WeightsFunction):
     """T'(v; x, r)_o = sum_{i <= o} v_i exp(x_i - r_o), the transpose of :class:`SuffixWeights`."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(v, x, r):
@@ -389,11 +390,6 @@ class PrefixWeights(torch.autograd.Function):
             b = torch.where(dead, float("-inf"), (lv + x).logcumsumexp(-1) - r)
             out = out + sign * torch.exp(b)
         return out
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        v, x, r = inputs
-        ctx.save_for_backward(v, x, r, output)
 
     @staticmethod
     def backward(ctx, u):

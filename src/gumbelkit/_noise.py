@@ -253,6 +253,8 @@ def _exp_cpu32(n: int, generator, log: bool) -> torch.Tensor:
     those are searched. The values, the order of the fresh words and so the result are those of
     the element-by-element definition, whatever the block size or the number of threads.
     """
+    if n == 0:
+        return torch.empty(0, dtype=torch.float32)
     stream = _WordStream(n, generator, "cpu")
     w = stream.take(n)
     vals = w.view(torch.float32)
@@ -273,8 +275,6 @@ def _exp_cpu32(n: int, generator, log: bool) -> torch.Tensor:
         if k < v.numel():  # the last few values of a block: a row of their own
             lows.append(v[k:].amin().view(1))
             highs.append(v[k:].amax().view(1))
-    if n == 0:
-        return vals
     # one host sync: the rows holding a tail, then the positions in them
     hit = ((torch.cat(lows) < lo_cut) | (torch.cat(highs) > hi_cut)).nonzero().flatten().tolist()
     if hit:
