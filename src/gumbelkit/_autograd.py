@@ -4,6 +4,11 @@
   permutation matrices) whose backward passes the gradient to a soft tensor unchanged.
 * :class:`TemperedSoftmax`: one node for the tempered softmax, the Gumbel-Softmax and their
   straight-through forms, saving only the softmax.
+* :class:`LogCumSumExp`: a log-cumulative-sum-exp along the last dim whose derivatives of every
+  order are finite and exact (torch's own has a NaN second derivative wherever an incoming
+  gradient is exactly 0), with its two helper nodes :class:`SuffixWeights` / :class:`PrefixWeights`.
+* :class:`TauDivide`: x / tau for a tensor temperature, whose tau-gradient is exactly 0 wherever
+  the quotient is not finite (masked entries, +-inf logits, a tiny tau), never 0 * inf = NaN.
 
 Both are pure functions of their inputs (the noise is an input), use ``setup_context`` and
 ``generate_vmap_rule``, and write their backwards in differentiable ops, so they work under
@@ -20,8 +25,14 @@ from ._policy import compute_dtype, lean
 from ._validation import Tau
 
 __all__ = [
+    "LogCumSumExp",
+    "PrefixWeights",
     "ScatterStraightThrough",
+    "SuffixWeights",
+    "TauDivide",
     "TemperedSoftmax",
+    "divide_by_tau",
+    "log_cumsum_exp",
     "one_hot_straight_through",
     "scatter_straight_through",
     "softmax_grad",
@@ -186,8 +197,15 @@ class TemperedSoftmax(torch.autograd.Function):
             s = z.div_(tau) if lean and own else z / tau
         else:
             s = z
-        y = torch.softmax(s, dim)
         lse = torch.logsumexp(s, dim, keepdim=True) if with_lse else None
+        if lean and (own or s is not z) and s.is_contiguous():
+            # s is a private buffer (the noise, or a quotient): the softmax overwrites it (ATen's
+            # kernel reads each row's max and sum before writing it). One B x K allocation less
+            # per call: on the CPU a fresh mapping costs a page fault per 4 KiB whenever the
+            # allocator has just returned the previous one to the system.
+            y = torch.ops.aten._softmax.out(s, dim, False, out=s).view_as(s)
+        else:
+            y = torch.softmax(s, dim)
         del z, s
         if index is not None:
             out = one_hot(y, index, dim, dtype=x.dtype)
@@ -253,6 +271,157 @@ class TemperedSoftmax(torch.autograd.Function):
                 gx = g
             gx = gx.to(ctx.in_dtype)
         return (gx, None, None, gtau) + nones
+
+
+class TauDivide(torch.autograd.Function):
+    r"""q = x / tau (tau a tensor broadcastable with x), with a tau-gradient that is never 0 * inf.
+
+    Autograd's own division differentiates tau as :math:`-g\,x / \tau^2`, and that is NaN in
+    exactly the places where the forward does not depend on tau at all: a masked entry
+    (x = -inf) or a +-inf logit gives :math:`0 \cdot \infty`, and a tensor tau below ~1e-19 in
+    float32 makes :math:`\tau^2` underflow to 0, so every entry is :math:`g\,x / 0`. Here the
+    gradient is written through the quotient, :math:`\partial q / \partial \tau = -q / \tau`:
+    entries whose q is not finite (they sit at a saturated value, -inf or +inf, where nothing
+    downstream can move them) contribute exactly 0, and the others contribute
+    :math:`-(g\,q) / \tau`, the product taken first so that a zero upstream gradient stays an exact
+    zero even when :math:`q / \tau` would overflow. The backward is written in differentiable ops
+    on the saved quotient, so it has a (finite) second derivative as well.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, tau):
+        return x / tau
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, tau = inputs
+        ctx.save_for_backward(tau, output)
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    def backward(ctx, g):
+        tau, q = ctx.saved_tensors
+        gx = gtau = None
+        if ctx.needs_input_grad[0]:
+            gx = (g / tau).sum_to_size(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            fin = torch.isfinite(q)
+            # the inner where keeps q's own (double-backward) gradient away from the inf entries
+            gq = torch.where(fin, g * torch.where(fin, q, 0.0), 0.0)
+            # Summed (tau is one value over each summed group) in float64, then divided: with a tiny
+            # tau and a huge q the terms g q / tau can overflow, and +inf + -inf would be NaN; the
+            # true gradient is then just too large for the dtype, and comes out as +-inf instead.
+            wide = torch.float64 if gq.dtype != torch.float64 else gq.dtype
+            gtau = (-gq.to(wide).sum_to_size(tau.shape) / tau.to(wide)).to(tau.dtype)
+        return gx, gtau
+
+
+def divide_by_tau(x: torch.Tensor, tau: Tau) -> torch.Tensor:
+    """x / tau; a tensor tau goes through :class:`TauDivide` (its gradient is exactly 0 where x / tau is not finite)."""
+    if isinstance(tau, torch.Tensor):
+        return TauDivide.apply(x, tau)
+    return x / tau
+
+
+# --------------------------------------------------------------------------- log-cumsum-exp
+#
+# r = logcumsumexp(x) along the last dim. Its derivatives are the two linear maps
+#     T(g)_i  = sum_{o >= i} g_o exp(x_i - r_o)     (the vector-Jacobian product of r: grad_x)
+#     T'(v)_o = sum_{i <= o} v_i exp(x_i - r_o)     (the transpose of T)
+# and the derivatives of T and T' are T and T' again, so three autograd nodes that call each other
+# give every order of derivative. torch's own logcumsumexp backward takes log |g| of the incoming
+# gradient: its second derivative is 1 / g, and where g is exactly 0 (common: unused outputs, masked
+# entries) that is 0 * inf = NaN. Here the logs are taken only inside the nodes' forwards (no
+# autograd there), and each derivative with respect to g is the linear map itself, exact at g = 0.
+
+
+def _signed_logs(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log max(g, 0), log max(-g, 0)): -inf where that part is 0 (only used in forwards)."""
+    return torch.log(g.clamp_min(0.0)), torch.log(torch.neg(g).clamp_min(0.0))
+
+
+def _suffix_lse(a: torch.Tensor) -> torch.Tensor:
+    """log sum_{o >= i} exp(a_o) along the last dim."""
+    return a.flip(-1).logcumsumexp(-1).flip(-1)
+
+
+class _WeightsFunction(torch.autograd.Function):
+    """The shared part of the two linear maps below: inputs (vector, x, r), everything saved."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output)
+
+
+class SuffixWeights(_WeightsFunction):
+    """T(g; x, r)_i = sum_{o >= i} g_o exp(x_i - r_o), r = logcumsumexp(x) (last dim)."""
+
+    @staticmethod
+    def forward(g, x, r):
+        # a prefix that is all -inf has r = -inf and contributes nothing (no -inf - -inf)
+        dead = torch.isneginf(r)
+        out = torch.zeros_like(x)
+        for lg, sign in zip(_signed_logs(g), (1.0, -1.0)):
+            # exp(x_i + log sum_{o >= i} g_o e^{-r_o}): every exponent is <= log sum |g|, as x_i <= r_o
+            a = torch.where(dead, float("-inf"), lg - r)
+            out = out + sign * torch.exp(x + _suffix_lse(a))
+        return out
+
+    @staticmethod
+    def backward(ctx, u):
+        g, x, r, out = ctx.saved_tensors
+        need_g, need_x, need_r = ctx.needs_input_grad
+        tu = PrefixWeights.apply(u, x, r) if need_g or need_r else None
+        return (tu if need_g else None), (u * out if need_x else None), (-g * tu if need_r else None)
+
+
+class PrefixWeights(_WeightsFunction):
+    """T'(v; x, r)_o = sum_{i <= o} v_i exp(x_i - r_o), the transpose of :class:`SuffixWeights`."""
+
+    @staticmethod
+    def forward(v, x, r):
+        dead = torch.isneginf(r)
+        out = torch.zeros_like(x)
+        for lv, sign in zip(_signed_logs(v), (1.0, -1.0)):
+            b = torch.where(dead, float("-inf"), (lv + x).logcumsumexp(-1) - r)
+            out = out + sign * torch.exp(b)
+        return out
+
+    @staticmethod
+    def backward(ctx, u):
+        v, x, r, out = ctx.saved_tensors
+        need_v, need_x, need_r = ctx.needs_input_grad
+        tu = SuffixWeights.apply(u, x, r) if need_v or need_x else None
+        return (tu if need_v else None), (v * tu if need_x else None), (-u * out if need_r else None)
+
+
+class LogCumSumExp(torch.autograd.Function):
+    """r_o = log sum_{i <= o} exp(x_i) along the last dim; backward :class:`SuffixWeights` (any order)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.logcumsumexp(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x, output)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, r = ctx.saved_tensors
+        return SuffixWeights.apply(g, x, r)
+
+
+def log_cumsum_exp(x: torch.Tensor) -> torch.Tensor:
+    """logcumsumexp along the last dim, with finite, exact derivatives of every order (see above)."""
+    return LogCumSumExp.apply(x)
 
 
 def tempered_core(

@@ -26,7 +26,7 @@ import torch
 
 from . import _triton_ops as _gpu
 from ._noise import log_exponential_noise
-from ._policy import compute_dtype, functorch_active, in_vmap, lean
+from ._policy import compute_dtype, functorch_active, lean
 from ._validation import Tau
 
 __all__ = [
@@ -127,14 +127,9 @@ def plain_shift(row_max, max_abs, tau: Tau, cdt: torch.dtype, per_class: bool) -
 def log_exp_noise(shape, generator, device, cdt: torch.dtype) -> torch.Tensor:
     """log E, E ~ Exp(1), in the compute dtype: a fresh buffer the caller may overwrite.
 
-    Under ``torch.vmap(randomness="different")`` only out-of-place random ops are batched; the
-    library's noise is built in place on fresh, unbatched buffers (which vmap refuses, or would
-    repeat across the batch), so there the noise comes from one ``torch.rand`` in float64 (53-bit
-    uniforms clamped to the smallest normal: E = -log u in [1.1e-16, 708], log E finite).
+    Under ``torch.vmap(randomness="different")`` the noise module draws it out of place (every
+    noise function does), so that each batch element gets its own draw.
     """
-    if in_vmap():
-        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-        return u.clamp_min_(torch.finfo(torch.float64).tiny).log_().neg_().log_().to(cdt)
     return log_exponential_noise(shape, generator=generator, device=device, dtype=cdt)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._policy import compiling, compute_dtype
+from ._policy import compiling, compute_dtype, in_vmap
 from ._validation import check_float_dtype, check_generator, check_shape, prefixed
 from .errors import GumbelkitTypeError
 
@@ -134,15 +134,22 @@ def uniform_open(
     device = _resolve_device(generator, device, "uniform_open")
     check_generator(generator, device, "uniform_open")
     ndt = _noise_dtype(dtype, "uniform_open")
-    # Under torch.compile, Dynamo cannot trace random_ and Inductor generates its own uniforms.
-    if ndt == torch.float32 and device.type == "cpu" and not compiling():
+    # Under torch.compile, Dynamo cannot trace random_ and Inductor generates its own uniforms;
+    # under vmap only out-of-place random ops are batched (see _exp_vmap).
+    if ndt == torch.float32 and device.type == "cpu" and not compiling() and not in_vmap():
         n = math.prod(int(s) for s in shape)
         u = _uniform_float32_from_words(_random_words(n, generator, device)).view(shape)
     else:
         # On CUDA torch.rand is a vectorised Philox and already cheap; the guard is one pass.
         u = torch.rand(shape, generator=generator, device=device, dtype=ndt)
-        u.clamp_(min=torch.finfo(ndt).tiny)
-    return u if ndt == dtype else u.to(dtype)
+        u.clamp_min_(torch.finfo(ndt).tiny)  # clamp_min_ has a vmap batching rule, clamp_ has not
+    if ndt == dtype:
+        return u
+    # Rounding to a narrower dtype can reach the ends: 1 - 2^-24 rounds to exactly 1.0 in float16
+    # and bfloat16 (their last value below 1 is 1 - 2^-11 / 1 - 2^-8). Keep the cast inside (0, 1).
+    lo = torch.nextafter(torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype))
+    hi = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    return u.to(dtype).clamp_(min=float(lo), max=float(hi))
 
 
 # --------------------------------------------------------------------------- exact Exp(1) noise
@@ -167,14 +174,16 @@ def uniform_open(
 #   above is exact in the body, where the grid step is far below float32 resolution relative
 #   to E, and cheap (three integer/float passes and one log). Only the rare elements that fall
 #   in the outermost _TAIL_CELLS cells at either end (probability 2 * 2^-19 per element) are
-#   redrawn from the exact conditional law on fresh random words, in float64. The check costs one
-#   integer min/max per block of _BLOCK elements; the refinement runs in ~2 blocks in 9.
+#   redrawn from the exact conditional law on fresh random words, in float64. The check costs a
+#   min and a max over rows of _ROW values (two vectorised reductions) and one host sync per call;
+#   the search then reads only the rows holding a tail (about 4 rows per 2^20 draws).
 
 _TWO_M32 = 2.0**-32
 _TWO_M64 = 2.0**-64
 _TAIL_CELLS = 16  # cells of width 2^-23 refined at each end: P(tail) = 2^-19 per end
 _TAIL_P = _TAIL_CELLS * 2.0**-23
-_BLOCK = 1 << 16  # elements per block: the block's passes run in the L2 cache
+_BLOCK = 1 << 20  # elements per block (4 MiB): its passes run in the last-level cache
+_ROW = 1024  # values per row of the tail search
 
 
 def exp_from_words32(w: torch.Tensor, log: bool) -> torch.Tensor:
@@ -217,34 +226,12 @@ def _exp_tail(cells: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return torch.where(cells < _TAIL_CELLS, -torch.log(pv), -torch.log1p(-pv))
 
 
-_HI_CELL = (1 << 23) - _TAIL_CELLS
-_ROW = 64
-
-
-def _in_tail(m: torch.Tensor) -> torch.Tensor:
-    return (m < _TAIL_CELLS) | (m >= _HI_CELL)
-
-
-def _tail_positions(m: torch.Tensor) -> torch.Tensor | None:
-    """Positions (1-d int64) of the tail cells in one block of 23-bit cell indices, or None.
-
-    Tails are rare (~0.25 per block of 2^16), and an element-wise comparison costs ~0.8 ns per
-    element on the CPU, four times a min/max: one min/max of the block decides whether to look
-    at all, then per-row minima/maxima over rows of 64 find the few rows to compare element-wise.
-    """
-    lo, hi = torch.aminmax(m)
-    if lo.item() >= _TAIL_CELLS and hi.item() < _HI_CELL:
-        return None
-    k = m.numel() // _ROW * _ROW
-    parts = []
-    if k:
-        rows = m[:k].view(-1, _ROW)
-        r = ((rows.amin(1) < _TAIL_CELLS) | (rows.amax(1) >= _HI_CELL)).nonzero().squeeze(1)
-        hit = _in_tail(rows[r]).nonzero()
-        parts.append(r[hit[:, 0]] * _ROW + hit[:, 1])
-    if k < m.numel():
-        parts.append(k + _in_tail(m[k:]).nonzero().squeeze(1))
-    return torch.cat(parts)
+# The tail cells, told apart from the body by the value of E itself: cell m has u = (2m + 1) 2^-24,
+# so the low cells m < 16 give E >= -log(31 2^-24) = 13.20 and the body E <= -log(33 2^-24) = 13.14;
+# the high cells m >= 2^23 - 16 give E <= 1.85e-6 and the body E >= 1.97e-6. The cuts sit at the
+# cell boundaries in between (u = 32 2^-24 and 1 - 32 2^-24), where float32 separates them.
+_E_LOW_TAIL = -math.log(2 * _TAIL_CELLS * 2.0**-24)  # E above it: a low-tail cell (13.17)
+_E_HIGH_TAIL = -math.log1p(-2 * _TAIL_CELLS * 2.0**-24)  # E below it: a high-tail cell (1.91e-6)
 
 
 def _exp_cpu32(n: int, generator, log: bool) -> torch.Tensor:
@@ -252,28 +239,52 @@ def _exp_cpu32(n: int, generator, log: bool) -> torch.Tensor:
 
     Body: u = (2m + 1) 2^-24 from the low 23 bits m of a word, built in place (the word becomes
     the float32 pattern of 1 + m 2^-23, and subtracting 1 - 2^-24 is exact), then E = -log u.
-    Tails: the cells m < 16 and m >= 2^23 - 16 are redrawn by :func:`_exp_tail`. Blocks keep the
-    passes in cache; the words are drawn once for all blocks, then (rarely) for the tails.
+    Tails: the cells m < 16 and m >= 2^23 - 16 are redrawn by :func:`_exp_tail`.
+
+    Cost. Each in-place op is one pass of a vectorised kernel, and a call costs several
+    microseconds besides: the passes run over blocks of _BLOCK elements (the whole draw up to
+    there), large enough that the per-call costs vanish and small enough to stay in the last-level
+    cache. (Blocks of 2^16 with a min/max, two host reads and a row search per block measured
+    1.2x the time of the same passes over 2^20 elements: the logs cost the same per element in
+    any cache level, so small blocks only added calls.) The tails are found without reading the cells again and without a host sync per
+    block: the tail cells are exactly the values past the cuts above, so each block records the
+    min and max of its rows of _ROW values (two vectorised reductions), and after the loop one
+    read of those extremes names the few rows that hold a tail (about 4 per 2^20 draws); only
+    those are searched. The values, the order of the fresh words and so the result are those of
+    the element-by-element definition, whatever the block size or the number of threads.
     """
+    if n == 0:
+        return torch.empty(0, dtype=torch.float32)
     stream = _WordStream(n, generator, "cpu")
     w = stream.take(n)
-    fixes = []
-    for s in range(0, n, _BLOCK):
-        m = w[s : s + _BLOCK].bitwise_and_(0x007FFFFF)
-        idx = _tail_positions(m)
-        if idx is not None:
-            fixes.append((s + idx, m[idx].clone()))
-        u = m.bitwise_or_(0x3F800000).view(torch.float32).sub_(1.0 - 2.0**-24)
-        u.log_().neg_()
+    vals = w.view(torch.float32)
+    lo_cut, hi_cut = (math.log(_E_HIGH_TAIL), math.log(_E_LOW_TAIL)) if log else (_E_HIGH_TAIL, _E_LOW_TAIL)
+    # equal blocks of whole rows: the rows of all blocks then tile the buffer, row r at r * _ROW
+    nblocks = max(1, -(-n // _BLOCK))
+    block = -(-n // (nblocks * _ROW)) * _ROW
+    lows, highs = [], []
+    for s in range(0, n, block):
+        u = w[s : s + block].bitwise_and_(0x007FFFFF).bitwise_or_(0x3F800000).view(torch.float32)
+        v = u.sub_(1.0 - 2.0**-24).log_().neg_()
         if log:
-            u.log_()
-    out = w.view(torch.float32)
-    if fixes:
-        idx = torch.cat([f[0] for f in fixes])
-        cells = torch.cat([f[1] for f in fixes])
+            v.log_()
+        k = v.numel() // _ROW * _ROW
+        rows = v[:k].view(-1, _ROW)
+        lows.append(rows.amin(1))
+        highs.append(rows.amax(1))
+        if k < v.numel():  # the last few values of a block: a row of their own
+            lows.append(v[k:].amin().view(1))
+            highs.append(v[k:].amax().view(1))
+    # one host sync: the rows holding a tail, then the positions in them
+    hit = ((torch.cat(lows) < lo_cut) | (torch.cat(highs) > hi_cut)).nonzero().flatten().tolist()
+    if hit:
+        spans = [vals[r * _ROW : (r + 1) * _ROW] for r in hit]
+        idx = torch.cat([r * _ROW + ((sp < lo_cut) | (sp > hi_cut)).nonzero().flatten() for r, sp in zip(hit, spans)])
+        low_tail = vals[idx] > hi_cut  # a large E (or log E): a low cell, u near 0
+        cells = torch.where(low_tail, 0, (1 << 23) - 1).to(torch.int32)
         e = _exp_tail(cells, stream.take(idx.numel()))
-        out[idx] = (e.log() if log else e).to(torch.float32)
-    return out
+        vals[idx] = (e.log() if log else e).to(torch.float32)
+    return vals
 
 
 def _words(n: int, bits: int, generator, device: torch.device) -> torch.Tensor:
@@ -324,19 +335,35 @@ def _exp_cuda(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Te
     return e.log_() if log else e
 
 
+def _exp_vmap(shape, generator, device, ndt: torch.dtype, log: bool) -> torch.Tensor:
+    """E ~ Exp(1) (or log E) under ``torch.vmap``: one out-of-place float64 ``torch.rand``.
+
+    Under ``vmap(randomness="different")`` only out-of-place random ops are batched; the other
+    constructions draw in place into fresh, unbatched buffers, which vmap refuses (or, with
+    ``randomness="same"``, would repeat). 53-bit uniforms clamped to the smallest normal give
+    E = -log u in [1.1e-16, 708] (log E finite), computed in float64 and then cast.
+    """
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    e = u.clamp_min_(torch.finfo(torch.float64).tiny).log_().neg_()
+    return (e.log_() if log else e).to(ndt)
+
+
 def _exponential(shape, generator, device, dtype, *, log: bool, fn: str | None = None) -> torch.Tensor:
     """E ~ Exp(1), or log E, in the noise dtype (float32 / float64), exact tails, fresh buffer.
 
-    Four constructions, one law: the CPU float32 default (:func:`_exp_cpu32`, the fastest there),
+    Five constructions, one law: the CPU float32 default (:func:`_exp_cpu32`, the fastest there),
     the word construction under torch.compile (Dynamo traces ``randint`` but not in-place draws;
-    Inductor fuses the passes), CUDA's float64 ``exponential_`` on CUDA, and float64
-    ``torch.rand`` everywhere else (CPU float64, other devices).
+    Inductor fuses the passes), one out-of-place draw under vmap (:func:`_exp_vmap`), CUDA's
+    float64 ``exponential_`` on CUDA, and float64 ``torch.rand`` everywhere else (CPU float64,
+    other devices).
     """
     shape = check_shape(shape, fn)
     device = _resolve_device(generator, device, fn)
     check_generator(generator, device, fn)
     ndt = _noise_dtype(dtype, fn)
     n = math.prod(shape)
+    if in_vmap():
+        return _exp_vmap(shape, generator, device, ndt, log)
     if compiling():
         if ndt == torch.float64:
             return exp_from_words64(_words(n, 64, generator, device), log).view(shape)

@@ -11,11 +11,11 @@ import torch
 
 from ._internals import argmax_index
 from ._kl import kl_categorical
-from ._policy import check_mode
+from ._policy import check_mode, in_vmap
 from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
-from .errors import GumbelkitTypeError, GumbelkitValueError
-from .estimators import METHODS, get_estimator, get_spec, sample
+from .errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
+from .estimators import METHODS, get_spec, sample
 from .schedules import LearnableTemperature
 
 __all__ = ["GumbelQuantizer", "GumbelSoftmax", "L0Gate", "QuantizerOutput"]
@@ -59,10 +59,13 @@ class GumbelSoftmax(torch.nn.Module):
     ):
         super().__init__()
         fn = type(self).__name__
-        try:
-            get_estimator(method)
-        except ValueError as exc:  # the registry's message, named after this constructor
-            raise GumbelkitValueError(f"{fn}: {exc}") from None
+        # Everything that needs no input is checked here, not at the first forward: the method is
+        # a registered sampling method (a score-function one needs the loss), its options are
+        # checked against the method's declaration, and dim is an int.
+        self.options = _sample_options(method, options, fn)
+        if not is_int(dim):
+            raise GumbelkitTypeError(f"{fn}: expected dim to be an int, got {type(dim).__name__}")
+        _check_generator_type(generator, fn)
         if isinstance(tau, numbers.Real) and not isinstance(tau, bool):
             check_tau(tau, fn=fn)  # > 0 and finite (also refuses NaN), as the samplers do at every call
         elif not callable(tau):
@@ -71,9 +74,8 @@ class GumbelSoftmax(torch.nn.Module):
             )
         self.method = method
         self.tau = tau  # a LearnableTemperature registers as a submodule
-        self.dim = dim
+        self.dim = int(dim)
         self.generator = generator
-        self.options = options
         self.step: torch.Tensor
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -86,7 +88,10 @@ class GumbelSoftmax(torch.nn.Module):
         return self.tau
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        out = sample(logits, self.method, self.current_tau(), self.dim, generator=self.generator, **self.options)
+        try:
+            out = sample(logits, self.method, self.current_tau(), self.dim, generator=self.generator, **self.options)
+        except GumbelkitError as exc:  # the checks ran in sample(); the user called this module
+            raise _renamed(exc, "sample", type(self).__name__) from None
         if self.training:
             self.step.add_(1)
         return out
@@ -199,13 +204,16 @@ class L0Gate(torch.nn.Module):
         return self._units(d.deterministic()).expand(*sample_shape, self.n)
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        fn = type(self).__name__
+        check_dtype(x, "x", fn)  # an integer input would silently come out as float
+        _check_generator_type(generator, fn)
         if x.dim() == 0 or x.shape[-1] != self.n:
             raise GumbelkitValueError(
-                f"{type(self).__name__}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}"
+                f"{fn}: expected x with last dimension n = {self.n}, got x of shape {tuple(x.shape)}"
             )
-        if self.training:
-            return x * self.gate(x.shape[:-1], generator=generator)
-        return x * self.gate()
+        gate = self.gate(x.shape[:-1], generator=generator) if self.training else self.gate()
+        # the gates live in the parameters' dtype (float32); the output keeps x's (float16 stays float16)
+        return x * gate.to(x.dtype)
 
     def l0_penalty(self) -> torch.Tensor:
         """Expected number of non-zero units: ``group_size * sum(prob_nonzero)`` (differentiable)."""
@@ -298,7 +306,8 @@ class GumbelQuantizer(torch.nn.Module):
     the global batch. Without it each rank counts its own batch, and DDP's default
     ``broadcast_buffers=True`` copies rank 0's buffers to every rank before each forward, so the
     accumulated counts are rank 0's history plus the local batch. With no initialised process
-    group ``sync_usage`` does nothing. A schedule reads ``step`` on the host
+    group ``sync_usage`` does nothing. Under ``torch.vmap`` the perplexity is each call's own and
+    the usage buffers are not updated. A schedule reads ``step`` on the host
     (one sync per training forward); float and tensor temperatures do not.
 
     **Bad input.** With the validation switch in ``"device"`` mode (the default for CUDA tensors,
@@ -389,13 +398,8 @@ class GumbelQuantizer(torch.nn.Module):
         self.in_features = check_int(in_features, "in_features", fn=fn)
         self.n_codes = check_int(n_codes, "n_codes", min=2, fn=fn)
         self.embedding_dim = check_int(embedding_dim, "embedding_dim", fn=fn)
-        try:
-            spec = get_spec(method)
-        except ValueError:  # the registry's message, named after this constructor below
-            spec = None
-        if spec is None or spec.kind != "sample":
-            raise GumbelkitValueError(f"{fn}: expected method in {tuple(METHODS)}, got {method!r}")
-        self.options = spec.check_options(options, where=f"{fn}: ") if options else {}
+        self.options = _sample_options(method, options, fn)
+        _check_generator_type(generator, fn)
         if isinstance(tau, torch.Tensor):
             check_tau(tau, fn=fn)
             self.register_buffer("tau", tau.detach().clone())
@@ -474,20 +478,25 @@ class GumbelQuantizer(torch.nn.Module):
         # logits of every code, unused ones included, pulling them towards the prior.
         kl = kl_categorical(rows, prior.to(rows.dtype).expand(self.n_codes)).mean()
         with torch.no_grad():
-            counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device)
             flat = codes.reshape(-1)
             if check_mode(rows) == "device":
                 # a bad row's code is -1 (see _codes): counted nowhere, and never used as an index,
                 # which on a GPU would be a device-side assertion instead of an error
-                counts.scatter_add_(0, flat.clamp_min(0), (flat >= 0).long())
+                index, ones = flat.clamp_min(0), (flat >= 0).long()
             else:
-                counts.scatter_add_(0, flat, torch.ones_like(flat))
+                index, ones = flat, torch.ones_like(flat)
+            # out of place: under vmap the codes (and so the histogram) are batched
+            counts = torch.zeros(self.n_codes, dtype=torch.long, device=x.device).scatter_add(0, index, ones)
             if self.training and self.sync_usage and _distributed():
                 torch.distributed.all_reduce(counts)
-            perplexity = _histogram_perplexity(counts.to(logits.dtype))
+            # the histogram in float32 or better: float16 holds counts only up to 65,504 (one large
+            # batch would read as inf / inf, a perplexity of 1, i.e. a fake codebook collapse)
+            wide = torch.promote_types(logits.dtype, torch.float32)
+            perplexity = _histogram_perplexity(counts.to(wide)).to(logits.dtype)
             if self.training:
                 self.step.add_(1)
-                if self.track_usage:
+                # under vmap each call has its own histogram: there is no one batch to add to the buffers
+                if self.track_usage and not in_vmap():
                     self.code_counts.add_(counts)
                     self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         return QuantizerOutput(z_q, self.kl_weight * kl, kl, codes, logits, perplexity)
@@ -564,6 +573,29 @@ class GumbelQuantizer(torch.nn.Module):
             f"in_features={self.in_features}, n_codes={self.n_codes}, embedding_dim={self.embedding_dim}, "
             f"method={self.method!r}, tau={tau}, dim={self.dim}, kl_weight={self.kl_weight:g}, prior={self.prior!r}"
         )
+
+
+def _check_generator_type(generator, fn: str) -> None:
+    """A generator is None or a torch.Generator (its device is checked where the noise is drawn)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise GumbelkitTypeError(f"{fn}: expected generator to be a torch.Generator, got {type(generator).__name__}")
+
+
+def _renamed(exc: GumbelkitError, inner: str, outer: str) -> GumbelkitError:
+    """The same error, its message naming ``outer`` (the function the user called) instead of ``inner``."""
+    msg = str(exc)
+    return type(exc)(f"{outer}: {msg.removeprefix(inner + ': ')}")
+
+
+def _sample_options(method, options: dict, fn: str) -> dict:
+    """The options of a registered sampling ``method``, checked against its declaration (errors name ``fn``)."""
+    try:
+        spec = get_spec(method)
+    except ValueError:  # the registry's message, named after the module below
+        spec = None
+    if spec is None or spec.kind != "sample":
+        raise GumbelkitValueError(f"{fn}: expected method in {tuple(METHODS)}, got {method!r}")
+    return spec.check_options(options, where=f"{fn}: ") if options else {}
 
 
 def _tau_to_last(tau, ndim: int, dim: int):

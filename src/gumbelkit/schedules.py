@@ -65,8 +65,9 @@ def _step(step, owner: str) -> int:
                 f"{owner}: expected step to be an integer >= 0, got a tensor of shape {shape_str(step.shape)}"
             )
         value = step.item()
-        # int(nan) or int(inf) would raise a message that does not say which argument was bad.
-        if isinstance(value, float) and not math.isfinite(value):
+        # A floating step must be a whole number: int(1.7) would silently truncate it to 1 (and
+        # int(nan) / int(inf) raise a message that does not say which argument was bad).
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
             raise GumbelkitValueError(f"{owner}: expected step to be an integer >= 0, got {value!r}")
         step = int(value)
     return check_int(step, "step", min=0, fn=owner)
@@ -266,6 +267,10 @@ def parse_schedule(spec: str) -> Schedule:
         key, eq, val = item.partition("=")
         if not eq:
             raise GumbelkitValueError(f"{fn}: expected key=value in schedule spec, got {item!r}")
+        if key.strip() in kwargs:  # "last one wins" would silently drop a value the user wrote
+            raise GumbelkitValueError(
+                f"{fn}: expected each key once in schedule spec, got {key.strip()!r} twice in {text!r}"
+            )
         try:
             kwargs[key.strip()] = int(val) if key.strip() in _INT_ARGS else float(val)
         except ValueError:

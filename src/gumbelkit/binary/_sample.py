@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from .._autograd import divide_by_tau
+from .._internals import prepare_tau
 from .._noise import logistic_noise
 from .._policy import compute_dtype, skip_value_checks
 from .._validation import Tau, check_dtype, check_generator, check_tau, shape_str, tau_like
@@ -55,7 +57,7 @@ def _straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 @register("st", family="bernoulli", one_hot=True, default_tau=1.0, reference="Bengio, Leonard, Courville, 2013")
 def _st(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
     b = (theta.detach() + noise > 0).to(theta.dtype)
-    return _straight_through(b, _sigmoid(theta / tau))
+    return _straight_through(b, _sigmoid(divide_by_tau(theta, tau)))
 
 
 _CONCRETE: dict = {"family": "bernoulli", "default_tau": 1.0}
@@ -64,13 +66,13 @@ _CONCRETE["reference"] = "Maddison, Mnih, Teh, ICLR 2017; Jang, Gu, Poole, ICLR 
 
 @register("binary_concrete", one_hot=False, **_CONCRETE)
 def _binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
-    return _sigmoid((theta + noise) / tau)
+    return _sigmoid(divide_by_tau(theta + noise, tau))
 
 
 @register("st_binary_concrete", one_hot=True, **_CONCRETE)
 def _st_binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> torch.Tensor:
     x = theta + noise
-    return _straight_through((x.detach() > 0).to(theta.dtype), _sigmoid(x / tau))
+    return _straight_through((x.detach() > 0).to(theta.dtype), _sigmoid(divide_by_tau(x, tau)))
 
 
 @register(
@@ -85,7 +87,7 @@ def _st_binary_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor) -> t
     reference="Louizos, Welling, Kingma, ICLR 2018",
 )
 def _hard_concrete(theta: torch.Tensor, tau: Tau, noise: torch.Tensor, gamma: float, zeta: float) -> torch.Tensor:
-    s = _sigmoid((theta + noise) / tau)
+    s = _sigmoid(divide_by_tau(theta + noise, tau))
     return (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
 
 
@@ -160,5 +162,11 @@ def sample(
     check_generator(generator, logits.device, _FN)
     cdt = compute_dtype(logits.dtype)
     noise = logistic_like(logits, generator, cdt)
-    out = spec.fn(logits.to(cdt), tau_like(tau, noise), noise, **opts)
+    # prepare_tau: a subnormal tau is raised to the smallest normal number (see there); every
+    # method divides through divide_by_tau, so a tensor tau gets exactly 0 gradient from +-inf
+    # logits and saturated sigmoids (a tiny tau) instead of 0 * inf = NaN
+    # contiguous: elementwise kernels round some values differently on strided memory, and the
+    # sample must not depend on the layout of the logits
+    theta = logits.to(cdt).contiguous()
+    out = spec.fn(theta, prepare_tau(tau_like(tau, noise), cdt), noise, **opts)
     return out.to(logits.dtype)

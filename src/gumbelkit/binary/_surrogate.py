@@ -21,10 +21,20 @@ Loss = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _evaluate(f: Loss, b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """f(b) with b cast to the logits' dtype, its shape checked."""
+    """f(b) with b cast to the logits' dtype, its shape and dtype checked.
+
+    Integer or boolean losses (a count of wrong bits, a 0/1 reward) are real numbers too: they are
+    cast to the logits' dtype, as the estimators average and subtract them.
+    """
     out = f(b.to(logits.dtype))
     if not isinstance(out, torch.Tensor):
         raise GumbelkitTypeError(f"{_FN}: expected f to return a torch.Tensor, got {type(out).__name__}")
+    if out.dtype.is_complex:
+        raise GumbelkitTypeError(
+            f"{_FN}: expected f to return real losses, got dtype {out.dtype} (losses of shape {shape_str(out.shape)})"
+        )
+    if not out.dtype.is_floating_point:
+        out = out.to(logits.dtype)
     if out.shape != logits.shape[:-1]:
         raise GumbelkitValueError(
             f"{_FN}: expected f to return losses of shape {shape_str(logits.shape[:-1])} (logits.shape[:-1]), "
@@ -139,7 +149,8 @@ def surrogate(
     Args:
         logits: log-odds, shape ``(..., D)`` with at least one dim; any floating dtype
             (float16 / bfloat16 computed in float32).
-        f: the loss, ``f(b) -> Tensor`` of shape ``logits.shape[:-1]``.
+        f: the loss, ``f(b) -> Tensor`` of shape ``logits.shape[:-1]`` (integer or boolean losses
+            are cast to the logits' dtype).
         method: ``"reinforce_loo"``, ``"arm"``, ``"disarm"``, ``"rebar"``, ``"relax"`` (any
             ``"score_function"`` method of :data:`METHODS`).
         n: samples per row (``reinforce_loo``, >= 2) or antithetic pairs per row (``arm``,

@@ -21,8 +21,8 @@ from ..kernels._philox import (
     PHILOX_M1,
     PHILOX_W0,
     PHILOX_W1,
-    exp_from_word64,
     counter_gumbel,
+    exp_from_word64,
     join64,
 )
 

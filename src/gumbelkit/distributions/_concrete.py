@@ -57,10 +57,10 @@ from torch.distributions import Distribution, TransformedDistribution, constrain
 from torch.distributions.transforms import ExpTransform
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
-from .._autograd import one_hot_straight_through
+from .._autograd import divide_by_tau, one_hot_straight_through
 from .._noise import gumbel_noise, logistic_noise
-from .._policy import compiling, compute_dtype
-from .._validation import check_dtype, check_values, shape_str
+from .._policy import compute_dtype, skip_value_checks
+from .._validation import check_dtype, check_generator, check_values, shape_str
 from ..errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
 
 __all__ = ["BinaryConcrete", "Concrete", "ExpConcrete", "StraightThroughConcrete"]
@@ -138,7 +138,8 @@ def _batch_shape(owner: str, temperature: torch.Tensor, batch: torch.Size, what:
 
 
 def _check_temperature_values(owner: str, t: torch.Tensor) -> None:
-    if compiling() or t.numel() == 0:
+    # data-dependent: skipped while compiling and under vmap (the library's value-check rule)
+    if skip_value_checks() or t.numel() == 0:
         return
     td = t.detach()
     ok = (td > 0) & torch.isfinite(td)  # `> 0` is False for NaN
@@ -151,7 +152,7 @@ def _check_temperature_values(owner: str, t: torch.Tensor) -> None:
 
 
 def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool) -> None:
-    if compiling() or value.numel() == 0:
+    if skip_value_checks() or value.numel() == 0:
         return
     v = value.detach()
     if name == "logits":
@@ -178,6 +179,30 @@ def _check_param_values(owner: str, name: str, value: torch.Tensor, vector: bool
             f"{owner}: expected probs with a positive sum over the last dimension, "
             f"got a row summing to 0 in probs of shape {shape_str(v.shape)}"
         )
+
+
+def _check_rsample_generator(dist: Distribution, generator, device: torch.device) -> None:
+    """A bad ``generator`` is reported under ``<Class>.rsample``, not under the noise function that draws."""
+    check_generator(generator, device, f"{type(dist).__name__}.rsample")
+
+
+def _relaxed_bits(dist, sample_shape, generator, squash, *, logit: bool = False) -> torch.Tensor:
+    """squash((theta + L) / lambda) (or the logit itself) for a binary relaxation, L ~ Logistic(0, 1).
+
+    Computed in float32 (float64 for float64) and cast back to the parameters' dtype (the
+    library's dtype rule: float16 logits give float16 samples, not float16 arithmetic); the
+    logits are made contiguous first, since elementwise kernels round some values differently on
+    strided memory (SIMD body against scalar tail) and the sample must not depend on the layout.
+    divide_by_tau: a tiny temperature saturates the squash, and its gradient stays exactly 0.
+    """
+    shape = dist._extended_shape(sample_shape)
+    _check_rsample_generator(dist, generator, dist.logits.device)
+    dtype = torch.promote_types(dist.logits.dtype, dist.temperature.dtype)
+    cdt = compute_dtype(dtype)
+    theta = dist.logits.to(cdt).contiguous()
+    noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt)
+    x = divide_by_tau(theta + noise, dist.temperature.to(cdt))
+    return (x if logit else squash(x)).to(dtype)
 
 
 def _expanded_batch(owner: str, batch_shape, old: torch.Size) -> torch.Size:
@@ -320,16 +345,27 @@ class ExpConcrete(_Checked, Distribution):
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
-        theta = self.logits
-        cdt = compute_dtype(theta.dtype)
-        g = gumbel_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
+        dtype = self.logits.dtype
+        _check_rsample_generator(self, generator, self.logits.device)
+        # computed in float32 (float64 for float64), cast back: the library's dtype rule (a float16
+        # softmax of perturbed logits loses the argmax, and its gradients overflow at 65,504);
+        # contiguous: elementwise kernels round some values differently on strided memory (SIMD
+        # body against scalar tail), and the sample must not depend on the parameters' layout
+        cdt = compute_dtype(dtype)
+        theta = self.logits.to(cdt).contiguous()
+        g = gumbel_noise(shape, generator=generator, device=theta.device, dtype=cdt)
         lam = self.temperature.to(theta).unsqueeze(-1)
         unmasked = theta > _NEG_INF
         # Masked classes: perturb 0 instead of -inf and put -inf back afterwards. (-inf + g) / lam
         # has the lambda-derivative +inf, and the zero gradient a masked y = 0 sends back would
         # turn it into 0 * inf = NaN in temperature.grad.
-        z = torch.where(unmasked, (torch.where(unmasked, theta, 0.0) + g) / lam, _NEG_INF)
-        return torch.log_softmax(z, -1)
+        u = torch.where(unmasked, theta, 0.0) + g
+        # Shift the row's top to exactly 0 first (log_softmax is invariant to it, in value and
+        # gradient): a tiny lam then sends the others to -inf, never two entries to +inf (inf - inf);
+        # divide_by_tau gives the temperature exactly 0 gradient from the entries at -inf.
+        top = torch.where(unmasked, u, _NEG_INF).detach().amax(-1, keepdim=True)
+        z = torch.where(unmasked, divide_by_tau(u - top, lam), _NEG_INF)
+        return torch.log_softmax(z, -1).to(dtype)
 
     def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -389,8 +425,18 @@ class Concrete(_Checked, TransformedDistribution):
         _torch_checked(owner, super().__init__, base, [ExpTransform()], validate_args=validate_args)
 
     temperature = property(lambda self: self.base_dist.temperature)
-    logits = property(lambda self: self.base_dist.logits)
-    probs = property(lambda self: self.base_dist.probs)
+
+    # Lazy, as in ExpConcrete: torch's validate_args then checks neither (base_dist's checks already
+    # ran on the one given) instead of computing the other one just to check it -- a float16
+    # softmax misses torch's simplex tolerance of 1e-6 and refused valid float16 logits.
+    @lazy_property
+    def logits(self):
+        return cast(ExpConcrete, self.base_dist).logits
+
+    @lazy_property
+    def probs(self):
+        return cast(ExpConcrete, self.base_dist).probs
+
     param_shape = property(lambda self: self.base_dist.param_shape)
     base = property(lambda self: self.base_dist, doc="The former name of ``base_dist``.")
 
@@ -403,6 +449,7 @@ class Concrete(_Checked, TransformedDistribution):
         return type(self).__name__ + repr(self.base_dist)[len("ExpConcrete") :]
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_rsample_generator(self, generator, self.logits.device)
         base = cast(ExpConcrete, self.base_dist)
         y = base.rsample(sample_shape, generator=generator)
         for transform in self.transforms:
@@ -539,14 +586,10 @@ class BinaryConcrete(_Checked, Distribution):
 
     def rsample_logit(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """A sample of l = (theta + L) / lambda, the logit of the relaxed Bernoulli (finite always)."""
-        shape = self._extended_shape(sample_shape)
-        theta = self.logits
-        cdt = compute_dtype(theta.dtype)
-        noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
-        return (theta + noise) / self.temperature
+        return _relaxed_bits(self, sample_shape, generator, torch.sigmoid, logit=True)
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.sigmoid(self.rsample_logit(sample_shape, generator=generator))
+        return _relaxed_bits(self, sample_shape, generator, torch.sigmoid)
 
     def sample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():

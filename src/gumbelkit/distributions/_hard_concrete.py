@@ -14,8 +14,6 @@ from typing import ClassVar
 import torch
 from torch.distributions import Distribution, constraints
 
-from .._noise import logistic_noise
-from .._policy import compute_dtype
 from .._validation import check_dtype
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ._concrete import (
@@ -25,6 +23,7 @@ from ._concrete import (
     _check_temperature_values,
     _Checked,
     _expanded_batch,
+    _relaxed_bits,
     _resolve_validate,
     _temperature,
     _torch_checked,
@@ -156,12 +155,8 @@ class HardConcrete(_Checked, Distribution):
         self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """s_bar = sigmoid((L + log alpha) / beta) (zeta - gamma) + gamma, before the clamp."""
-        shape = self._extended_shape(sample_shape)
-        theta = self.logits
-        cdt = compute_dtype(theta.dtype)
-        noise = logistic_noise(shape, generator=generator, device=theta.device, dtype=cdt).to(theta.dtype)
-        s = torch.sigmoid((theta + noise) / self.temperature)
-        return s * (self.zeta - self.gamma) + self.gamma
+        lo, span = self.gamma, self.zeta - self.gamma
+        return _relaxed_bits(self, sample_shape, generator, lambda x: torch.sigmoid(x) * span + lo)
 
     def rsample(self, sample_shape=_NO_SAMPLE_DIMS, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.rsample_stretched(sample_shape, generator=generator).clamp(0.0, 1.0)

@@ -108,7 +108,10 @@ def sample(
         >>> y.shape, bool((y.sum(-1) == 1).all())
         (torch.Size([100, 20, 10]), True)
     """
-    spec = get_spec(method)
+    try:
+        spec = get_spec(method)
+    except _ValueError as exc:  # the registry's message, named after this function
+        raise _ValueError(f"sample: {exc}") from None
     if spec.kind != "sample":
         raise _ValueError(
             f"sample: method {method!r} is a {spec.kind.replace('_', '-')} estimator and needs the loss: use "

@@ -7,17 +7,16 @@ import torch
 from .._policy import compute_dtype
 from .._sampling import (
     _needs_grad,
+    checked_gumbel_softmax,
     gumbel_argmax,
     one_hot_like,
     per_class_tau,
     plain_shift,
     prepare_tau,
     tempered_core,
-    tempered_softmax,
     theta_shift,
 )
-from .._sampling import gumbel_softmax as _gumbel_softmax
-from .._validation import Tau, check_generator, check_sample_args_scale, mark_bad_rows
+from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import register
 
 __all__ = ["gumbel_softmax_estimator", "softmax_estimator", "st_estimator", "st_gumbel_estimator"]
@@ -36,8 +35,13 @@ def softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
 
     Reference: the common "no noise" baseline (Hinton et al., 2015).
     """
-    check_generator(generator, logits.device if isinstance(logits, torch.Tensor) else "cpu")
-    return tempered_softmax(logits, tau, dim)
+    # the checks name sample(), the function the user called (generator: checked, then unused)
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
+    cdt = compute_dtype(logits.dtype)
+    per_class = per_class_tau(tau, logits.dim(), dim)
+    return tempered_core(
+        logits, prepare_tau(tau, cdt), dim, m=plain_shift(row_max, max_abs, tau, cdt, per_class), per_class=per_class
+    )
 
 
 @register(
@@ -51,7 +55,7 @@ def gumbel_softmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int =
 
     Reference: Jang, Gu, Poole, ICLR 2017; Maddison, Mnih, Teh, ICLR 2017.
     """
-    return _gumbel_softmax(logits, tau, False, dim=dim, generator=generator)
+    return checked_gumbel_softmax(logits, tau, False, dim, generator=generator, fn="sample")
 
 
 @register(
@@ -65,7 +69,7 @@ def st_gumbel_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, 
 
     Reference: Jang, Gu, Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
     """
-    return _gumbel_softmax(logits, tau, True, dim=dim, generator=generator)
+    return checked_gumbel_softmax(logits, tau, True, dim, generator=generator, fn="sample")
 
 
 @register("st", one_hot=True, reference="Bengio, Leonard, Courville, 2013; Chung, Ahn, Bengio, ICLR 2017")
@@ -77,7 +81,7 @@ def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generat
 
     Reference: Bengio, Leonard, Courville, 2013; Chung, Ahn, Bengio, ICLR 2017 (slope-annealed ST).
     """
-    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator)
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
     if not _needs_grad(logits, tau):

@@ -277,8 +277,8 @@ def gumbel_rao_estimator(
     Reference: Paulus, Maddison, Krause, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax
     Gradient Estimator", ICLR 2021.
     """
-    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator)
-    k = check_positive_int(k, "k")
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
+    k = check_positive_int(k, "k", fn="sample")
     cdt = compute_dtype(logits.dtype)
     m = theta_shift(row_max, max_abs, cdt)
     index = gumbel_argmax(logits, dim, generator, m)

@@ -101,7 +101,7 @@ def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     Reference: Liu, Chen, Tan, Ji, Wang, Gao, "Bridging Discrete and Backpropagation:
     Straight-Through and Beyond", NeurIPS 2023.
     """
-    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator)
+    dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
     if not _needs_grad(logits):

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from .._sampling import gumbel_max
 from .._validation import (
-    DimError,
     check_dtype,
+    check_generator,
     check_logits,
     shape_str,
     skip_value_checks,
 )
+from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 from ._registry import OptionSpec, register
 
 __all__ = ["MovingAverageBaseline", "categorical_log_prob", "reinforce_objective", "reinforce_surrogate"]
@@ -36,25 +37,30 @@ def categorical_log_prob(logits: torch.Tensor, value: torch.Tensor, dim: int = -
     Returns:
         Log-probabilities shaped like ``logits`` without ``dim``.
     """
-    dim = check_logits(logits, dim)
+    fn = "categorical_log_prob"
+    dim = check_logits(logits, dim, fn=fn)
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"expected value to be a torch.Tensor (one-hot or integer indices), got {type(value).__name__}")
+        raise GumbelkitTypeError(
+            f"{fn}: expected value to be a torch.Tensor (one-hot or integer indices), got {type(value).__name__}"
+        )
     if value.dtype == torch.bool or value.dtype.is_complex:
-        raise TypeError(f"expected value with a floating (one-hot) or integer (index) dtype, got {value.dtype}")
+        raise GumbelkitTypeError(
+            f"{fn}: expected value with a floating (one-hot) or integer (index) dtype, got {value.dtype}"
+        )
     K = logits.shape[dim]
     check = not skip_value_checks() and value.numel() > 0
     if value.dtype.is_floating_point:
         if value.shape != logits.shape:
-            raise ValueError(
-                f"expected a one-hot value of shape {shape_str(logits.shape)}, got {shape_str(value.shape)}"
+            raise GumbelkitValueError(
+                f"{fn}: expected a one-hot value of shape {shape_str(logits.shape)}, got {shape_str(value.shape)}"
             )
         if check:
             v = value.detach()
             # argmax of anything that is not exactly one-hot (a relaxed sample, a float index)
             # would silently pick some class: refuse it
             if not bool(((v == 0) | (v == 1)).all() & (v.sum(dim) == 1).all()):
-                raise ValueError(
-                    f"expected a one-hot value along dim={dim} (entries 0 or 1, exactly one 1 per row) of shape "
+                raise GumbelkitValueError(
+                    f"{fn}: expected a one-hot value along dim={dim} (entries 0 or 1, exactly one 1 per row) of shape "
                     f"{shape_str(value.shape)}, got entries in [{float(v.min())}, {float(v.max())}] and row sums in "
                     f"[{float(v.sum(dim).min())}, {float(v.sum(dim).max())}]"
                 )
@@ -62,15 +68,15 @@ def categorical_log_prob(logits: torch.Tensor, value: torch.Tensor, dim: int = -
     else:
         expected = logits.shape[:dim] + logits.shape[dim + 1 :]
         if value.shape != expected:
-            raise ValueError(
-                f"expected integer indices of shape {shape_str(expected)} (logits of shape "
+            raise GumbelkitValueError(
+                f"{fn}: expected integer indices of shape {shape_str(expected)} (logits of shape "
                 f"{shape_str(logits.shape)} without dim={dim}), got {shape_str(value.shape)}"
             )
         if check:
             lo, hi = (int(t) for t in torch.aminmax(value.detach()))
             if lo < 0 or hi >= K:
-                raise ValueError(
-                    f"expected indices in [0, {K - 1}] (K = {K} classes along dim={dim}), got values in [{lo}, {hi}]"
+                raise GumbelkitValueError(
+                    f"{fn}: expected indices in [0, {K - 1}] (K = {K} classes along dim={dim}), got values in [{lo}, {hi}]"
                 )
         index = value.long()
     lp = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim)
@@ -116,50 +122,59 @@ def reinforce_surrogate(
     Reference: Williams, 1992; Kool, van Hoof, Welling, "Buy 4 REINFORCE Samples, Get a Baseline
     for Free!", ICLR 2019 workshop (leave-one-out baseline).
     """
-    check_dtype(losses, "losses")
-    check_dtype(log_probs, "log_probs")
+    fn = "reinforce_surrogate"
+    check_dtype(losses, "losses", fn)
+    check_dtype(log_probs, "log_probs", fn)
     if losses.shape != log_probs.shape:
-        raise ValueError(
-            f"expected losses and log_probs of the same shape, got {shape_str(losses.shape)} and {shape_str(log_probs.shape)}"
+        raise GumbelkitValueError(
+            f"{fn}: expected losses and log_probs of the same shape, got {shape_str(losses.shape)} and {shape_str(log_probs.shape)}"
         )
     nd = losses.dim()
     if nd == 0:
-        raise ValueError("expected losses with a sample dimension, got a 0-d tensor")
+        raise GumbelkitValueError(f"{fn}: expected losses with a sample dimension, got a 0-d tensor")
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise TypeError(f"expected dim to be an int, got {type(dim).__name__}")
+        raise GumbelkitTypeError(f"{fn}: expected dim to be an int, got {type(dim).__name__}")
     if not -nd <= dim < nd:
-        raise DimError(f"expected dim in [{-nd}, {nd - 1}] for losses of shape {shape_str(losses.shape)}, got {dim}")
+        raise GumbelkitDimError(
+            f"{fn}: expected dim in [{-nd}, {nd - 1}] for losses of shape {shape_str(losses.shape)}, got {dim}"
+        )
     dim = int(dim) % nd
     n = losses.shape[dim]
     if n == 0:
-        raise ValueError(f"expected at least one sample along dim={dim}, got losses of shape {shape_str(losses.shape)}")
+        raise GumbelkitValueError(
+            f"{fn}: expected at least one sample along dim={dim}, got losses of shape {shape_str(losses.shape)}"
+        )
     f = losses.detach()
     if isinstance(baseline, str):
         if baseline == "loo":
             if n < 2:
-                raise ValueError(f"expected at least 2 samples along dim={dim} for the leave-one-out baseline, got {n}")
+                raise GumbelkitValueError(
+                    f"{fn}: expected at least 2 samples along dim={dim} for the leave-one-out baseline, got {n}"
+                )
             b = (f.sum(dim, keepdim=True) - f) / (n - 1)
         elif baseline == "none":
             b = torch.zeros((), dtype=f.dtype, device=f.device)
         else:
-            raise ValueError(f"expected baseline in ('loo', 'none') or a tensor, got {baseline!r}")
+            raise GumbelkitValueError(f"{fn}: expected baseline in ('loo', 'none') or a tensor, got {baseline!r}")
     elif isinstance(baseline, torch.Tensor):
         try:
             shape = torch.broadcast_shapes(baseline.shape, f.shape)
         except RuntimeError:
             shape = None
         if shape != f.shape:
-            raise ValueError(
-                f"expected a baseline broadcastable to losses of shape {shape_str(f.shape)}, "
+            raise GumbelkitValueError(
+                f"{fn}: expected a baseline broadcastable to losses of shape {shape_str(f.shape)}, "
                 f"got shape {shape_str(baseline.shape)}"
             )
         b = baseline.detach().to(f)
     elif isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
         if not math.isfinite(float(baseline)):
-            raise ValueError(f"expected a finite baseline, got {float(baseline)}")
+            raise GumbelkitValueError(f"{fn}: expected a finite baseline, got {float(baseline)}")
         b = torch.as_tensor(float(baseline), dtype=f.dtype, device=f.device)
     else:
-        raise TypeError(f"expected baseline to be 'loo', 'none', a float or a tensor, got {type(baseline).__name__}")
+        raise GumbelkitTypeError(
+            f"{fn}: expected baseline to be 'loo', 'none', a float or a tensor, got {type(baseline).__name__}"
+        )
     if not skip_value_checks():
         lp = log_probs.detach()
         # One host sync for all three: a NaN / inf anywhere would make the surrogate's gradient NaN.
@@ -168,14 +183,18 @@ def reinforce_surrogate(
             ok = ok & torch.isfinite(b).all()
         if not bool(ok):
             if not bool(torch.isfinite(f).all()):
-                raise ValueError(f"expected finite losses, got {int((~torch.isfinite(f)).sum())} non-finite entries")
+                raise GumbelkitValueError(
+                    f"{fn}: expected finite losses, got {int((~torch.isfinite(f)).sum())} non-finite entries"
+                )
             if not bool(torch.isfinite(lp).all()):
-                raise ValueError(
-                    f"expected finite log_probs (a sampled value always has a finite log-probability), got "
+                raise GumbelkitValueError(
+                    f"{fn}: expected finite log_probs (a sampled value always has a finite log-probability), got "
                     f"{int(torch.isnan(lp).sum())} NaN and {int(torch.isinf(lp).sum())} infinite entries "
                     f"in log_probs of shape {shape_str(lp.shape)}"
                 )
-            raise ValueError(f"expected a finite baseline, got {int((~torch.isfinite(b)).sum())} non-finite entries")
+            raise GumbelkitValueError(
+                f"{fn}: expected a finite baseline, got {int((~torch.isfinite(b)).sum())} non-finite entries"
+            )
     score = log_probs - log_probs.detach()  # value 0, gradient grad log q
     return (losses + (f - b) * score).mean(dim)
 
@@ -205,9 +224,11 @@ class MovingAverageBaseline:
         try:
             d = float(decay)
         except (TypeError, ValueError):
-            raise TypeError(f"expected decay to be a float, got {type(decay).__name__}") from None
+            raise GumbelkitTypeError(
+                f"MovingAverageBaseline: expected decay to be a float, got {type(decay).__name__}"
+            ) from None
         if not 0.0 <= d < 1.0:  # a chained comparison is False for NaN, so NaN is refused too
-            raise ValueError(f"expected 0 <= decay < 1, got {decay}")
+            raise GumbelkitValueError(f"MovingAverageBaseline: expected 0 <= decay < 1, got {decay}")
         return d
 
     def value(self, losses: torch.Tensor) -> torch.Tensor:
@@ -218,15 +239,19 @@ class MovingAverageBaseline:
         """Fold mean(losses) into the average; non-finite or empty losses raise, leaving the state unchanged."""
         if isinstance(losses, torch.Tensor):
             if losses.numel() == 0:
-                raise ValueError(f"expected at least one loss, got an empty tensor of shape {shape_str(losses.shape)}")
+                raise GumbelkitValueError(
+                    f"MovingAverageBaseline.update: expected at least one loss, got an empty tensor of shape {shape_str(losses.shape)}"
+                )
             cur = float(losses.detach().float().mean())
         elif isinstance(losses, numbers.Real) and not isinstance(losses, bool):
             cur = float(losses)
         else:
-            raise TypeError(f"expected losses to be a tensor or a float, got {type(losses).__name__}")
+            raise GumbelkitTypeError(
+                f"MovingAverageBaseline.update: expected losses to be a tensor or a float, got {type(losses).__name__}"
+            )
         # One NaN would poison the average for good (every later value stays NaN).
         if not math.isfinite(cur):
-            raise ValueError(f"expected finite losses, got a mean of {cur}")
+            raise GumbelkitValueError(f"MovingAverageBaseline.update: expected finite losses, got a mean of {cur}")
         self.mean = cur if self.mean is None else self.decay * self.mean + (1 - self.decay) * cur
 
     def state_dict(self) -> dict:
@@ -238,7 +263,9 @@ class MovingAverageBaseline:
         if mean is not None:
             mean = float(mean)
             if not math.isfinite(mean):
-                raise ValueError(f"expected a finite mean in the state, got {mean}")
+                raise GumbelkitValueError(
+                    f"MovingAverageBaseline.load_state_dict: expected a finite mean in the state, got {mean}"
+                )
         self.decay, self.mean = decay, mean
 
 
@@ -290,9 +317,11 @@ def reinforce_objective(
 
     Reference: Williams, 1992; Kool, van Hoof, Welling, ICLR 2019 workshop.
     """
-    dim = check_logits(logits, dim)
+    fn = "reinforce_objective"
+    dim = check_logits(logits, dim, fn=fn)
+    check_generator(generator, logits.device, fn)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
-        raise ValueError(f"reinforce_objective: expected n to be an integer >= 2, got {n!r}")
+        raise GumbelkitValueError(f"{fn}: expected n to be an integer >= 2, got {n!r}")
     n = int(n)
     rep = logits.unsqueeze(0).expand(n, *logits.shape)
     index = gumbel_max(rep, dim=dim + 1, generator=generator)  # (n, *shape without dim)
@@ -307,8 +336,8 @@ def reinforce_objective(
         or tuple(losses.shape) != tuple(log_q.shape[: losses.dim()])
     ):
         got = shape_str(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-        raise ValueError(
-            f"reinforce_objective: expected loss_fn to return losses of a leading shape of {shape_str(log_q.shape)} "
+        raise GumbelkitValueError(
+            f"{fn}: expected loss_fn to return losses of a leading shape of {shape_str(log_q.shape)} "
             f"(n samples first), got {got}"
         )
     if log_q.dim() > losses.dim():

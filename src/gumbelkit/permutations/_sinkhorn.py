@@ -7,8 +7,9 @@ import numbers
 
 import torch
 
+from .._autograd import divide_by_tau
 from .._internals import log_exp_noise, prepare_tau
-from .._policy import compute_dtype, skip_value_checks
+from .._policy import compute_dtype, in_vmap, skip_value_checks
 from .._validation import Tau, check_dtype, check_generator, prefixed, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, register
@@ -217,7 +218,7 @@ def gumbel_sinkhorn(
 
     With ``hard=True`` the forward value is exactly :math:`P^\star`, computed by
     ``scipy.optimize.linear_sum_assignment`` on a CPU float64 copy of the perturbed scores (one
-    call per matrix of the batch; not traceable by torch.compile / vmap), and the backward is the
+    call per matrix of the batch; not traceable by torch.compile, and refused under ``torch.vmap``), and the backward is the
     gradient of the relaxed Y (straight-through, through
     :func:`gumbelkit.structured.permutation_straight_through`).
 
@@ -258,7 +259,7 @@ def gumbel_sinkhorn(
     Raises:
         GumbelkitError: everything :func:`sinkhorn` raises, tau <= 0 / inf / NaN or of a bad
             shape, a bad ``noise`` or ``generator``, and (``hard=True``) a -inf pattern admitting no
-            permutation.
+            permutation or a call under ``torch.vmap``.
 
     Examples:
         >>> log_alpha = torch.randn(3, 3, requires_grad=True)
@@ -292,11 +293,14 @@ def gumbel_sinkhorn(
     # Shift each row's top to exactly 0 before dividing (exact for Sinkhorn, see the docstring):
     # (x - m) / tau then cannot reach +inf, however small tau is. Masked entries are replaced by
     # 0 before the division, so that no -inf / tau term appears in tau's gradient (0 * inf = NaN),
-    # and restored to -inf after it. The floor keeps finite entries finite for a tiny tau.
+    # and restored to -inf after it. The floor keeps finite entries finite for a tiny tau, and
+    # divide_by_tau gives a tensor tau exactly 0 gradient from the entries that overflowed there.
     d = (x - x.detach().amax(-1, keepdim=True)).masked_fill(masked, 0.0)
     floor = -torch.finfo(cdt).max / 8
-    s = (d / t).clamp_min(floor).masked_fill(masked, float("-inf"))
+    s = divide_by_tau(d, t).clamp_min(floor).masked_fill(masked, float("-inf"))
     y = _log_sinkhorn(s, n_iters).exp().to(log_alpha.dtype)
     if not bool(hard):
         return y
+    if in_vmap():  # the assignment is solved on the host, one matrix at a time
+        raise GumbelkitValueError(prefixed(fn, "expected hard=False under torch.vmap, got hard=True"))
     return permutation_straight_through(y, _assignment(x.detach(), fn))

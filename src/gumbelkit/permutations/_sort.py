@@ -7,6 +7,7 @@ import numbers
 
 import torch
 
+from .._autograd import divide_by_tau
 from .._internals import log_exp_noise, prepare_tau
 from .._policy import compute_dtype
 from .._validation import Tau, check_dtype, check_generator, normalize_dim, prefixed, shape_str
@@ -86,8 +87,18 @@ def neural_sort(
     gradient of :math:`\hat P` (straight-through, through
     :func:`gumbelkit.structured.permutation_straight_through`).
 
-    Numerics: each row's logits are shifted to a top of exactly 0 before dividing by tau (the
-    softmax is shift-invariant), so a small tau gives -inf (weight 0) rather than inf - inf = NaN.
+    Numerics: the softmax of row i is invariant to a constant added to the row, and with
+    :math:`t = \operatorname{sort}_\downarrow(s)` and the row constant
+    :math:`\sum_{m > i} t_m - \sum_{m < i} t_m` taken away, the logits become
+
+    .. math::
+
+        -2 \sum_{m > i} (t_m - s_j)_+ \; - \; 2 \sum_{m < i} (s_j - t_m)_+ \; - \; |s_j - t_i|,
+
+    sums of non-negative differences of scores: no term of size :math:`n \max|s|` is formed, so
+    nothing cancels (scores of 1e30 keep the order of items that differ by 1) or overflows
+    into inf - inf, and the item holding :math:`t_i` gets exactly 0, the top of its row. A small
+    tau then gives -inf (weight 0) rather than NaN. Same values and gradients as the formula above.
 
     Args:
         scores: finite scores (..., n), any floating dtype (float16 / bfloat16 computed in float32).
@@ -129,16 +140,18 @@ def neural_sort(
     s = scores.to(cdt).contiguous()  # layout-independent rounding of the reductions
     if bool(stochastic):
         s = s - log_exp_noise(scores.shape, generator, scores.device, cdt)  # s + g, g = -log E
-    n = s.shape[-1]
-    b = (s.unsqueeze(-1) - s.unsqueeze(-2)).abs().sum(-1)  # (A_s 1)_j = sum_l |s_j - s_l|
-    coef = n + 1 - 2 * torch.arange(1, n + 1, device=s.device, dtype=cdt)
-    logits = coef.unsqueeze(-1) * s.unsqueeze(-2) - b.unsqueeze(-2)  # (..., n, n)
-    # top of each row at exactly 0 before dividing: a tiny tau cannot give inf - inf in the softmax
-    logits = logits - logits.detach().amax(-1, keepdim=True)
-    p = torch.softmax(logits / _batch_tau(tau, cdt), -1).to(scores.dtype)
+    t, perm = torch.sort(s, dim=-1, descending=True, stable=True)
+    diff = t.unsqueeze(-1) - s.unsqueeze(-2)  # (..., m, j): t_m - s_j
+    zero = diff.new_zeros(diff.shape[:-2] + (1,) + diff.shape[-1:])
+    # sum_{m > i} (t_m - s_j)_+ and sum_{m < i} (s_j - t_m)_+ as exclusive cumulative sums along m
+    # (the zero row first, never a total minus a partial sum, which would cancel)
+    above = torch.cat([zero, diff.clamp_min(0).flip(-2).cumsum(-2)[..., :-1, :]], -2).flip(-2)
+    below = torch.cat([zero, (-diff).clamp_min(0).cumsum(-2)[..., :-1, :]], -2)
+    logits = -2.0 * (above + below) - diff.abs()  # (..., i, j), exactly 0 at j = perm[i]
+    # divide_by_tau: a tensor tau gets exactly 0 gradient from the entries at -inf or overflowed
+    p = torch.softmax(divide_by_tau(logits, _batch_tau(tau, cdt)), -1).to(scores.dtype)
     if not bool(hard):
         return p
-    perm = torch.sort(s.detach(), dim=-1, descending=True, stable=True).indices
     return permutation_straight_through(p, perm)
 
 
@@ -207,4 +220,5 @@ def soft_sort(scores: torch.Tensor, tau: Tau = 1.0, p: float = 1) -> torch.Tenso
     d = (top.unsqueeze(-1) - s.unsqueeze(-2)).abs()
     if float(p) != 1.0:
         d = d.pow(float(p))
-    return torch.softmax(-d / _batch_tau(tau, cdt), -1).to(scores.dtype)
+    # divide_by_tau: a tensor tau gets exactly 0 gradient from the entries that overflowed
+    return torch.softmax(divide_by_tau(-d, _batch_tau(tau, cdt)), -1).to(scores.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._autograd import divide_by_tau
 from .._internals import log_exp_noise, prepare_tau, theta_shift
 from .._policy import compute_dtype
 from .._validation import Tau, check_generator, check_logits_scale, check_tau
@@ -120,7 +121,9 @@ def relaxed_topk(
     y = torch.zeros_like(r)
     for j in range(k):
         top = r.detach().amax(-1, keepdim=True)  # finite: every row has an unmasked item
-        s = ((r - top) / t).clamp_min(floor).masked_fill(masked, float("-inf"))
+        # divide_by_tau: a tensor tau's gradient is exactly 0 from the masked (-inf) and the
+        # overflowed (clamped) entries, which do not depend on tau, instead of 0 * inf = NaN
+        s = divide_by_tau(r - top, t).clamp_min(floor).masked_fill(masked, float("-inf"))
         lse = torch.logsumexp(s, -1, keepdim=True)
         log_a = s - lse
         y = y + log_a.exp()

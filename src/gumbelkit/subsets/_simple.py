@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._autograd import log_cumsum_exp
 from .._policy import compute_dtype
 from .._validation import check_generator, check_logits
 from ..estimators._registry import register
@@ -12,53 +13,87 @@ from ..structured import check_subset_size, khot_straight_through
 __all__ = ["simple", "topk_marginals"]
 
 
-def _log_zero(cdt: torch.dtype) -> float:
-    """A finite stand-in for log 0 (masked items, empty sums).
+def _log_zero(n: int) -> float:
+    """A finite stand-in for log 0 in the tables of n items: below every value that matters by > 2000.
 
-    -sqrt(finfo.max) (-1.8e19 in float32): exp of it minus any realistic log e_j underflows to an
-    exact 0, sums of up to ~1e19 of them stay finite, and -- unlike -inf -- logaddexp /
-    logcumsumexp of two of them have a finite gradient (with -inf it is exp(-inf + inf) = NaN).
+    Every table entry that matters is a log-probability-like number >= -(n log 2 + 750) or a
+    normalised log e_j in [0, n log 2] (see :func:`_tables`), so entries built from this value
+    (which only ever add to it, never subtract it) sit more than 2000 below them: exp of the
+    difference is an exact 0 in float32 and float64, in values and in gradients. A true -inf
+    would be as exact in the values but gives NaN gradients (-inf - -inf in the logsumexps).
     """
-    return -(torch.finfo(cdt).max ** 0.5)
-
-
-def _prefix_tables(lw: torch.Tensor, k: int) -> torch.Tensor:
-    r"""log e_j(w_0, ..., w_{i-1}) for j = 0..k and i = 0..n: shape (..., k + 1, n + 1).
-
-    lw: (..., n) log-weights (log odds), masked entries already replaced by the log-zero.
-    Recursion: e_j(first i+1) = e_j(first i) + w_i e_{j-1}(first i), which telescopes to
-    e_j(first i+1) = sum_{i' <= i} w_{i'} e_{j-1}(first i'): one logcumsumexp per j, O(nk) in all.
-    """
-    zero = _log_zero(lw.dtype)
-    pad = lw.new_full(lw.shape[:-1] + (1,), zero)
-    rows = [torch.zeros_like(torch.cat([pad, lw], -1))]  # e_0 = 1 for every prefix
-    for _ in range(k):
-        prev = rows[-1][..., :-1]  # e_{j-1}(first i'), i' = 0..n-1
-        rows.append(torch.cat([pad, torch.logcumsumexp(lw + prev, -1)], -1))
-    return torch.stack(rows, -2)
+    return -(float(n) + 2048.0)
 
 
 def _prepare(logits: torch.Tensor, k, dim: int, fn: str):
-    """Checks; returns (dim, k, log-weights in the compute dtype with dim last, masked)."""
+    """Checks; returns (dim, k, logits in the compute dtype with dim last, masked = -inf)."""
     d = check_logits(logits, dim, fn=fn)
     k = check_subset_size(k, logits, d, fn=fn)
-    cdt = compute_dtype(logits.dtype)
-    lw = logits.to(cdt).movedim(d, -1)
-    masked = lw.detach() == float("-inf")
-    return d, k, lw.masked_fill(masked, _log_zero(cdt)), masked
+    return d, k, logits.to(compute_dtype(logits.dtype)).movedim(d, -1)
 
 
-def _marginals(lw: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(marginals, prefix tables) for log-weights lw (..., n), dim last, in the compute dtype."""
-    pre = _prefix_tables(lw, k)  # (..., k+1, n+1): log e_j(w_0..w_{i-1})
-    suf = _prefix_tables(lw.flip(-1), k - 1).flip(-1)  # (..., k, n+1): log e_j(w_i..w_{n-1})
+def _tables(lw: torch.Tensor, k: int):
+    r"""The inside tables of the sorted items: (order, terms A, normalised prefix tables n, log zero).
+
+    lw: (..., n) logits, dim last, masked = -inf. Items are sorted in decreasing order
+    (:math:`t_0 \ge t_1 \ge \dots`, masked last), so the heaviest j-subset of every prefix of
+    i >= j items is the first j items, of log-weight :math:`C_j = \sum_{l < j} t_l`. The tables
+    hold :math:`n_j(i) = \log e_j(w_{t_0}, \dots, w_{t_{i-1}}) - C_j` for j = 0..k, i = 0..n
+    (shape (..., k + 1, n + 1)): 0 for i = j, growing to at most :math:`\log\binom{i}{j}`, whatever
+    the spread of the logits. The recursion :math:`e_j(\text{first } i+1) = \sum_{i' \le i} w_{i'}
+    e_{j-1}(\text{first } i')` becomes one log-cumsum-exp per j over the terms
+
+    .. math:: A_j(i') = (t_{i'} - t_{j-1}) + n_{j-1}(i'),
+
+    and :math:`t_{i'} - t_{j-1} \le 0` wherever :math:`n_{j-1}(i')` is a real entry (i' >= j - 1):
+    a single difference of two logits, never a sum of large numbers, so logits of 1e30 keep the
+    weights of items that differ by 1. The difference is clamped to [log zero, 0]: to 0 at the
+    entries i' < j - 1 (no (j-1)-subset there: the term must stay negligible), to the log zero for
+    masked items (-inf: exactly 0 weight, and the clamp sends them an exact 0 gradient).
+    """
+    t, order = lw.sort(dim=-1, descending=True, stable=True)
+    n = t.shape[-1]
+    zero = _log_zero(n)
+    pad = t.new_full(t.shape[:-1] + (1,), zero)
+    tables = [torch.zeros_like(torch.cat([pad, t], -1))]  # n_0 = log e_0 - C_0 = 0
+    terms = []
+    for j in range(1, k + 1):
+        # t_{j-1} is finite: a row has at least k >= j unmasked items, sorted first
+        a = (t - t[..., j - 1 : j]).clamp(zero, 0.0) + tables[-1][..., :n]
+        terms.append(a)
+        tables.append(torch.cat([pad, log_cumsum_exp(a)], -1))
+    return order, torch.stack(terms, -2), torch.stack(tables, -2), zero
+
+
+def _marginals(lw: torch.Tensor, k: int):
+    r"""(marginals, order, terms, tables) for logits lw (..., n), dim last, in the compute dtype.
+
+    The marginals are the inside-outside sums of :func:`_tables`' recursion: with
+    :math:`F = n_k(n)` (log e_k up to the constant :math:`C_k`) and :math:`\beta_j(i) = \partial F /
+    \partial n_j(i)` (starting from :math:`\beta_k(n) = 1`), the weight of item i' as the j-th chosen
+    item (in sorted order) is
+
+    .. math:: \gamma_j(i') = \exp\Bigl(A_j(i') + \log\sum_{i \ge i'} \beta_j(i+1)\,
+              e^{-n_j(i+1)}\Bigr), \qquad \beta_{j-1}(i') = \gamma_j(i'),
+
+    and :math:`\mu_{i'} = \sum_j \gamma_j(i')`: each level's weights sum to 1, so the marginals
+    sum to k. Every quantity is a log of a probability (<= 0) or a normalised table entry; entries
+    of log-tables below the first real one (i + 1 < j) are replaced by the log zero before any
+    subtraction, so no two stand-ins are ever subtracted.
+    """
+    order, terms, tables, zero = _tables(lw, k)
     n = lw.shape[-1]
-    # e_{k-1}(w without i) = sum_{a=0}^{k-1} e_a(w_0..w_{i-1}) e_{k-1-a}(w_{i+1}..w_{n-1})
-    left = pre[..., :k, :n]  # a = 0..k-1, items before i
-    right = suf[..., :, 1:].flip(-2)  # row a holds j = k-1-a, items after i
-    without_i = torch.logsumexp(left + right, -2)
-    log_ek = pre[..., k, n : n + 1]
-    return (lw + without_i - log_ek).exp(), pre
+    pos = torch.arange(1, n + 1, device=lw.device)  # i + 1 for i = 0..n-1
+    pad = lw.new_full(lw.shape[:-1] + (1,), zero)
+    beta = torch.cat([lw.new_full(lw.shape[:-1] + (n,), zero), torch.zeros_like(pad)], -1)  # log beta_k
+    mu = torch.zeros_like(lw)
+    for j in range(k, 0, -1):
+        term = torch.where(pos >= j, beta[..., 1:] - tables[..., j, 1:], zero)
+        log_gamma = terms[..., j - 1, :] + log_cumsum_exp(term.flip(-1)).flip(-1)
+        mu = mu + log_gamma.exp()
+        beta = torch.cat([log_gamma, pad], -1)
+    # back to the items' own order: position l of the sorted row holds item order[l]
+    return mu.gather(-1, order.argsort(-1)), order, terms, tables
 
 
 def topk_marginals(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
@@ -74,18 +109,20 @@ def topk_marginals(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
         \mu_i = P(z_i = 1 \mid \textstyle\sum z = k) = \frac{w_i \, e_{k-1}(w_{\setminus i})}{e_k(w)}
         = \frac{\partial \log e_k(w)}{\partial \theta_i}.
 
-    The tables :math:`\log e_j` of every prefix and suffix of the items come from the recursion
-    :math:`e_j(w_{1..i}) = e_j(w_{1..i-1}) + w_i e_{j-1}(w_{1..i-1})`, in log space
-    (logcumsumexp), and
-    :math:`e_{k-1}(w_{\setminus i}) = \sum_{a=0}^{k-1} e_a(w_{<i}) \, e_{k-1-a}(w_{>i})`:
-    O(nk) work, no subtraction (so no cancellation), stable for logits far beyond [-80, 80]. This
-    explicit prefix / suffix form is used rather than autograd of :math:`\log e_k` (which SIMPLE
-    uses): it is the same exact quantity, it works under ``torch.no_grad`` / inference mode, and its
-    own gradient (which :func:`simple` backpropagates) is ordinary first-order autograd rather than a
-    double backward through the recursion.
+    The conditional law is unchanged when every logit moves by the same constant, and the
+    computation uses only differences of logits: the items are sorted, the tables hold
+    :math:`\log e_j` of every prefix divided by its heaviest subset (values in
+    :math:`[0, \log\binom{n}{j}]`, whatever the logits), built by the recursion
+    :math:`e_j(w_{1..i}) = e_j(w_{1..i-1}) + w_i e_{j-1}(w_{1..i-1})` as one log-cumsum-exp per j,
+    and the marginals come from the matching backward (outside) pass, in which every number is the
+    log of a probability: O(nk) work, no subtraction of large numbers and no overflow, so the
+    result is right for any spread of finite logits (1e30 against 1 included). This explicit form
+    is used rather than autograd of :math:`\log e_k` (which SIMPLE uses): it is the same exact
+    quantity, it works under ``torch.no_grad`` / inference mode, and its derivatives of every order
+    are finite and exact (the log-cumsum-exp is :func:`gumbelkit._autograd.log_cumsum_exp`).
 
-    The marginals sum to k along ``dim`` (in float32, up to ~1e-5 where the logits reach +-80:
-    the log e_j are then of size 80k); masked (-inf) logits get exactly 0 (and zero gradient).
+    The marginals sum to k along ``dim`` up to rounding; masked (-inf) logits get exactly 0 (and
+    zero gradient), and never meet a finite stand-in that a very negative real logit could reach.
     float16 / bfloat16 are computed in float32; the result has the logits' dtype.
 
     Args:
@@ -108,9 +145,8 @@ def topk_marginals(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     Reference: Kareem Ahmed, Zhe Zeng, Mathias Niepert and Guy Van den Broeck, "SIMPLE: A Gradient
     Estimator for k-Subset Sampling", ICLR 2023.
     """
-    d, k, lw, _ = _prepare(logits, k, dim, "topk_marginals")
-    mu, _ = _marginals(lw, k)
-    return mu.movedim(-1, d).to(logits.dtype)
+    d, k, lw = _prepare(logits, k, dim, "topk_marginals")
+    return _marginals(lw, k)[0].movedim(-1, d).to(logits.dtype)
 
 
 @register(
@@ -164,28 +200,33 @@ def simple(logits: torch.Tensor, k: int, dim: int = -1, *, generator: torch.Gene
     Estimator for k-Subset Sampling", ICLR 2023.
     """
     fn = "simple"
-    d, k, lw, masked = _prepare(logits, k, dim, fn)
+    d, k, lw = _prepare(logits, k, dim, fn)
     check_generator(generator, logits.device, fn)
-    mu, pre = _marginals(lw, k)
+    mu, order, terms, tables = _marginals(lw, k)
     n = lw.shape[-1]
+    # one uniform per position of the sorted row (the sort is stable and of the logical values, so
+    # the sample does not depend on the memory layout)
     u = torch.rand(lw.shape, generator=generator, device=lw.device, dtype=lw.dtype)
     with torch.no_grad():
-        pre = pre.detach()
-        lwd = lw.detach()
-        free = (~masked).to(torch.int64)
-        free_upto = free.cumsum(-1)  # unmasked items among 0..i
+        terms, tables = terms.detach(), tables.detach()
+        # masked items are sorted last: the unmasked ones among sorted positions 0..i
+        n_free = torch.isfinite(lw.detach()).sum(-1, keepdim=True)
+        free_upto = torch.minimum(torch.arange(1, n + 1, device=lw.device), n_free)
         r = torch.full(lw.shape[:-1] + (1,), k, dtype=torch.int64, device=lw.device)
-        take = torch.zeros_like(masked)
+        takes = []  # out of place (a list, stacked at the end): under vmap the draws are batched
         for i in range(n - 1, -1, -1):
-            rc = r.clamp_min(1)
-            num = lwd[..., i : i + 1] + pre[..., i].gather(-1, rc - 1)  # w_i e_{r-1}(first i)
-            den = pre[..., i + 1].gather(-1, rc)  # e_r(first i+1)
+            rc = r.clamp_min(1).unsqueeze(-1)
+            # P(take i | r left) = w_i e_{r-1}(first i) / e_r(first i + 1) = exp(A_r(i) - n_r(i + 1)):
+            # both normalised by the same heaviest subset, so the ratio of two moderate numbers
+            num = terms[..., i].unsqueeze(-1).gather(-2, rc - 1).squeeze(-1)
+            den = tables[..., i + 1].unsqueeze(-1).gather(-2, rc).squeeze(-1)
             p = (num - den).exp()
             # r > 0 and unmasked; forced when every remaining unmasked item is needed (p is then
             # 1 up to rounding, which must not leave the subset short).
-            t = (r > 0) & (free[..., i : i + 1] > 0) & ((u[..., i : i + 1] < p) | (r >= free_upto[..., i : i + 1]))
-            take[..., i : i + 1] = t
+            t = (r > 0) & (i < n_free) & ((u[..., i : i + 1] < p) | (r >= free_upto[..., i : i + 1]))
+            takes.append(t)
             r = r - t.to(torch.int64)
-        index = take.to(torch.int8).topk(k, -1).indices
+        take = torch.cat(takes[::-1], -1)
+        index = order.gather(-1, take.to(torch.int8).topk(k, -1).indices)
     y = khot_straight_through(mu, index, -1)
     return y.movedim(-1, d).to(logits.dtype)
