@@ -181,7 +181,7 @@ def _rows() -> list[Row]:
     ]
     for m, spec in sorted(gk.binary.METHODS.items()):
         if spec.kind == "sample":
-            out = "bits" if spec.hard else "unit"
+            out = "bits" if spec.one_hot else "unit"
             rows.append(
                 Row(
                     f"binary.sample:{m}",
