@@ -70,7 +70,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import gumbelkit as gk  # noqa: E402
-from gumbelkit import _triton_ops  # noqa: E402
+from gumbelkit._core import gpu as _triton_ops  # noqa: E402
 
 DRY = ARGS.dry_run
 DEV = torch.device("cpu" if DRY else "cuda")

@@ -27,7 +27,8 @@ import time
 import torch
 
 import gumbelkit
-from gumbelkit import _noise, kernels
+from gumbelkit._core import kernels
+from gumbelkit._core import noise as _noise
 
 from .harness import interleaved
 

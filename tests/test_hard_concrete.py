@@ -8,7 +8,7 @@ import torch
 from scipy import integrate
 
 from gumbelkit import GumbelkitError
-from gumbelkit._noise import logistic_noise
+from gumbelkit._core.noise import logistic_noise
 from gumbelkit.distributions import HardConcrete
 from gumbelkit.nn import L0Gate
 

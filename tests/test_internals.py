@@ -1,4 +1,4 @@
-"""The unchecked building blocks in gumbelkit._internals: argmax and its one-hot without ATen's argmax.
+"""The unchecked building blocks in gumbelkit._core.numerics: argmax and its one-hot without ATen's argmax.
 
 ``argmax_one_hot`` must be bit-for-bit ``one_hot(argmax(z))`` and ``argmax_index_`` must be
 ``argmax(z, keepdim=True)``: ties to the lowest index, any dim, any layout, any dtype, and the same
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import gumbelkit as gk
-from gumbelkit import _internals
-from gumbelkit._internals import argmax_index_, argmax_one_hot, one_hot
+from gumbelkit._core import numerics as _internals
+from gumbelkit._core.numerics import argmax_index_, argmax_one_hot, one_hot
 
 NEG_INF = float("-inf")
 

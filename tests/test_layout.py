@@ -56,12 +56,12 @@ def test_core_modules_import_only_public_names_listed_in_all(path):
 @pytest.mark.parametrize(
     "module",
     [
-        "gumbelkit._policy",
-        "gumbelkit._validation",
-        "gumbelkit._internals",
-        "gumbelkit._autograd",
+        "gumbelkit._core.policy",
+        "gumbelkit._core.validation",
+        "gumbelkit._core.numerics",
+        "gumbelkit._core.autograd",
         "gumbelkit._sampling",
-        "gumbelkit._noise",
+        "gumbelkit._core.noise",
         "gumbelkit._kl",
         "gumbelkit.errors",
         "gumbelkit.structured",
@@ -76,7 +76,8 @@ def test_every_module_has_an_explicit_all(module):
 
 
 def test_one_dtype_rule():
-    from gumbelkit import _policy, _validation
+    from gumbelkit._core import policy as _policy
+    from gumbelkit._core import validation as _validation
     from gumbelkit.kernels import _fused
 
     assert _validation.compute_dtype is _policy.compute_dtype and _fused.compute_dtype is _policy.compute_dtype
@@ -92,6 +93,18 @@ def test_one_dtype_rule():
 
 def test_backwards_compatible_names_stay_importable():
     # estimators/ and kernels/ imported these from gumbelkit._sampling / _validation before the split
+    from gumbelkit._core.validation import (  # noqa: F401
+        DimError,
+        Tau,
+        check_dtype,
+        check_generator,
+        check_logits,
+        check_positive_int,
+        check_sample_args_scale,
+        compute_dtype,
+        shape_str,
+        skip_value_checks,
+    )
     from gumbelkit._sampling import (  # noqa: F401
         _SHIFT_ABOVE,
         _lean,
@@ -109,16 +122,4 @@ def test_backwards_compatible_names_stay_importable():
         tempered_core,
         tempered_softmax,
         theta_shift,
-    )
-    from gumbelkit._validation import (  # noqa: F401
-        DimError,
-        Tau,
-        check_dtype,
-        check_generator,
-        check_logits,
-        check_positive_int,
-        check_sample_args_scale,
-        compute_dtype,
-        shape_str,
-        skip_value_checks,
     )

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import gumbelkit as gk
-from gumbelkit import _autograd, _internals
+from gumbelkit._core import autograd as _autograd
+from gumbelkit._core import numerics as _internals
 
 NEG_INF = float("-inf")
 

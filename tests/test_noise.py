@@ -57,7 +57,7 @@ def test_float32_uniforms_are_cell_midpoints():
 def test_exact_construction_reaches_documented_extremes():
     # One bit picks the half of (0, 1), the rest give v = (m + 1/2) 2^-32 (2^-64): the extreme
     # words give the documented extremes of g = -log E exactly.
-    from gumbelkit import _noise
+    from gumbelkit._core import noise as _noise
 
     w32 = torch.tensor([0, -(2**31), 2**31 - 1, -1], dtype=torch.int32)
     g32 = -_noise.exp_from_words32(w32, log=True).double()
@@ -74,7 +74,7 @@ def test_exact_construction_reaches_documented_extremes():
 def test_cpu_float32_tail_cells_are_refined_from_fresh_words(monkeypatch):
     # The CPU float32 path: body cells give u = (2m + 1) 2^-24; the 16 outermost cells at each
     # end are redrawn from fresh words: U = p V (low tail) or 1 - U = p V (high tail), p = 2^-19.
-    from gumbelkit import _noise
+    from gumbelkit._core import noise as _noise
 
     cells = [0, 15, 16, (1 << 23) - 17, (1 << 23) - 16, (1 << 23) - 1]
     fresh = [-(2**31), -(2**31), -(2**31), 2**31 - 1]  # V = 2^-33 (three times), 1 - 2^-33
@@ -107,7 +107,7 @@ def test_cpu_float32_tail_cells_are_refined_from_fresh_words(monkeypatch):
 def test_tail_refinement_follows_the_conditional_law():
     # E restricted to a tail region must follow Exp(1) conditioned on that region. KS test of
     # the refined values against the exact conditional CDFs (alpha = ALPHA, fixed seed).
-    from gumbelkit import _noise
+    from gumbelkit._core import noise as _noise
 
     n = 200_000
     gen = _gen(31)
@@ -169,7 +169,7 @@ def test_float64_noise_on_request_and_errors():
 
 @pytest.mark.parametrize("n", [7, (1 << 15) + 1])  # the torch-generator path and the NumPy SFC64 path
 def test_random_words_reproducible_keyed_by_the_generator_only(n):
-    from gumbelkit import _noise
+    from gumbelkit._core import noise as _noise
 
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
     a = _noise._random_words(n, _gen(21), "cpu")

@@ -27,7 +27,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 import gumbelkit as gk  # noqa: E402
-from gumbelkit import _triton_ops as T  # noqa: E402
+from gumbelkit._core import gpu as T  # noqa: E402
 from gumbelkit.kernels import _triton_noise as noise  # noqa: E402
 from gumbelkit.kernels._philox import as_int32, counter_exponential, exp_from_word64, join64  # noqa: E402
 

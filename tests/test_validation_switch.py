@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import gumbelkit as gk
-from gumbelkit._policy import check_mode, skip_value_checks
+from gumbelkit._core.policy import check_mode, skip_value_checks
 
 NAN, NEG_INF, POS_INF = float("nan"), float("-inf"), float("inf")
 

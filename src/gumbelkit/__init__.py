@@ -2,9 +2,9 @@
 Concrete distributions and temperature schedules for PyTorch."""
 
 from . import binary, decoding, distributions, errors, nn, permutations, schedules, structured, subsets
+from ._core.noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
+from ._core.policy import get_validation, set_validation, validation
 from ._kl import kl_categorical
-from ._noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
-from ._policy import get_validation, set_validation, validation
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
 from .errors import (
     DimError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._policy import check_mode
-from ._validation import check_dtype, check_values, normalize_dim, shape_str
+from ._core.policy import check_mode
+from ._core.validation import check_dtype, check_values, normalize_dim, shape_str
 from .errors import GumbelkitValueError
 
 __all__ = ["kl_categorical"]

@@ -2,11 +2,11 @@
 
 Layout of the sampling code:
 
-* :mod:`gumbelkit._policy` -- the dtype rule and the execution-context rules;
-* :mod:`gumbelkit._validation` -- the argument checks (every message names the public function);
-* :mod:`gumbelkit._internals` -- unchecked building blocks: the numerical plan (theta shift,
+* :mod:`gumbelkit._core.policy` -- the dtype rule and the execution-context rules;
+* :mod:`gumbelkit._core.validation` -- the argument checks (every message names the public function);
+* :mod:`gumbelkit._core.numerics` -- unchecked building blocks: the numerical plan (theta shift,
   overflow guard), noise buffers, one-hot helpers;
-* :mod:`gumbelkit._autograd` -- the ``torch.autograd.Function`` classes;
+* :mod:`gumbelkit._core.autograd` -- the ``torch.autograd.Function`` classes;
 * this module -- the public functions, which validate once and call the pieces above.
 """
 
@@ -16,11 +16,11 @@ import warnings
 
 import torch
 
-from . import _triton_ops as _gpu
-from ._autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, tempered_core
-from ._autograd import softmax_grad as _softmax_grad
-from ._internals import SHIFT_ABOVE as _SHIFT_ABOVE
-from ._internals import (
+from ._core import gpu as _gpu
+from ._core.autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, tempered_core
+from ._core.autograd import softmax_grad as _softmax_grad
+from ._core.numerics import SHIFT_ABOVE as _SHIFT_ABOVE
+from ._core.numerics import (
     argmax_one_hot,
     gumbel_argmax,
     log_exp_noise,
@@ -33,11 +33,11 @@ from ._internals import (
     prepare_tau,
     theta_shift,
 )
-from ._internals import needs_grad as _needs_grad
-from ._internals import one_hot as _one_hot
-from ._policy import check_mode, compiling, compute_dtype
-from ._policy import lean as _lean
-from ._validation import (
+from ._core.numerics import needs_grad as _needs_grad
+from ._core.numerics import one_hot as _one_hot
+from ._core.policy import check_mode, compiling, compute_dtype
+from ._core.policy import lean as _lean
+from ._core.validation import (
     Tau,
     bad_rows,
     check_generator,
@@ -52,7 +52,7 @@ from ._validation import (
 from .errors import GumbelkitValueError
 
 # Backwards-compatible names: estimators/ imports these from here (some under their former private
-# names) since before the split; new code imports them from gumbelkit._internals / _autograd / _policy.
+# names) since before the split; new code imports them from gumbelkit._core.numerics / _autograd / _policy.
 _COMPAT = (one_hot_straight_through, one_hot_like, _softmax_grad, _SHIFT_ABOVE, _needs_grad, _one_hot, _lean)
 
 # Public (re-exported by gumbelkit): gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax;

@@ -9,10 +9,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._internals import argmax_index
+from ._core.numerics import argmax_index
+from ._core.policy import check_mode, in_vmap
+from ._core.validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from ._kl import kl_categorical
-from ._policy import check_mode, in_vmap
-from ._validation import check_dtype, check_int, check_tau, is_int, normalize_dim, shape_str
 from .distributions._hard_concrete import HardConcrete, check_limits
 from .errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
 from .estimators import METHODS, get_spec, sample

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from ._validation import check_int, shape_str
+from ._core.validation import check_int, shape_str
 from .errors import GumbelkitError, GumbelkitValueError
 
 __all__ = [

@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from .._autograd import divide_by_tau
-from .._internals import prepare_tau
-from .._noise import logistic_noise
-from .._policy import compute_dtype, skip_value_checks
-from .._validation import Tau, check_dtype, check_generator, check_tau, shape_str, tau_like
+from .._core.autograd import divide_by_tau
+from .._core.noise import logistic_noise
+from .._core.numerics import prepare_tau
+from .._core.policy import compute_dtype, skip_value_checks
+from .._core.validation import Tau, check_dtype, check_generator, check_tau, shape_str, tau_like
 from ..errors import GumbelkitValueError
 from ..estimators._registry import OptionSpec, get_spec, register
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from .._noise import uniform_open
-from .._policy import compute_dtype
-from .._validation import check_generator, shape_str
+from .._core.noise import uniform_open
+from .._core.policy import compute_dtype
+from .._core.validation import check_generator, shape_str
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, get_spec, register
 from ._sample import check_binary_logits, logistic_like

@@ -4,7 +4,7 @@ Every argument may be a Python number (checked at once, whatever the device) or 
 tensor of shape (B,) (or 0-d, which applies to every row). A number out of range always raises.
 The *values* inside a parameter tensor are data: they are checked like the logits, by the
 validation mode (:func:`gumbelkit.get_validation`, resolved per tensor by
-``gumbelkit._policy.check_mode``) -- ``"raise"`` reads them and raises naming the row,
+``gumbelkit._core.policy.check_mode``) -- ``"raise"`` reads them and raises naming the row,
 ``"device"`` and ``"off"`` never read them on the host and turn a bad row's token into -1.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._policy import compute_dtype
-from .._validation import check_dtype, check_generator, is_int, prefixed, shape_str
+from .._core.policy import compute_dtype
+from .._core.validation import check_dtype, check_generator, is_int, prefixed, shape_str
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 
 __all__ = ["FN", "RowParams", "check_logits_2d", "raise_bad_rows", "row_keys", "row_params"]

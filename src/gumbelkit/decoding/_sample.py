@@ -6,7 +6,7 @@ from typing import Literal, overload
 
 import torch
 
-from .._policy import check_mode
+from .._core.policy import check_mode
 from ._params import check_logits_2d, raise_bad_rows, row_keys, row_params
 from ._torch import row_maxima, sample_rows
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .._policy import compute_dtype
+from .._core.policy import compute_dtype
 from ._counter import gumbel_at, gumbel_range
 from ._params import RowParams
 

@@ -57,10 +57,10 @@ from torch.distributions import Distribution, TransformedDistribution, constrain
 from torch.distributions.transforms import ExpTransform
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
-from .._autograd import divide_by_tau, one_hot_straight_through
-from .._noise import gumbel_noise, logistic_noise
-from .._policy import compute_dtype, skip_value_checks
-from .._validation import check_dtype, check_generator, check_values, shape_str
+from .._core.autograd import divide_by_tau, one_hot_straight_through
+from .._core.noise import gumbel_noise, logistic_noise
+from .._core.policy import compute_dtype, skip_value_checks
+from .._core.validation import check_dtype, check_generator, check_values, shape_str
 from ..errors import GumbelkitError, GumbelkitTypeError, GumbelkitValueError
 
 __all__ = ["BinaryConcrete", "Concrete", "ExpConcrete", "StraightThroughConcrete"]

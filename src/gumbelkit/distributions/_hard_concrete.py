@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch.distributions import Distribution, constraints
 
-from .._validation import check_dtype
+from .._core.validation import check_dtype
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ._concrete import (
     _NO_SAMPLE_DIMS,

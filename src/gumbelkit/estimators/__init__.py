@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .._validation import Tau
+from .._core.validation import Tau
 from . import _basic, _decoupled, _gapped, _gumbel_rao, _reinmax, _score_function  # noqa: F401  (importing registers the methods)
 from ._basic import (
     gumbel_softmax_estimator,

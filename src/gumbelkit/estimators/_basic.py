@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._policy import compute_dtype
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
 from .._sampling import (
     _needs_grad,
     checked_gumbel_softmax,
@@ -16,7 +17,6 @@ from .._sampling import (
     tempered_core,
     theta_shift,
 )
-from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import register
 
 __all__ = ["gumbel_softmax_estimator", "softmax_estimator", "st_estimator", "st_gumbel_estimator"]

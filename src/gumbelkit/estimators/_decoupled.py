@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import _triton_ops as _gpu
-from .._internals import argmax_index_, log_exp_noise, noise_plan, one_hot_like
-from .._policy import compute_dtype
+from .._core import gpu as _gpu
+from .._core.numerics import argmax_index_, log_exp_noise, noise_plan, one_hot_like
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
 from .._sampling import (
     _needs_grad,
     checked_gumbel_softmax,
@@ -15,7 +16,6 @@ from .._sampling import (
     prepare_tau,
     tempered_core,
 )
-from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import OptionSpec, register
 
 __all__ = ["decoupled_st_gumbel_estimator"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._internals import one_hot
-from .._policy import compute_dtype
+from .._core.numerics import one_hot
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
 from .._sampling import (
     _needs_grad,
     gumbel_argmax,
@@ -16,7 +17,6 @@ from .._sampling import (
     tempered_core,
     theta_shift,
 )
-from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import OptionSpec, register
 
 __all__ = ["gapped_logits", "gapped_st_estimator"]

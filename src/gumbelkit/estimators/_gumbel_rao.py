@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import torch
 
-from .. import _triton_ops as _gpu
-from .._autograd import softmax_grad
-from .._internals import log_exp_noise, one_hot
-from .._policy import compiling, compute_dtype, functorch_active, in_vmap
+from .._core import gpu as _gpu
+from .._core.autograd import softmax_grad
+from .._core.numerics import log_exp_noise, one_hot
+from .._core.policy import compiling, compute_dtype, functorch_active, in_vmap
+from .._core.validation import (
+    Tau,
+    check_generator,
+    check_positive_int,
+    check_sample_args_scale,
+    mark_bad_rows,
+)
 from .._sampling import (
     _SHIFT_ABOVE,
     _needs_grad,
@@ -33,13 +40,6 @@ from .._sampling import (
     prepare_tau,
     tempered_core,
     theta_shift,
-)
-from .._validation import (
-    Tau,
-    check_generator,
-    check_positive_int,
-    check_sample_args_scale,
-    mark_bad_rows,
 )
 from ._registry import OptionSpec, register
 
@@ -72,7 +72,7 @@ def _draw_log_e(base: int | torch.Tensor, j0: int, j1: int, shape, device, dtype
     """log E for draws j0..j1-1, shape (j1 - j0, *shape).
 
     Draw j: with a device key, the counter noise of its stream c3 + j (see
-    :func:`gumbelkit._triton_ops.log_exponential`); with a host word, its own generator seeded
+    :func:`gumbelkit._core.gpu.log_exponential`); with a host word, its own generator seeded
     with mix(base + j).
     """
     parts = []

@@ -51,9 +51,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._internals import log_exp_noise
-from .._policy import compute_dtype
-from .._validation import check_generator, check_logits, shape_str
+from .._core.numerics import log_exp_noise
+from .._core.policy import compute_dtype
+from .._core.validation import check_generator, check_logits, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ._gumbel_rao import _condition
 from ._registry import OptionSpec, get_spec, register

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._policy import compute_dtype
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
 from .._sampling import (
     _lean,
     _needs_grad,
@@ -17,7 +18,6 @@ from .._sampling import (
     prepare_tau,
     theta_shift,
 )
-from .._validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import register
 
 __all__ = ["reinmax_estimator"]

@@ -9,14 +9,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .._sampling import gumbel_max
-from .._validation import (
+from .._core.validation import (
     check_dtype,
     check_generator,
     check_logits,
     shape_str,
     skip_value_checks,
 )
+from .._sampling import gumbel_max
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 from ._registry import OptionSpec, register
 

@@ -16,7 +16,7 @@ by each element's logical position (any memory layout gives the same sample), an
 work under ``torch.func.grad`` / ``torch.vmap`` (op by op there) and with double backward.
 """
 
-from .._triton_ops import triton_gumbel_max, triton_gumbel_softmax
+from .._core.gpu import triton_gumbel_max, triton_gumbel_softmax
 from ._fused import (
     FusedFallbackWarning,
     compile_times,

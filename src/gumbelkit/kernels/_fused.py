@@ -5,7 +5,7 @@ several B x K temporaries. Here the noise is a pure function of (key, position) 
 int32 words -- written in plain torch ops, so Inductor compiles noise + softmax (+ argmax and the
 one-hot for ``hard``) into one C++/OpenMP kernel on CPU, and the same code into Triton on CUDA.
 
-Noise: g = -log E with E ~ Exp(1) from the exact construction of :mod:`gumbelkit._noise` (one
+Noise: g = -log E with E ~ Exp(1) from the exact construction of :mod:`gumbelkit._core.noise` (one
 Philox word per float32 value, two per float64 value), so both tails of the Gumbel law are right
 up to the dtype's limits: g in [-3.13, 22.87] in float32 and [-3.81, 45.05] in float64 -- a class
 19 nats below the top of a 65,536-way row is drawn at its true rate.
@@ -47,10 +47,9 @@ import warnings
 
 import torch
 
-from .._autograd import softmax_grad as _softmax_grad
-from .._policy import compute_dtype
-from .._sampling import gumbel_softmax as _eager_gumbel_softmax
-from .._validation import (
+from .._core.autograd import softmax_grad as _softmax_grad
+from .._core.policy import compute_dtype
+from .._core.validation import (
     Tau,
     check_dtype,
     check_generator,
@@ -58,6 +57,7 @@ from .._validation import (
     check_values,
     normalize_dim,
 )
+from .._sampling import gumbel_softmax as _eager_gumbel_softmax
 from ._philox import gumbel_float32, gumbel_float64, philox4x32
 
 __all__ = [
@@ -115,7 +115,7 @@ def gumbel_noise_philox(n: int, key: torch.Tensor, dtype: torch.dtype = torch.fl
     one Philox call go to distant positions, so one call serves four (two) elements and the output
     is a plain concatenation (which Inductor fuses).
 
-    E ~ Exp(1) comes from :func:`gumbelkit._noise._exp_from_words32` / ``_exp_from_words64``: one
+    E ~ Exp(1) comes from :func:`gumbelkit._core.noise._exp_from_words32` / ``_exp_from_words64``: one
     bit picks the half of the unit interval and the small distance v to its end gives E = -log v
     or -log1p(-v), so both tails of g are exact up to the representable range.
 

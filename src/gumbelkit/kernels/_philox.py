@@ -15,7 +15,7 @@ partial products are formed in signed form (see :func:`_digit_product`). Values 
 (two's complement); ``>>`` on int32 is arithmetic, so every logical shift is followed by a mask.
 
 Words to Gumbel noise: :func:`gumbel_float32` (one word per value) and :func:`gumbel_float64` (two
-words per value) use the exact Exp(1) construction of :mod:`gumbelkit._noise`, so both tails are
+words per value) use the exact Exp(1) construction of :mod:`gumbelkit._core.noise`, so both tails are
 right down to the dtype's limits: g in [-3.13, 22.87] in float32 and [-3.81, 45.05] in float64
 (the 23-bit uniforms of :func:`uniform_float32` would stop at 16.6).
 """
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from .._noise import exp_from_words32 as _exp_from_words32
-from .._noise import exp_from_words64 as _exp_from_words64
+from .._core.noise import exp_from_words32 as _exp_from_words32
+from .._core.noise import exp_from_words64 as _exp_from_words64
 
 __all__ = [
     "PHILOX_M0",
@@ -166,7 +166,7 @@ def join64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
 def gumbel_float32(w: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) in float32 from one 32-bit word: g = -log E, E ~ Exp(1) exact in both tails.
 
-    E comes from :func:`gumbelkit._noise._exp_from_words32`: the sign bit of ``w`` picks the half
+    E comes from :func:`gumbelkit._core.noise._exp_from_words32`: the sign bit of ``w`` picks the half
     of the unit interval, the other 31 bits m give v = (m + 1/2) 2^-32 in (0, 1/2], and
     E = -log v or E = -log1p(-v), so E lies in [2^-33, 33 log 2] and g in [-3.13, 22.87]
     (-log(33 log 2) and 33 log 2). Small m -- either tail -- is exact; pure torch ops (Inductor, Triton).
@@ -194,7 +194,7 @@ def gumbel_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
 def exp_from_word64(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """E ~ Exp(1) in ``dtype`` from one 64-bit random word (int64 bit pattern), exact in both tails.
 
-    The construction of :func:`gumbelkit._noise.exp_from_words64` (the sign bit picks the half of
+    The construction of :func:`gumbelkit._core.noise.exp_from_words64` (the sign bit picks the half of
     the unit interval, v = (m + 1/2) 2^-64 from the other 63 bits, E = -log v or -log1p(-v)) with v
     and the logs evaluated in ``dtype``: float32 keeps v's relative precision (the conversion of m
     rounds to 24 significant bits, the float32 resolution of v itself, and small m is exact), so

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._policy import skip_value_checks
-from .._validation import Tau, check_tau, prefixed, shape_str
+from .._core.policy import skip_value_checks
+from .._core.validation import Tau, check_tau, prefixed, shape_str
 from ..errors import GumbelkitValueError
 
 __all__ = ["check_batch_tau", "check_finite"]

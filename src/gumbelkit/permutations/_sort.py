@@ -7,10 +7,10 @@ import numbers
 
 import torch
 
-from .._autograd import divide_by_tau
-from .._internals import log_exp_noise, prepare_tau
-from .._policy import compute_dtype
-from .._validation import Tau, check_dtype, check_generator, normalize_dim, prefixed, shape_str
+from .._core.autograd import divide_by_tau
+from .._core.numerics import log_exp_noise, prepare_tau
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_dtype, check_generator, normalize_dim, prefixed, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, register
 from ..structured import permutation_straight_through

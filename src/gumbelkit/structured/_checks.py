@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .._policy import skip_value_checks
-from .._validation import (
+from .._core.policy import skip_value_checks
+from .._core.validation import (
     check_dtype,
     check_int,
     check_values,

@@ -8,7 +8,7 @@ s(theta) of the same shape returns
     y = z + (s - \operatorname{stopgrad}(s)),
 
 whose value is exactly z and whose gradient is that of s. Here it is one autograd node,
-:class:`gumbelkit._autograd.ScatterStraightThrough` (forward: zeros with ones at given indices;
+:class:`gumbelkit._core.autograd.ScatterStraightThrough` (forward: zeros with ones at given indices;
 backward: the identity into ``soft``), shared with the categorical one-hot straight-through:
 the forward is exact (no ``s - s`` rounding), the backward is one pass, and it works under
 double backward and ``torch.vmap``.
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .._autograd import scatter_straight_through
-from .._internals import one_hot
-from .._policy import skip_value_checks
-from .._validation import (
+from .._core.autograd import scatter_straight_through
+from .._core.numerics import one_hot
+from .._core.policy import skip_value_checks
+from .._core.validation import (
     check_dtype,
     check_float_dtype,
     normalize_dim,

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._noise import exponential_noise
-from .._policy import compute_dtype
-from .._validation import Tau, check_generator, check_int, check_logits, check_tau
+from .._core.noise import exponential_noise
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_generator, check_int, check_logits, check_tau
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, register
 from ..structured import check_subset_size

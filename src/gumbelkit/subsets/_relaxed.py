@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .._autograd import divide_by_tau
-from .._internals import log_exp_noise, prepare_tau, theta_shift
-from .._policy import compute_dtype
-from .._validation import Tau, check_generator, check_logits_scale, check_tau
+from .._core.autograd import divide_by_tau
+from .._core.numerics import log_exp_noise, prepare_tau, theta_shift
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_generator, check_logits_scale, check_tau
 from ..estimators._registry import register
 from ..structured import check_subset_size, khot_straight_through
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from .._policy import compute_dtype
-from .._validation import shape_str
+from .._core.policy import compute_dtype
+from .._core.validation import shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, register
 from ..estimators._score_function import reinforce_surrogate

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._autograd import log_cumsum_exp
-from .._policy import compute_dtype
-from .._validation import check_generator, check_logits
+from .._core.autograd import log_cumsum_exp
+from .._core.policy import compute_dtype
+from .._core.validation import check_generator, check_logits
 from ..estimators._registry import register
 from ..structured import check_subset_size, khot_straight_through
 
@@ -119,7 +119,7 @@ def topk_marginals(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     result is right for any spread of finite logits (1e30 against 1 included). This explicit form
     is used rather than autograd of :math:`\log e_k` (which SIMPLE uses): it is the same exact
     quantity, it works under ``torch.no_grad`` / inference mode, and its derivatives of every order
-    are finite and exact (the log-cumsum-exp is :func:`gumbelkit._autograd.log_cumsum_exp`).
+    are finite and exact (the log-cumsum-exp is :func:`gumbelkit._core.autograd.log_cumsum_exp`).
 
     The marginals sum to k along ``dim`` up to rounding; masked (-inf) logits get exactly 0 (and
     zero gradient), and never meet a finite stand-in that a very negative real logit could reach.

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import GumbelkitValueError
+from ..errors import GumbelkitValueError
 
 __all__ = [
     "VALIDATION_MODES",

@@ -12,7 +12,7 @@
 
 Both are pure functions of their inputs (the noise is an input), use ``setup_context`` and
 ``generate_vmap_rule``, and write their backwards in differentiable ops, so they work under
-``torch.func`` transforms and double backward. Like :mod:`gumbelkit._internals`, nothing here
+``torch.func`` transforms and double backward. Like :mod:`gumbelkit._core.numerics`, nothing here
 validates its arguments.
 """
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from ._internals import argmax_one_hot, one_hot, vertical_softmax_, vertical_softmax_grad
-from ._policy import compute_dtype, lean
-from ._validation import Tau
+from .numerics import argmax_one_hot, one_hot, vertical_softmax_, vertical_softmax_grad
+from .policy import compute_dtype, lean
+from .validation import Tau
 
 __all__ = [
     "LogCumSumExp",
@@ -50,7 +50,7 @@ def softmax_grad(y: torch.Tensor, v: torch.Tensor, dim: int, *, overwrite_y: boo
     when the graph is not retained (a second backward would read the overwritten y) and not
     built (create_graph: an out= result cannot be differentiated). Under the same conditions, more
     than 1024 categories at a stride of 512 or more (dim=1 of B x K x H x W) take the cache-blocked
-    :func:`gumbelkit._internals.vertical_softmax_grad` instead of ATen's strided kernel.
+    :func:`gumbelkit._core.numerics.vertical_softmax_grad` instead of ATen's strided kernel.
     """
     v = v.to(y.dtype).contiguous()
     eager_cpu = (
@@ -438,7 +438,7 @@ def tempered_core(
 ) -> torch.Tensor:
     """Unchecked softmax((x [- m] [- log_e]) / tau) (one-hot at ``index`` / the argmax with ``hard``).
 
-    ``tau`` must come from :func:`gumbelkit._internals.prepare_tau`; ``log_e`` must be a fresh
+    ``tau`` must come from :func:`gumbelkit._core.numerics.prepare_tau`; ``log_e`` must be a fresh
     buffer (it is overwritten).
     """
     # a per-class tau's gradient needs lse (one value per row); computed whenever tau is a tensor

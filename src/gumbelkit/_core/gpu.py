@@ -41,8 +41,9 @@ from collections.abc import Iterator
 
 import torch
 
-from ._policy import compiling, functorch_active
-from ._validation import (
+from ..errors import GumbelkitError, GumbelkitTypeError
+from .policy import compiling, functorch_active
+from .validation import (
     Tau,
     check_dtype,
     check_generator,
@@ -51,7 +52,6 @@ from ._validation import (
     normalize_dim,
     shape_str,
 )
-from .errors import GumbelkitError, GumbelkitTypeError
 
 __all__ = [
     "AVAILABLE",
@@ -128,7 +128,7 @@ def use_counter_noise(t: torch.Tensor) -> bool:
 @functools.cache
 def _kernels():
     """The kernel module (gumbelkit.kernels._triton), imported -- its kernels built -- on first use."""
-    return importlib.import_module(".kernels._triton", __package__)
+    return importlib.import_module("..kernels._triton", __package__)
 
 
 def _require(logits, fn: str) -> None:
@@ -689,7 +689,7 @@ def triton_gumbel_softmax(
     _check_kernel_dtype(logits, fn)
     out = gumbel_softmax(logits, tau, hard, dim, generator, fn)
     if out is None:  # a per-class tensor tau or an empty input: the eager sampler, the same law
-        from ._sampling import checked_gumbel_softmax
+        from .._sampling import checked_gumbel_softmax
 
         with triton_on_cpu(False):
             return checked_gumbel_softmax(logits, tau, hard, dim, generator=generator, fn=fn)

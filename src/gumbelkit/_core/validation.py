@@ -8,7 +8,7 @@ raises one of the :mod:`gumbelkit.errors` classes, which are also the builtin ``
 
 Value checks that need the data (NaN, all-masked rows, tau <= 0 in a tensor) cost one reduction
 and, to raise, a host sync; they follow the validation switch through
-:func:`gumbelkit._policy.check_mode`: they raise only in ``"raise"`` mode (the default for CPU
+:func:`gumbelkit._core.policy.check_mode`: they raise only in ``"raise"`` mode (the default for CPU
 tensors). In ``"device"`` mode (the default for CUDA tensors) the samplers mark bad rows on the
 device instead (:func:`bad_rows`, :func:`poison_rows`), and under compile/vmap or ``"off"`` they
 are skipped.
@@ -21,7 +21,8 @@ import numbers
 
 import torch
 
-from ._policy import (
+from ..errors import DimError, GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
+from .policy import (
     check_mode,
     compiling,
     compute_dtype,
@@ -29,7 +30,6 @@ from ._policy import (
     in_vmap,
     skip_value_checks,
 )
-from .errors import DimError, GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 
 __all__ = [
     "DimError",

@@ -24,10 +24,10 @@ import math
 
 import torch
 
-from . import _triton_ops as _gpu
-from ._noise import log_exponential_noise
-from ._policy import compute_dtype, functorch_active, lean
-from ._validation import Tau
+from . import gpu as _gpu
+from .noise import log_exponential_noise
+from .policy import compute_dtype, functorch_active, lean
+from .validation import Tau
 
 __all__ = [
     "NOISE_BOUND",
@@ -100,7 +100,7 @@ def noise_plan(row_max, max_abs, tau: Tau, cdt: torch.dtype, per_class: bool):
     A tensor tau is not known on the host, so its rows are always brought to a top of exactly 0
     (post): then (z - zmax) / tau lies in [-inf, 0] with a 0 in every row, and the softmax never
     sees inf - inf whatever tau is. A per-class tau cannot be shifted at all (the shift would not
-    cancel); that path clamps instead (see :class:`gumbelkit._autograd.TemperedSoftmax`).
+    cancel); that path clamps instead (see :class:`gumbelkit._core.autograd.TemperedSoftmax`).
     """
     m = theta_shift(row_max, max_abs, cdt) if row_max is not None else None
     if isinstance(tau, torch.Tensor):
@@ -201,7 +201,7 @@ def gumbel_argmax(logits: torch.Tensor, dim: int, generator=None, m: torch.Tenso
     """argmax(theta + g) along dim, keepdim layout: the index of an exact categorical sample.
 
     Same noise, same arithmetic and so the same index as the hard forward of
-    :class:`gumbelkit._autograd.TemperedSoftmax` for the same generator state and the same ``m``.
+    :class:`gumbelkit._core.autograd.TemperedSoftmax` for the same generator state and the same ``m``.
     For CUDA tensors the Triton Gumbel-Max kernel (the same index as the Triton Gumbel-Softmax's
     hard forward for the same generator state); a bad row, which only ``"device"`` validation
     lets through, gets index 0 here (the callers mark its output NaN).
