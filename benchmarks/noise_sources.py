@@ -27,7 +27,7 @@ import time
 import torch
 
 import gumbelkit
-from gumbelkit._core import kernels
+from gumbelkit import kernels
 from gumbelkit._core import noise as _noise
 
 from .harness import interleaved
@@ -61,7 +61,7 @@ def main() -> None:
         # the previous eager noise: 23 (CPU) or 24 (CUDA) random bits per uniform, two logs
         "23-bit gumbel": lambda: gumbelkit.uniform_open((n,), generator=gen).log_().neg_().log_().neg_(),
         "gumbel_noise": lambda: gumbelkit.gumbel_noise((n,), generator=gen),
-        "exact words": lambda: _noise._exp_from_words32(words(), log=True).neg_(),
+        "exact words": lambda: _noise.exp_from_words32(words(), log=True).neg_(),
     }
     if dev.type == "cpu":
         sources["sfc64 words"] = lambda: _noise._random_words(max(n, _noise._NUMPY_MIN_WORDS), gen, "cpu")

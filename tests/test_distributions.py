@@ -390,7 +390,6 @@ def test_concrete_is_a_transformed_exp_concrete():
         d = cls(TEMP, logits=MASKED)
         assert isinstance(d, TransformedDistribution) and type(d.base_dist) is ExpConcrete
         assert len(d.transforms) == 1 and isinstance(d.transforms[0], ExpTransform)
-        assert d.base is d.base_dist  # the former attribute name
         assert d.batch_shape == (3,) and d.event_shape == (4,) and d.has_rsample
         assert repr(d).startswith(cls.__name__ + "(")
         e = d.expand((2, 3))

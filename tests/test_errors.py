@@ -16,7 +16,6 @@ from gumbelkit.distributions import (
     StraightThroughConcrete,
 )
 from gumbelkit.errors import (
-    DimError,
     GumbelkitDimError,
     GumbelkitError,
     GumbelkitTypeError,
@@ -57,7 +56,7 @@ def test_hierarchy_and_exports():
     assert issubclass(GumbelkitTypeError, GumbelkitError) and issubclass(GumbelkitTypeError, TypeError)
     for base in (GumbelkitError, IndexError, ValueError):
         assert issubclass(GumbelkitDimError, base)
-    assert DimError is GumbelkitDimError and gk.DimError is GumbelkitDimError
+    assert not hasattr(gk, "DimError")  # one name per error type, no aliases
     for name in errors.__all__:
         assert getattr(gk, name) is getattr(errors, name) and name in gk.__all__
     assert "errors" in gk.__all__ and gk.errors is errors
@@ -269,7 +268,7 @@ def test_checks_still_raise_the_builtin_types_existing_handlers_catch():
         gk.gumbel_softmax(_with(NAN))
     with pytest.raises(IndexError, match="expected dim"):
         gk.gumbel_max(_x(3), dim=1)
-    with pytest.raises(ValueError, match="expected dim"):  # a DimError is a ValueError too
+    with pytest.raises(ValueError, match="expected dim"):  # a GumbelkitDimError is a ValueError too
         gk.gumbel_max(_x(3), dim=1)
     with pytest.raises(TypeError, match="floating dtype"):
         gk.tempered_softmax(torch.zeros(3, dtype=torch.long))

@@ -101,7 +101,7 @@ def test_non_finite_losses_raise():
 
 
 def test_reinforce_dim_out_of_range_raises_the_dim_error():
-    with pytest.raises(gk.DimError, match=r"expected dim in \[-2, 1\] for losses of shape \(2, 3\), got 5"):
+    with pytest.raises(gk.GumbelkitDimError, match=r"expected dim in \[-2, 1\] for losses of shape \(2, 3\), got 5"):
         gk.reinforce_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), dim=5)
     with pytest.raises(IndexError, match="expected dim"):
         gk.reinforce_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), dim=-3)

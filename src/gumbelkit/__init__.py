@@ -1,13 +1,24 @@
 """gumbelkit: exact Gumbel samplers, straight-through / Gumbel-Rao / ReinMax estimators,
 Concrete distributions and temperature schedules for PyTorch."""
 
-from . import binary, decoding, distributions, errors, nn, permutations, schedules, structured, subsets
+from . import (
+    binary,
+    decoding,
+    distributions,
+    errors,
+    estimators,
+    kernels,
+    nn,
+    permutations,
+    schedules,
+    structured,
+    subsets,
+)
 from ._core.noise import exponential_noise, gumbel_noise, logistic_noise, uniform_open
 from ._core.policy import get_validation, set_validation, validation
 from ._kl import kl_categorical
 from ._sampling import gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax
 from .errors import (
-    DimError,
     GumbelkitDimError,
     GumbelkitError,
     GumbelkitTypeError,
@@ -32,7 +43,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
-    "DimError",
     "GumbelkitDimError",
     "GumbelkitError",
     "GumbelkitTypeError",
@@ -46,6 +56,7 @@ __all__ = [
     "decoding",
     "distributions",
     "errors",
+    "estimators",
     "exponential_noise",
     "get_estimator",
     "get_spec",
@@ -55,6 +66,7 @@ __all__ = [
     "gumbel_softmax",
     "gumbel_topk",
     "is_one_hot",
+    "kernels",
     "kl_categorical",
     "logistic_noise",
     "nn",

@@ -17,26 +17,20 @@ import warnings
 import torch
 
 from ._core import gpu as _gpu
-from ._core.autograd import TemperedSoftmax, one_hot_straight_through, softmax_grad, tempered_core
-from ._core.autograd import softmax_grad as _softmax_grad
-from ._core.numerics import SHIFT_ABOVE as _SHIFT_ABOVE
+from ._core.autograd import TemperedSoftmax, softmax_grad, tempered_core
 from ._core.numerics import (
     argmax_one_hot,
     gumbel_argmax,
     log_exp_noise,
     needs_grad,
     noise_plan,
-    one_hot_like,
     per_class_tau,
     perturbed,
     plain_shift,
     prepare_tau,
     theta_shift,
 )
-from ._core.numerics import needs_grad as _needs_grad
-from ._core.numerics import one_hot as _one_hot
 from ._core.policy import check_mode, compiling, compute_dtype
-from ._core.policy import lean as _lean
 from ._core.validation import (
     Tau,
     bad_rows,
@@ -50,10 +44,6 @@ from ._core.validation import (
     shape_str,
 )
 from .errors import GumbelkitValueError
-
-# Backwards-compatible names: estimators/ imports these from here (some under their former private
-# names) since before the split; new code imports them from gumbelkit._core.numerics / _autograd / _policy.
-_COMPAT = (one_hot_straight_through, one_hot_like, _softmax_grad, _SHIFT_ABOVE, _needs_grad, _one_hot, _lean)
 
 # Public (re-exported by gumbelkit): gumbel_max, gumbel_softmax, gumbel_topk, tempered_softmax;
 # checked_gumbel_softmax is for other public functions built on the Gumbel-Softmax.

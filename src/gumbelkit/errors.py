@@ -34,7 +34,6 @@ Examples:
 from __future__ import annotations
 
 __all__ = [
-    "DimError",
     "GumbelkitDimError",
     "GumbelkitError",
     "GumbelkitTypeError",
@@ -56,7 +55,3 @@ class GumbelkitTypeError(GumbelkitError, TypeError):
 
 class GumbelkitDimError(GumbelkitError, IndexError, ValueError):
     """A ``dim`` that does not exist for the given tensor: an ``IndexError`` as in PyTorch, and a ``ValueError``."""
-
-
-DimError = GumbelkitDimError
-"""The former name of :class:`GumbelkitDimError`, kept as an alias (the same class)."""

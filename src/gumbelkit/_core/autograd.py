@@ -34,7 +34,6 @@ __all__ = [
     "divide_by_tau",
     "log_cumsum_exp",
     "one_hot_straight_through",
-    "scatter_straight_through",
     "softmax_grad",
     "tempered_core",
 ]
@@ -114,13 +113,37 @@ class ScatterStraightThrough(torch.autograd.Function):
         return v, None, None
 
 
-def scatter_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """Exact 0/1 forward with ones at ``index`` along ``dim``, gradient passed to ``soft`` unchanged (unchecked)."""
-    return ScatterStraightThrough.apply(soft, index, dim)
-
-
 def one_hot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """Exactly one-hot forward at ``index`` (keepdim layout), gradient passed to ``soft`` unchanged."""
+    """Exact 0/1 forward with ones at ``index`` along ``dim``; the gradient passes to ``soft`` unchanged.
+
+    One index per row gives a one-hot forward (the straight-through estimators), k indices a
+    k-hot one (k-subsets), a permutation's indices a permutation matrix: the one straight-through
+    function of the library. The forward is built from the index, so it is 0/1 to the last bit,
+    which ``hard - soft.detach() + soft`` is not (its entries are 1 - s + s, off by rounding).
+
+    Args:
+        soft: the differentiable surrogate whose gradient the estimator uses (any shape).
+        index: int64 indices of the ones in keepdim layout: ``soft``'s shape with size 1 (one-hot),
+            k (k-hot) or n (a permutation of n) along ``dim``, e.g. ``argmax(dim, keepdim=True)``.
+        dim: the category dimension.
+
+    Returns:
+        A tensor shaped and typed like ``soft``: 1 at ``index`` and 0 elsewhere, exactly, whose
+        gradient with respect to ``soft`` is the identity.
+
+    Examples:
+        >>> import torch
+        >>> from gumbelkit.estimators import one_hot_straight_through
+        >>> x = torch.tensor([[1.0, 2.0, 0.5]], requires_grad=True)
+        >>> soft = torch.softmax(x, -1)
+        >>> y = one_hot_straight_through(soft, soft.argmax(-1, keepdim=True), -1)
+        >>> y.detach()
+        tensor([[0., 1., 0.]])
+        >>> v = torch.tensor([[1.0, 0.0, 0.0]])
+        >>> (y * v).sum().backward()
+        >>> torch.allclose(x.grad, torch.autograd.functional.vjp(lambda t: torch.softmax(t, -1), x.detach(), v)[1])
+        True
+    """
     return ScatterStraightThrough.apply(soft, index, dim)
 
 

@@ -208,11 +208,6 @@ def exp_from_words64(w: torch.Tensor, log: bool) -> torch.Tensor:
     return e.log_() if log else e
 
 
-# The former private names (the kernels' docs refer to them).
-_exp_from_words32 = exp_from_words32
-_exp_from_words64 = exp_from_words64
-
-
 def _exp_tail(cells: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     """Exact E (float64) for elements whose 23-bit cell index is in a tail (see :func:`_exp_cpu32`).
 

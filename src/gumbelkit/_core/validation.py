@@ -21,18 +21,12 @@ import numbers
 
 import torch
 
-from ..errors import DimError, GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
+from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
 from .policy import (
     check_mode,
-    compiling,
-    compute_dtype,
-    functorch_active,
-    in_vmap,
-    skip_value_checks,
 )
 
 __all__ = [
-    "DimError",
     "Tau",
     "bad_rows",
     "check_dtype",
@@ -47,18 +41,12 @@ __all__ = [
     "check_shape",
     "check_tau",
     "check_values",
-    # re-exported from _policy (compiling, compute_dtype, functorch_active, in_vmap, skip_value_checks)
-    "compiling",
-    "compute_dtype",
-    "functorch_active",
-    "in_vmap",
     "is_int",
     "mark_bad_rows",
     "normalize_dim",
     "poison_rows",
     "prefixed",
     "shape_str",
-    "skip_value_checks",
     "tau_like",
 ]
 

@@ -438,7 +438,6 @@ class Concrete(_Checked, TransformedDistribution):
         return cast(ExpConcrete, self.base_dist).probs
 
     param_shape = property(lambda self: self.base_dist.param_shape)
-    base = property(lambda self: self.base_dist, doc="The former name of ``base_dist``.")
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(Concrete, _instance)

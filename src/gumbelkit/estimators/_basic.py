@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from .._core.policy import compute_dtype
-from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
-from .._sampling import (
-    _needs_grad,
-    checked_gumbel_softmax,
+from .._core.autograd import tempered_core
+from .._core.numerics import (
     gumbel_argmax,
+    needs_grad,
     one_hot_like,
     per_class_tau,
     plain_shift,
     prepare_tau,
-    tempered_core,
     theta_shift,
 )
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
+from .._sampling import checked_gumbel_softmax
 from ._registry import register
 
 __all__ = ["gumbel_softmax_estimator", "softmax_estimator", "st_estimator", "st_gumbel_estimator"]
@@ -84,7 +84,7 @@ def st_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, generat
     dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
-    if not _needs_grad(logits, tau):
+    if not needs_grad(logits, tau):
         out = one_hot_like(logits, index, dim)
     else:
         per_class = per_class_tau(tau, logits.dim(), dim)

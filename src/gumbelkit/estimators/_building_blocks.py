@@ -47,41 +47,11 @@ from __future__ import annotations
 
 import torch
 
-# The implementations live in the core sampling module (whose internal names may change: only
-# these two imports would need to follow).
-from .._sampling import _softmax_grad
-from .._sampling import one_hot_straight_through as _one_hot_straight_through
+# one_hot_straight_through is the core's own function (the one straight-through every estimator,
+# k-subset and permutation uses), exported here as it is.
+from .._core.autograd import one_hot_straight_through, softmax_grad
 
 __all__ = ["one_hot_straight_through", "softmax_backward"]
-
-
-def one_hot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """Exactly one-hot forward at ``index``; the backward passes the incoming gradient to ``soft`` unchanged.
-
-    Args:
-        soft: the differentiable surrogate whose gradient the estimator uses (any shape).
-        index: int64 indices of the one-hot positions in keepdim layout: ``soft``'s shape with
-            size 1 along ``dim`` (e.g. ``argmax(dim, keepdim=True)``).
-        dim: the category dimension.
-
-    Returns:
-        A tensor shaped and typed like ``soft``: 1 at ``index`` and 0 elsewhere, exactly, whose
-        gradient with respect to ``soft`` is the identity.
-
-    Examples:
-        >>> import torch
-        >>> from gumbelkit.estimators import one_hot_straight_through
-        >>> x = torch.tensor([[1.0, 2.0, 0.5]], requires_grad=True)
-        >>> soft = torch.softmax(x, -1)
-        >>> y = one_hot_straight_through(soft, soft.argmax(-1, keepdim=True), -1)
-        >>> y.detach()
-        tensor([[0., 1., 0.]])
-        >>> v = torch.tensor([[1.0, 0.0, 0.0]])
-        >>> (y * v).sum().backward()
-        >>> torch.allclose(x.grad, torch.autograd.functional.vjp(lambda t: torch.softmax(t, -1), x.detach(), v)[1])
-        True
-    """
-    return _one_hot_straight_through(soft, index, dim)
 
 
 def softmax_backward(y: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
@@ -108,4 +78,4 @@ def softmax_backward(y: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor
         >>> torch.allclose(softmax_backward(y.detach(), v, -1), g)
         True
     """
-    return _softmax_grad(y, v, dim)
+    return softmax_grad(y, v, dim)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import torch
 
 from .._core import gpu as _gpu
-from .._core.numerics import argmax_index_, log_exp_noise, noise_plan, one_hot_like
-from .._core.policy import compute_dtype
-from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
-from .._sampling import (
-    _needs_grad,
-    checked_gumbel_softmax,
-    one_hot_straight_through,
+from .._core.autograd import one_hot_straight_through, tempered_core
+from .._core.numerics import (
+    argmax_index_,
+    log_exp_noise,
+    needs_grad,
+    noise_plan,
+    one_hot_like,
     per_class_tau,
     prepare_tau,
-    tempered_core,
 )
+from .._core.policy import compute_dtype
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
+from .._sampling import checked_gumbel_softmax
 from ._registry import OptionSpec, register
 
 __all__ = ["decoupled_st_gumbel_estimator"]
@@ -105,7 +107,7 @@ def decoupled_st_gumbel_estimator(
     # masked classes stay -inf and are never drawn.
     top = x.amax(dim, keepdim=True) if row_max is None else row_max.to(cdt)
     index = argmax_index_((x - top) / tau_f - log_e, dim)  # a fresh temporary: may be overwritten
-    if not _needs_grad(logits, tau):
+    if not needs_grad(logits, tau):
         return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     per_class = per_class_tau(tau, logits.dim(), dim)
     m, post = noise_plan(row_max, max_abs, tau, cdt, per_class)

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .._core.numerics import one_hot
+from .._core.autograd import one_hot_straight_through, tempered_core
+from .._core.numerics import gumbel_argmax, needs_grad, one_hot, one_hot_like, per_class_tau, prepare_tau, theta_shift
 from .._core.policy import compute_dtype
 from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
-from .._sampling import (
-    _needs_grad,
-    gumbel_argmax,
-    one_hot_like,
-    one_hot_straight_through,
-    per_class_tau,
-    prepare_tau,
-    tempered_core,
-    theta_shift,
-)
 from ._registry import OptionSpec, register
 
 __all__ = ["gapped_logits", "gapped_st_estimator"]
@@ -123,7 +114,7 @@ def gapped_st_estimator(
     gap = _check_gap(gap)
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
-    if not _needs_grad(logits, tau):
+    if not needs_grad(logits, tau):
         return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     # Shift to a row max of exactly 0 (the gradient is unchanged: softmax ignores a per-row
     # constant); the moved logits then have a top of exactly 0 (x_D + (0 - x_D)) and every other

@@ -19,8 +19,19 @@ from __future__ import annotations
 import torch
 
 from .._core import gpu as _gpu
-from .._core.autograd import softmax_grad
-from .._core.numerics import log_exp_noise, one_hot
+from .._core.autograd import one_hot_straight_through, softmax_grad, tempered_core
+from .._core.numerics import (
+    SHIFT_ABOVE,
+    gumbel_argmax,
+    log_exp_noise,
+    needs_grad,
+    noise_plan,
+    one_hot,
+    one_hot_like,
+    per_class_tau,
+    prepare_tau,
+    theta_shift,
+)
 from .._core.policy import compiling, compute_dtype, functorch_active, in_vmap
 from .._core.validation import (
     Tau,
@@ -28,18 +39,6 @@ from .._core.validation import (
     check_positive_int,
     check_sample_args_scale,
     mark_bad_rows,
-)
-from .._sampling import (
-    _SHIFT_ABOVE,
-    _needs_grad,
-    gumbel_argmax,
-    noise_plan,
-    one_hot_like,
-    one_hot_straight_through,
-    per_class_tau,
-    prepare_tau,
-    tempered_core,
-    theta_shift,
 )
 from ._registry import OptionSpec, register
 
@@ -282,7 +281,7 @@ def gumbel_rao_estimator(
     cdt = compute_dtype(logits.dtype)
     m = theta_shift(row_max, max_abs, cdt)
     index = gumbel_argmax(logits, dim, generator, m)
-    if not _needs_grad(logits, tau):
+    if not needs_grad(logits, tau):
         return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     # For large |theta| shift to a row max of 0 first (the gradient is unchanged: softmax ignores
     # a per-row constant) so that theta + g_j below is formed near 0, where float32 keeps the noise.
@@ -291,7 +290,7 @@ def gumbel_rao_estimator(
     if draw_by_draw:
         ftau = prepare_tau(float(tau), cdt)
         # |max z| <= max|theta| + log K + |log E|: a float tau needs no second shift unless it is tiny
-        _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, ftau, cdt, False)
+        _, post = noise_plan(None, SHIFT_ABOVE if m is None else 0.0, ftau, cdt, False)
         base = _draw_base(generator, logits)
         args = (xs, index, base, k, float(ftau), dim, bool(post), logits.dtype)
         return mark_bad_rows(_GumbelRaoStraightThrough.apply(*args), logits, row_max, tau)
@@ -303,6 +302,6 @@ def gumbel_rao_estimator(
     noise = torch.where(masked, torch.zeros((), dtype=cdt, device=xd.device), cond - torch.where(masked, 0.0, xd))
     z = xs.unsqueeze(0) + noise
     per_class = per_class_tau(tau, z.dim(), dim + 1)
-    _, post = noise_plan(None, _SHIFT_ABOVE if m is None else 0.0, tau, cdt, per_class)
+    _, post = noise_plan(None, SHIFT_ABOVE if m is None else 0.0, tau, cdt, per_class)
     soft = tempered_core(z, prepare_tau(tau, cdt), dim + 1, post=post, per_class=per_class).mean(0)
     return mark_bad_rows(one_hot_straight_through(soft, index, dim).to(logits.dtype), logits, row_max, tau)

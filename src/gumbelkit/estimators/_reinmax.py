@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from .._core.policy import compute_dtype
-from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
-from .._sampling import (
-    _lean,
-    _needs_grad,
-    _one_hot,
-    _softmax_grad,
+from .._core.autograd import softmax_grad
+from .._core.numerics import (
     gumbel_argmax,
+    needs_grad,
+    one_hot,
     one_hot_like,
     per_class_tau,
     plain_shift,
     prepare_tau,
     theta_shift,
 )
+from .._core.policy import compute_dtype, lean
+from .._core.validation import Tau, check_sample_args_scale, mark_bad_rows
 from ._registry import register
 
 __all__ = ["reinmax_estimator"]
@@ -37,7 +36,7 @@ class _ReinMax(torch.autograd.Function):
     @staticmethod
     def forward(x, tau, index, dim: int, m, per_class: bool, lean: bool):
         pi = torch.softmax(x, dim)
-        hard = _one_hot(pi, index, dim)
+        hard = one_hot(pi, index, dim)
         if per_class:
             # no common shift cancels for a per-class tau: clamp overflowed quotients, keep masks at -inf
             fin = torch.finfo(x.dtype)
@@ -67,15 +66,15 @@ class _ReinMax(torch.autograd.Function):
             # J(p)^T v = p * v - p <p, v> is exactly the softmax backward at probabilities p.
             # pi and pi1 are private; overwrite them only when no other gradient reads them.
             private = ctx.lean and v_pi is None and v_pi1 is None
-            a = _softmax_grad(pi1, v, dim, overwrite_y=private)
-            b = _softmax_grad(pi, v, dim, overwrite_y=private)
+            a = softmax_grad(pi1, v, dim, overwrite_y=private)
+            b = softmax_grad(pi, v, dim, overwrite_y=private)
             g = a.mul_(2.0).sub_(b, alpha=0.5) if not torch.is_grad_enabled() else 2.0 * a - 0.5 * b
         if v_pi is not None:  # only in a second differentiation: d pi / d x = J(pi)
-            t = _softmax_grad(pi, v_pi, dim)
+            t = softmax_grad(pi, v_pi, dim)
             g = t if g is None else g + t
         if v_pi1 is not None:  # d pi1 / d x = J(q) / (2 tau), q = softmax(x / tau) = 2 pi1 - one_hot
             q = 2.0 * pi1 - hard
-            t = 0.5 * _softmax_grad(q, v_pi1, dim) / (tau_t if tau_t is not None else ctx.tau)
+            t = 0.5 * softmax_grad(q, v_pi1, dim) / (tau_t if tau_t is not None else ctx.tau)
             g = t if g is None else g + t
         return g, None, None, None, None, None, None
 
@@ -104,11 +103,11 @@ def reinmax_estimator(logits: torch.Tensor, tau: Tau = 1.0, *, dim: int = -1, ge
     dim, tau, row_max, max_abs = check_sample_args_scale(logits, tau, dim, generator, fn="sample")
     cdt = compute_dtype(logits.dtype)
     index = gumbel_argmax(logits, dim, generator, theta_shift(row_max, max_abs, cdt))
-    if not _needs_grad(logits):
+    if not needs_grad(logits):
         return mark_bad_rows(one_hot_like(logits, index, dim), logits, row_max, tau)
     x = logits.to(cdt)
     t = prepare_tau(tau.detach() if isinstance(tau, torch.Tensor) else tau, cdt)
     per_class = per_class_tau(t, x.dim(), dim)
     m = plain_shift(row_max, max_abs, t, cdt, per_class)
-    out = _ReinMax.apply(x, t, index, dim, m, per_class, _lean())[0].to(logits.dtype)
+    out = _ReinMax.apply(x, t, index, dim, m, per_class, lean())[0].to(logits.dtype)
     return mark_bad_rows(out, logits, row_max, tau)

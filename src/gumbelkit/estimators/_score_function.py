@@ -9,12 +9,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .._core.policy import skip_value_checks
 from .._core.validation import (
     check_dtype,
     check_generator,
     check_logits,
     shape_str,
-    skip_value_checks,
 )
 from .._sampling import gumbel_max
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError

@@ -115,7 +115,7 @@ def gumbel_noise_philox(n: int, key: torch.Tensor, dtype: torch.dtype = torch.fl
     one Philox call go to distant positions, so one call serves four (two) elements and the output
     is a plain concatenation (which Inductor fuses).
 
-    E ~ Exp(1) comes from :func:`gumbelkit._core.noise._exp_from_words32` / ``_exp_from_words64``: one
+    E ~ Exp(1) comes from :func:`gumbelkit._core.noise.exp_from_words32` / ``exp_from_words64``: one
     bit picks the half of the unit interval and the small distance v to its end gives E = -log v
     or -log1p(-v), so both tails of g are exact up to the representable range.
 

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core.noise import exp_from_words32 as _exp_from_words32
-from .._core.noise import exp_from_words64 as _exp_from_words64
+from .._core.noise import exp_from_words32, exp_from_words64
 
 __all__ = [
     "PHILOX_M0",
@@ -166,12 +165,12 @@ def join64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
 def gumbel_float32(w: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) in float32 from one 32-bit word: g = -log E, E ~ Exp(1) exact in both tails.
 
-    E comes from :func:`gumbelkit._core.noise._exp_from_words32`: the sign bit of ``w`` picks the half
+    E comes from :func:`gumbelkit._core.noise.exp_from_words32`: the sign bit of ``w`` picks the half
     of the unit interval, the other 31 bits m give v = (m + 1/2) 2^-32 in (0, 1/2], and
     E = -log v or E = -log1p(-v), so E lies in [2^-33, 33 log 2] and g in [-3.13, 22.87]
     (-log(33 log 2) and 33 log 2). Small m -- either tail -- is exact; pure torch ops (Inductor, Triton).
     """
-    return _exp_from_words32(w, log=True).neg_()
+    return exp_from_words32(w, log=True).neg_()
 
 
 def gumbel_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
@@ -180,7 +179,7 @@ def gumbel_float64(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
     As :func:`gumbel_float32` with v = (m + 1/2) 2^-64 from the 63 low bits of the joined word
     (its sign bit is the sign bit of ``w_hi``): E in [2^-65, 65 log 2], g in [-3.81, 45.05].
     """
-    return _exp_from_words64(join64(w_hi, w_lo), log=True).neg_()
+    return exp_from_words64(join64(w_hi, w_lo), log=True).neg_()
 
 
 # --------------------------------------------------------------------------- counter-based noise

@@ -9,6 +9,8 @@ import triton.language as tl
 
 from ._triton_noise import counter_exponential, exp_from_words, load_key, philox4x32_10
 
+__all__ = ["counter_words", "draw_kernel", "gumbel", "radix_select", "refine_kernel", "stats_kernel", "words_kernel"]
+
 
 @triton.jit
 def counter_words(k0, k1, c2, c3, index):

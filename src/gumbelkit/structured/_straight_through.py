@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core.autograd import scatter_straight_through
+from .._core.autograd import one_hot_straight_through
 from .._core.numerics import one_hot
 from .._core.policy import skip_value_checks
 from .._core.validation import (
@@ -203,7 +203,7 @@ def khot_straight_through(soft: torch.Tensor, index: torch.Tensor, dim: int = -1
     d = normalize_dim(soft, dim, "soft", fn)
     index = _index_tensor(index, fn, "index")
     _check_khot_index(soft, index, d, fn)
-    return scatter_straight_through(soft, index, d)
+    return one_hot_straight_through(soft, index, d)
 
 
 def permutation_matrix(perm: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -280,4 +280,4 @@ def permutation_straight_through(soft: torch.Tensor, perm: torch.Tensor) -> torc
     perm = _index_tensor(perm, fn, "perm")
     n = soft.shape[-1]
     _check_perm(perm, n, soft.shape[:-2], fn, f"soft's shape {shape_str(soft.shape)} without its last dim")
-    return scatter_straight_through(soft, perm.unsqueeze(-1), soft.dim() - 1)
+    return one_hot_straight_through(soft, perm.unsqueeze(-1), soft.dim() - 1)
