@@ -28,9 +28,9 @@ stage device 15 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total
   grep -m1 "model name" /proc/cpuinfo'
 cp "$OUT/device.log" "$OUT/device.txt"
 # the CUDA tests: the Triton kernels compiled (test_triton.py), the samplers on the device, the switch
-stage tests 140 python -m pytest -q -p no:cacheprovider -rs tests/test_triton.py tests/test_cuda.py \
-  tests/test_kernels_cuda.py tests/test_validation_switch.py
-stage decoding_tests 30 python -m pytest -q -p no:cacheprovider -rs tests/test_decoding.py -k cuda
+stage tests 140 python -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kernels_triton.py tests/test_cuda.py \
+  tests/kernels/test_kernels_fused_cuda.py tests/core/test_core_policy.py
+stage decoding_tests 30 python -m pytest -q -p no:cacheprovider -rs tests/decoding/test_decoding.py -k cuda
 B=(python benchmarks/cuda_bench.py --out "$OUT")
 stage speed 95 "${B[@]}" --stage speed --deadline 85
 stage compiled 65 "${B[@]}" --stage compiled --deadline 55

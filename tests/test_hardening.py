@@ -2,7 +2,7 @@
 
 One test (or a few) per defect; each failed before its fix. The classes they belong to (masks with
 a tensor tau, huge logit spreads, tiny tau, vmap, double backward, layouts, error rules) are
-guarded for every public sampler by ``tests/test_sampler_harness.py``.
+guarded for every public sampler by ``tests/test_properties.py``.
 """
 
 import math

@@ -150,3 +150,18 @@ def test_one_dtype_rule():
 
     got = [compute_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)]
     assert got == [torch.float32, torch.float32, torch.float32, torch.float64]
+
+
+def test_tests_mirror_the_modules():
+    """tests/<subpackage>/test_<subpackage>[_<module>].py for every subpackage; the lab's tests apart."""
+    tests = Path(__file__).resolve().parent
+    for sub in SUBPACKAGES:
+        folder = tests / sub.lstrip("_")
+        files = sorted(folder.glob("test_*.py"))
+        assert files, f"no tests/{folder.name}/ for gumbelkit.{sub}"
+        modules = {p.stem.lstrip("_") for p in (PKG / sub).glob("*.py")} | {sub.lstrip("_")}
+        for f in files:
+            assert f.stem.startswith(f"test_{folder.name}"), f"{f.name}: expected test_{folder.name}_<module>.py"
+            rest = f.stem.removeprefix(f"test_{folder.name}").lstrip("_")
+            assert not rest or any(rest.startswith(m) for m in modules), f"{f.name}: no module {rest!r} in {sub}"
+    assert (tests / "experiments").is_dir()  # the lab's tests, apart from the library's

@@ -225,7 +225,7 @@ def gumbel_sinkhorn(
     Iterations versus temperature: at a low tau the scaled scores :math:`X` spread over a wide
     range and Sinkhorn converges much more slowly, so low temperatures need more iterations
     before Y is doubly stochastic. Measured for n = 10 (standard normal scores, float32, 5 noise
-    draws; see ``tests/test_permutations.py``), the largest row-sum error |Y 1 - 1| is:
+    draws; see ``tests/permutations/test_permutations.py``), the largest row-sum error |Y 1 - 1| is:
 
     | tau | 20 iterations | 100 iterations | 200 iterations |
     |-----|---------------|----------------|----------------|

@@ -2,7 +2,7 @@
 
 Without a GPU the kernels run under Triton's interpreter on CPU tensors: this module sets
 ``TRITON_INTERPRET=1`` before the kernels are first built (they are built lazily, on first use; run
-this module before anything that builds them, e.g. ``pytest tests/test_triton.py``). With a CUDA
+this module before anything that builds them, e.g. ``pytest tests/kernels/test_kernels_triton.py``). With a CUDA
 device the same tests run compiled on it. Shapes are small (the interpreter runs each program in
 NumPy); the CUDA-only tests (graph capture) skip without a GPU. Statistical tests use fixed seeds
 and state their false-failure rate.
@@ -705,7 +705,7 @@ def test_cuda_benchmark_script_runs_dry_on_the_cpu(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(
         os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{root / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     )

@@ -457,7 +457,7 @@ def _start_triton_run(d):
 
     cases = _triton_inputs()
     torch.save(cases, d / "cases.pt")
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
     env = dict(
         os.environ,
         TRITON_INTERPRET="1",
@@ -571,7 +571,9 @@ def test_cuda_tokens_are_the_cpu_tokens():
 def _bench_module():
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "decoding_speed.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks", "decoding_speed.py"
+    )
     spec = importlib.util.spec_from_file_location("decoding_speed", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

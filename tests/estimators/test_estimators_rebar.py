@@ -361,7 +361,7 @@ def test_the_control_term_is_exactly_zero_forwards_and_same_generator_gives_same
 
 def test_the_documented_stateful_plugin_runs_and_learns_its_baseline():
     """The example of "Estimators with learnable state" (docs/plugins.md), run as written."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
     (code,) = re.findall(r"<!-- example: stateful -->\n```python\n(.*?)```", text, re.S)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -1,8 +1,8 @@
 """gumbelkit.kernels on a CUDA device: the Triton code of the same fused Philox kernel.
 
 Skipped where no CUDA device is present (CI has none); run on a GPU machine with
-``python -m pytest tests/test_kernels_cuda.py``. The CPU checks of the same behaviour are in
-``tests/test_kernels.py``; here the kernels are compiled by Inductor into Triton (first calls
+``python -m pytest tests/kernels/test_kernels_fused_cuda.py``. The CPU checks of the same behaviour are in
+``tests/kernels/test_kernels_fused.py``; here the kernels are compiled by Inductor into Triton (first calls
 compile). Statistical tests use fixed seeds and state their false-failure rate.
 """
 
