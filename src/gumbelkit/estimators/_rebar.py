@@ -370,7 +370,8 @@ def _value_and_input_gradient(
             _require_grad(c, fn)
             return c
 
-        c, vjp = torch.func.vjp(checked, z.detach())
+        out = torch.func.vjp(checked, z.detach())  # (c, vjp_fn): no auxiliary output
+        c, vjp = out[0], out[1]
         (g,) = vjp(torch.ones_like(c))
         return c, g
     x = z.detach().requires_grad_(True)
