@@ -248,3 +248,17 @@ def test_schedules_refuse_a_fractional_step_and_a_repeated_key():
     assert s(torch.tensor(2.0)) == s(2)
     with pytest.raises(GumbelkitValueError, match="parse_schedule: expected each key once"):
         gk.schedules.parse_schedule("exp:tau0=1,tau0=2")  # was: the last value won
+
+
+def test_the_fused_kernels_compile_leaves_torch_distributions_validation_alone():
+    # Dynamo's one-time patching (run by the first torch.compile of a process) turns
+    # torch.distributions' default validate_args off; the library's own compile must put it back.
+    from gumbelkit.kernels import _fused
+
+    torch._dynamo.eval_frame.TorchPatcher.patch.cache_clear()  # so that the patching runs again here
+    torch.distributions.Distribution.set_default_validate_args(True)
+    _fused._compile(lambda x: x + 1)
+    assert torch.distributions.Distribution._validate_args is True
+    torch.distributions.Distribution.set_default_validate_args(False)
+    _fused._compile(lambda x: x + 2)
+    assert torch.distributions.Distribution._validate_args is False  # whatever it was, it stays

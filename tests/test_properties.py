@@ -58,7 +58,9 @@ class Row:
     name: str  # the public name every error message starts with
     make: Callable
     kind: str = (
-        "categorical"  # categorical (..., K) | bits (..., D) | matrix (..., n, n) | scores (..., n) | features (..., 4)
+        # categorical (..., K) | bits (..., D) | matrix (..., n, n) | scores (..., n) | features (..., 4)
+        # | noise (a generator: the input gives only its shape and dtype) | tokens (B, V)
+        "categorical"
     )
     arg: str = "logits"  # the input's argument name, as the messages say it
     out: str = "simplex"  # what the forward promises, see _check_forward
@@ -74,6 +76,8 @@ class Row:
     vmap: bool = True  # False: documented as refused under torch.vmap (checked to raise the library's error)
     bounded_grad: bool = True  # False: derivatives grow with the logits' spread (a log-space output)
     covers: str = ""  # the public name of test_every_public_sampler_has_a_row (default: id)
+    # more bad calls than the table's rules imply: () -> [(label, call, builtin type, word)]
+    errors: Callable[[], list] = field(default=lambda: [])
 
     @property
     def key(self) -> str:
@@ -96,6 +100,26 @@ def _bits_loss(b: torch.Tensor) -> torch.Tensor:
 
 def _reinforce_loss(z: torch.Tensor) -> torch.Tensor:
     return (z * torch.arange(1.0, z.shape[-1] + 1, dtype=z.dtype)).reshape(z.shape[0], -1).sum(-1)
+
+
+def _subset_loss(z: torch.Tensor) -> torch.Tensor:
+    """One loss per sample and row: (n, ..., K) k-hot samples -> (n, ...)."""
+    return (z * torch.arange(1.0, z.shape[-1] + 1, dtype=z.dtype)).sum(-1)
+
+
+def _noise_errors(fn: Callable) -> Callable[[], list]:
+    """The bad calls of a noise generator ``fn(shape, k, s, *, generator, device, dtype)``."""
+
+    def cases():
+        return [
+            ("shape not a sequence", lambda: fn(3.5, 2), TypeError, "shape"),
+            ("negative size", lambda: fn((2, -1), 2), ValueError, "shape"),
+            ("k < 1", lambda: fn((2, 3), 0), ValueError, "k"),
+            ("s < 1", lambda: fn((2, 3), 2, 0), ValueError, "s"),
+            ("dtype not a dtype", lambda: fn((2, 3), 2, dtype="float32"), TypeError, "dtype"),
+        ]
+
+    return cases
 
 
 def _quantizer(tau, g):
@@ -180,6 +204,7 @@ def _rows() -> list[Row]:
         ),
     ]
     for m, spec in sorted(gk.binary.METHODS.items()):
+        covers = f"binary.{spec.kind}:{m}"
         if spec.kind == "sample":
             out = "bits" if spec.one_hot else "unit"
             rows.append(
@@ -191,6 +216,7 @@ def _rows() -> list[Row]:
                     out=out,
                     inf="bits",
                     exact_grad=m == "binary_concrete",
+                    covers=covers,
                 )
             )
         else:
@@ -203,6 +229,7 @@ def _rows() -> list[Row]:
                     out="loss",
                     inf="bits",
                     tau=None,
+                    covers=covers,
                 )
             )
     S, P, D = gk.subsets, gk.permutations, gk.distributions
@@ -243,6 +270,49 @@ def _rows() -> list[Row]:
             tau=None,
             dim=True,
         ),
+    ]
+    imle, loo = (gk.get_spec(m, family="subset") for m in ("imle", "reinforce_loo"))
+    rows += [
+        Row(
+            "imle",
+            "imle",
+            lambda t, g, d: lambda x: S.imle(x, _k(x, d), t, d, generator=g),
+            out="k_hot" if imle.one_hot else "k_sum",
+            tau="float" if imle.uses_tau else None,  # a float temperature: a tensor is refused
+            dim=True,
+        ),
+        Row(
+            "subsets.reinforce_loo",
+            "subsets.reinforce_loo",
+            lambda t, g, d: lambda x: S.reinforce_loo(x, _k(x, d), _subset_loss, dim=d, generator=g)[0],
+            out="loss" if loo.kind == "score_function" else "k_hot",
+            tau="float" if loo.uses_tau else None,
+            covers="reinforce_loo",
+        ),
+        # not samplers: a log normaliser (deterministic, differentiable) and a noise generator
+        Row(
+            "log_subset_normalizer",
+            "log_subset_normalizer",
+            lambda t, g, d: lambda x: S.log_subset_normalizer(x, _k(x)),
+            out="log_normalizer",
+            tau=None,
+            random=False,
+            exact_grad=True,
+        ),
+        Row(
+            "sum_of_gamma_noise",
+            "sum_of_gamma_noise",
+            lambda t, g, d: lambda x: S.sum_of_gamma_noise(x.shape, 2, generator=g, dtype=x.dtype),
+            kind="noise",
+            arg="dtype",
+            out="noise",
+            inf="data",
+            tau=None,
+            grad=False,
+            errors=_noise_errors(S.sum_of_gamma_noise),
+        ),
+    ]
+    rows += [
         Row(
             "sinkhorn",
             "sinkhorn",
@@ -347,6 +417,17 @@ def _rows() -> list[Row]:
             tau_name="temperature",
         ),
         Row(
+            "sample_tokens",
+            "sample_tokens",
+            lambda t, g, d: lambda x: gk.decoding.sample_tokens(x, temperature=t, generator=g),
+            kind="tokens",
+            out="index",
+            tau_name="temperature",
+            tau_shape=lambda s: s[:-1],
+            grad=False,
+            vmap=False,  # one call samples every row of its (B, V) logits: documented as refused
+        ),
+        Row(
             "GumbelQuantizer",
             "GumbelQuantizer",
             lambda t, g, d: _quantizer(t, g),
@@ -373,7 +454,7 @@ def test_every_public_sampler_has_a_row():
     public |= {f"binary.{spec.kind}:{m}" for m, spec in gk.binary.METHODS.items()}
     public |= set(gk.subsets.__all__) | set(gk.permutations.__all__) | set(gk.distributions.__all__)
     public |= {"GumbelSoftmax", "L0Gate", "GumbelQuantizer", "gumbel_max", "gumbel_topk", "gumbel_softmax"}
-    public |= {"tempered_softmax"}
+    public |= {"tempered_softmax", "sample_tokens"}
     covered = {r.key for r in ROWS.values()}
     assert public <= covered, sorted(public - covered)
 
@@ -389,6 +470,8 @@ def _shape(draw, kind: str) -> tuple[int, ...]:
         return (draw(st.integers(1, 3)), 4)
     if kind == "scores":
         return (draw(st.integers(1, 3)), draw(st.integers(1, 5)))
+    if kind == "tokens":
+        return (draw(st.integers(1, 3)), draw(st.integers(1, 6)))
     lead = [draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))]
     return (*lead, draw(st.integers(1, 6)))
 
@@ -472,6 +555,22 @@ def _check_forward(row: Row, x: torch.Tensor, y: torch.Tensor, tol: float) -> No
         return
     if out != "loss":  # a loss has the loss function's dtype
         assert y.dtype == x.dtype, (y.dtype, x.dtype)
+    if out == "noise":
+        assert y.shape == x.shape and torch.isfinite(y).all(), "noise of another shape, or not finite"
+        return
+    if out == "log_normalizer":
+        # log e_k(exp x) lies between the log-weight C_k of the heaviest k-subset and C_k + log C(n, k)
+        assert y.shape == x.shape[:-1] and (y != -INF).all()
+        k, xd = _k(x), x.double()
+        heaviest = xd.topk(k, -1).values.sum(-1)
+        n_free = torch.isfinite(xd).sum(-1).double()
+        log_comb = torch.lgamma(n_free + 1) - math.lgamma(k + 1) - torch.lgamma(n_free - k + 1)
+        slack = 10 * tol * (1 + heaviest.abs())
+        fits = (y.double() >= heaviest - slack) & (y.double() <= heaviest + log_comb + slack)
+        # in float16 / bfloat16 log e_k may be beyond the dtype's range: +inf there and only there
+        beyond = heaviest > torch.finfo(x.dtype).max / 2
+        assert torch.where(y.double() == INF, beyond, fits).all(), "log e_k out of its bounds"
+        return
     if out == "log_simplex":
         assert (y != INF).all() and (y <= tol).all()
         assert torch.allclose(y.double().logsumexp(-1), torch.zeros(()).double(), atol=10 * tol)
@@ -614,7 +713,7 @@ def test_dtypes_are_kept(rid, data):
 
 
 def _single(row: Row) -> torch.Tensor:
-    shape = {"matrix": (3, 3), "scores": (5,), "features": (4,)}.get(row.kind, (6,))
+    shape = {"matrix": (3, 3), "scores": (5,), "features": (4,), "tokens": (2, 6)}.get(row.kind, (6,))
     return torch.randn(shape, generator=torch.Generator().manual_seed(3))
 
 
@@ -743,10 +842,9 @@ def _error_cases(row: Row):
         return y
 
     run = lambda inp, t=0.5, g=None: _call_raw(row, inp, t, g)
-    cases = [
-        ("integer input", lambda: run(x.long()), TypeError, row.arg),
-        ("not a tensor", lambda: run(x.tolist()), TypeError, row.arg),
-    ]
+    cases = [("integer input", lambda: run(x.long()), TypeError, row.arg)]
+    if row.kind != "noise":  # a noise generator's input only gives a shape and a dtype
+        cases.append(("not a tensor", lambda: run(x.tolist()), TypeError, row.arg))
     if row.inf != "data":
         cases.append(("NaN", lambda: run(with_value(float("nan"))), ValueError, "NaN"))
     if row.inf in ("mask", "refuse"):
@@ -770,7 +868,7 @@ def _error_cases(row: Row):
             cases.append(("integer tau", lambda: run(x, torch.ones(shape, dtype=torch.long)), TypeError, row.tau_name))
     if row.random:
         cases.append(("generator", lambda: run(x, 0.5, 7), TypeError, "generator"))
-    return cases
+    return cases + row.errors()
 
 
 def _call_raw(row: Row, x, tau, generator):

@@ -21,6 +21,7 @@ import torch
 import gumbelkit as gk
 from gumbelkit import binary
 from gumbelkit.binary._rebar import conditional_logistic
+from gumbelkit.errors import GumbelkitError
 from gumbelkit.estimators._gumbel_rao import _condition
 from gumbelkit.estimators._rebar import conditional_gumbel_vjp
 
@@ -486,3 +487,40 @@ def test_relax_with_a_user_network_trains_it_and_accepts_a_trailing_one():
     s = binary.surrogate(logits, lambda b: (b - 0.3).square().sum(-1), "relax", control=net, temperature=0.4)
     s.sum().backward()
     assert all(p.grad is not None for p in net.parameters()) and logits.grad.shape == (10, 3)
+
+
+def _objectives():
+    """(family, method, call(logits, generator, control)) of every stateful method, from the registry."""
+    w = torch.arange(1.0, 7.0)
+    out = []
+    for m in BERNOULLI:
+        out.append(
+            (
+                "bernoulli",
+                m,
+                lambda x, g, c, m=m: binary.surrogate(x, lambda b: (b * w).sum(-1), m, generator=g, control=c),
+            )
+        )
+    for m in CATEGORICAL:
+        fn = gk.get_spec(m).fn
+        out.append(
+            ("categorical", m, lambda x, g, c, fn=fn: fn(x, lambda z: (z * w).sum(-1), generator=g, control=c)[0])
+        )
+    return out
+
+
+@pytest.mark.parametrize(("family", "method", "call"), _objectives(), ids=lambda v: v if isinstance(v, str) else "")
+def test_fixed_controls_work_under_torch_func_and_trained_ones_are_refused_by_name(family, method, call):
+    x = torch.randn(3, 6, generator=gen(4))
+    # torch.func.grad gives the eager backward's estimate (same generator state)
+    g = torch.func.grad(lambda a: call(a, gen(5), None).sum())(x)
+    xl = x.clone().requires_grad_()
+    call(xl, gen(5), None).sum().backward()
+    torch.testing.assert_close(g, xl.grad)
+    # a trained control needs torch.autograd.grad of its parameters: refused, naming the function and vmap
+    control = gk.get_spec(method, family=family).new_control((6,))
+    with pytest.raises(GumbelkitError, match=r"^(binary\.surrogate|\w+_objective): .*vmap"):
+        torch.vmap(lambda a: call(a, None, control), randomness="different")(x)
+    control.requires_grad_(False)  # frozen: a fixed control, batched like the rest
+    y = torch.vmap(lambda a: call(a.unsqueeze(0), None, control), randomness="different")(x[:1].expand(8, 6))
+    assert y.shape == (8, 1) and torch.isfinite(y).all()

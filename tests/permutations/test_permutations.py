@@ -9,6 +9,7 @@ from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
 import gumbelkit as gk
+from gumbelkit._core.numerics import log_exp_noise
 from gumbelkit.permutations import gumbel_sinkhorn, neural_sort, sinkhorn, soft_sort
 from gumbelkit.structured import permutation_matrix
 
@@ -41,7 +42,7 @@ def brute_force_best(scores):
 
 def noisy_scores(log_alpha, seed):
     """log_alpha + g with the noise gumbel_sinkhorn draws for the same generator state."""
-    return log_alpha - gk._internals.log_exp_noise(log_alpha.shape, gen(seed), log_alpha.device, log_alpha.dtype)
+    return log_alpha - log_exp_noise(log_alpha.shape, gen(seed), log_alpha.device, log_alpha.dtype)
 
 
 # --------------------------------------------------------------------------- sinkhorn

@@ -27,6 +27,34 @@ def test_log_normalizer_is_the_elementary_symmetric_polynomial():
     assert torch.allclose(g, gk.subsets.topk_marginals(theta.detach(), 3))  # its gradient: the marginals
 
 
+def test_log_normalizer_edge_cases():
+    f = gk.subsets.log_subset_normalizer
+    # a spread of 1e30: the items that differ by 1 keep their weights (a sum of logits never
+    # cancels the stand-in for log 0 of an empty sum)
+    theta = torch.tensor([1e30, 1e30 - 1e14, 0.0, -1.0, -1e30], dtype=torch.float64, requires_grad=True)
+    exact = torch.logsumexp(_subsets(5, 3) @ theta.detach(), 0)
+    value = f(theta, 3)
+    assert torch.allclose(value, exact, rtol=1e-15)
+    (g,) = torch.autograd.grad(value, theta)
+    assert torch.isfinite(g).all() and torch.allclose(g, gk.subsets.topk_marginals(theta.detach(), 3))
+    # a subset of weight e^-3e30 is still more than an empty sum (a finite stand-in like -1e30 is not)
+    theta = torch.tensor([-1e30, -1e30, -1e30, 0.0], dtype=torch.float64)
+    assert torch.allclose(f(theta, 4), torch.tensor(-3e30, dtype=torch.float64), rtol=1e-15)
+    # masks add nothing and get a zero gradient; float16 is computed in float32, returned in float16
+    x = torch.tensor([[0.5, float("-inf"), 1.0, -2.0]], dtype=torch.float16, requires_grad=True)
+    y = f(x, 2)
+    assert y.dtype == torch.float16
+    exact = torch.logsumexp(_subsets(3, 2) @ torch.tensor([0.5, 1.0, -2.0]).double(), 0)
+    assert torch.allclose(y.double(), exact, rtol=1e-3)  # float16 rounding of the result
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g[0, 1] == 0 and torch.isfinite(g).all()
+    assert f(torch.randn(3, 4), 0).eq(0).all()  # e_0 = 1
+    with pytest.raises(gk.GumbelkitValueError, match=r"^log_subset_normalizer: expected k <= 3"):
+        f(x.detach(), 4)  # a row has no 4-subset of unmasked items
+    with pytest.raises(gk.GumbelkitValueError, match=r"^log_subset_normalizer: .*k"):
+        f(torch.zeros(4), -1)
+
+
 def test_reinforce_loo_is_unbiased():
     # E[f(z)] with f(z) = ||z - b||^2 under the conditional law, gradient by enumeration (float64).
     # The mean of 20,000 estimates (n = 2) is compared coordinatewise at 5 standard errors:

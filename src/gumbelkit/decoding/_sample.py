@@ -6,7 +6,8 @@ from typing import Literal, overload
 
 import torch
 
-from .._core.policy import check_mode
+from .._core.policy import check_mode, in_vmap
+from ..errors import GumbelkitValueError
 from ._params import check_logits_2d, raise_bad_rows, row_keys, row_params
 from ._torch import row_maxima, sample_rows
 
@@ -87,6 +88,9 @@ def sample_tokens(
     drawn from ``generator`` (or the default generator) by one random op on the logits' device;
     the global RNG is untouched when a generator or seeds are given.
 
+    Not for ``torch.vmap`` (refused with a :class:`~gumbelkit.errors.GumbelkitError`): one call
+    already samples every row independently.
+
     Bad input: a number out of range raises at once (``top_k < 0``, ``top_p`` outside (0, 1],
     ``min_p`` outside [0, 1), ``temperature`` < 0, NaN or inf). A row whose logits hold a NaN or
     a +inf, or no finite value, never gets a plausible token: where the value checks raise (the
@@ -125,6 +129,13 @@ def sample_tokens(
     Up the Heat: Min-p Sampling for Creative and Coherent LLM Outputs", ICLR 2025 (min-p); Salmon
     et al., "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011 (Philox).
     """
+    if in_vmap():
+        # One call already samples a batch of rows, each from its own key drawn in place (or from
+        # its seed), and the value checks read the tokens on the host: neither can be batched.
+        raise GumbelkitValueError(
+            "sample_tokens: expected a call outside torch.vmap, got one under torch.vmap: one call already "
+            "samples every row of its (B, V) logits independently; pass the rows stacked as one (B, V) tensor"
+        )
     check_logits_2d(logits)
     mode = check_mode(logits)
     rp = row_params(logits, temperature, top_k, top_p, min_p, mode)

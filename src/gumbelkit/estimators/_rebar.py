@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .._core.numerics import log_exp_noise
-from .._core.policy import compute_dtype
+from .._core.policy import compute_dtype, functorch_active
 from .._core.validation import check_generator, check_logits, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ._gumbel_rao import _condition
@@ -273,6 +273,10 @@ class Control:
         """Whether the variance gradient is needed (a module with trainable parameters, grad enabled)."""
         return self._trained
 
+    def is_zero(self) -> bool:
+        """Whether c is identically 0 (no relaxed-loss term, no network): REINFORCE with one sample."""
+        return self.eta is None and self.net is None
+
     def value(
         self, y: torch.Tensor, evaluate: Loss, batch: tuple[int, ...], cdt: torch.dtype, fn: str
     ) -> torch.Tensor | None:
@@ -305,7 +309,25 @@ def _net_value(net: nn.Module, y: torch.Tensor, batch: tuple[int, ...], cdt: tor
 
 
 def resolve_control(method: str, control: Any, options: dict, fn: str) -> Control:
-    """The :class:`Control` of one call of ``"rebar"`` / ``"relax"`` (``method``) with ``options``."""
+    """The :class:`Control` of one call of ``"rebar"`` / ``"relax"`` (``method``) with ``options``.
+
+    A fixed control (None, or a module without trainable parameters, or any module under
+    ``torch.no_grad``) works under torch.func transforms (``torch.vmap``, ``torch.func.grad``);
+    a trained one is refused there with a clear error: its online training takes
+    ``torch.autograd.grad`` with respect to its parameters, which the transforms do not allow.
+    """
+    ctl = _resolve_control(method, control, options, fn)
+    if ctl.trained() and functorch_active():
+        raise GumbelkitValueError(
+            f"{fn}: expected a fixed control under torch.func transforms (torch.vmap, torch.func.grad): "
+            f"control=None, or a control whose parameters do not require grad; got a {type(control).__name__} "
+            f"with {len(ctl.params)} trainable parameter tensor(s) (its online training needs torch.autograd.grad "
+            f"of its parameters, which the transforms refuse: train it outside the transform)"
+        )
+    return ctl
+
+
+def _resolve_control(method: str, control: Any, options: dict, fn: str) -> Control:
     if method == "rebar":
         if control is None:
             return Control(None, options["temperature"], options["eta"], None)
@@ -327,15 +349,36 @@ def resolve_control(method: str, control: Any, options: dict, fn: str) -> Contro
     return Control(control, options["temperature"], 1.0 if options["f_term"] else None, control)
 
 
-def _input_gradient(c: torch.Tensor, x: torch.Tensor, create_graph: bool, fn: str) -> torch.Tensor:
-    """dc/dx summed over rows (each row's c depends on its own x only)."""
+def _require_grad(c: torch.Tensor, fn: str) -> None:
     if not c.requires_grad:
         raise GumbelkitValueError(
             f"{fn}: expected f (and the control) to be differentiable at relaxed samples, got a value without a "
             f"gradient (the control variate needs the gradient of f at sigma(z / temperature))"
         )
+
+
+def _value_and_input_gradient(
+    c_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, create_graph: bool, fn: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c(z), dc/dz summed over rows) -- each row's c depends on its own entries of z only."""
+    if functorch_active():
+        # Under torch.vmap / torch.func.grad, requires_grad_ and torch.autograd.grad are refused;
+        # torch.func.vjp nests inside them. (A trained control, which would need create_graph, is
+        # refused under the transforms by resolve_control.)
+        def checked(x: torch.Tensor) -> torch.Tensor:
+            c = c_of(x)
+            _require_grad(c, fn)
+            return c
+
+        out = torch.func.vjp(checked, z.detach())  # (c, vjp_fn): no auxiliary output
+        c, vjp = out[0], out[1]
+        (g,) = vjp(torch.ones_like(c))
+        return c, g
+    x = z.detach().requires_grad_(True)
+    c = c_of(x)
+    _require_grad(c, fn)
     (g,) = torch.autograd.grad(c.sum(), x, create_graph=create_graph, allow_unused=True)
-    return torch.zeros_like(x) if g is None else g
+    return c, torch.zeros_like(x) if g is None else g
 
 
 def control_variate_estimate(
@@ -370,18 +413,19 @@ def control_variate_estimate(
     """
     create_graph = control.trained()
     view = batch + (1,) * (score.dim() - len(batch))
-    x = z.detach().requires_grad_(True)
-    c_z = control.value(relax(x), evaluate, batch, z.dtype, fn)
-    if c_z is None:  # c = 0: REINFORCE with one sample
+    if control.is_zero():  # c = 0: REINFORCE with one sample
         return f_b.view(view) * score
-    gx = _input_gradient(c_z, x, create_graph, fn)
+
+    def c_of(x: torch.Tensor) -> torch.Tensor:
+        c = control.value(relax(x), evaluate, batch, z.dtype, fn)
+        assert c is not None  # c is not identically 0 (checked above)
+        return c
+
+    c_z, gx = _value_and_input_gradient(c_of, z, create_graph, fn)
     if z_tilde is None:
         c_zt, gxt = c_z, gx
     else:
-        xt = z_tilde.detach().requires_grad_(True)
-        c_tilde = control.value(relax(xt), evaluate, batch, z.dtype, fn)
-        assert c_tilde is not None  # c is not identically 0 (checked at z)
-        c_zt, gxt = c_tilde, _input_gradient(c_tilde, xt, create_graph, fn)
+        c_zt, gxt = _value_and_input_gradient(c_of, z_tilde, create_graph, fn)
     if not create_graph:
         c_zt = c_zt.detach()
     return (f_b - c_zt).view(view) * score + gx - jvp_tilde(gxt)

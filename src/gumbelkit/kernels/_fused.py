@@ -203,7 +203,15 @@ _INDUCTOR_OPTIONS: dict[str, str | int | bool] = {"realize_opcount_threshold": 2
 
 
 def _compile(fn):
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=dict(_INDUCTOR_OPTIONS))
+    # The first torch.compile of a process runs Dynamo's one-time patching, which among other
+    # things turns torch.distributions' default validate_args off for the whole process. A library
+    # must not change a global its user relies on (their distributions would silently stop
+    # validating), so the default is put back as it was.
+    validate = torch.distributions.Distribution._validate_args
+    try:
+        return torch.compile(fn, fullgraph=True, dynamic=False, options=dict(_INDUCTOR_OPTIONS))
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def _get_compiled(name: str, fn):

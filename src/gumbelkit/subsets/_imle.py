@@ -12,11 +12,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._core.noise import exponential_noise
 from .._core.policy import compute_dtype
-from .._core.validation import Tau, check_generator, check_int, check_logits, check_tau
+from .._core.validation import Tau, check_float_dtype, check_generator, check_int, check_logits, check_shape, check_tau
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, register
 from ..structured import check_subset_size
@@ -50,7 +49,9 @@ def sum_of_gamma_noise(
         s: terms of the sum (the approximation improves as s grows).
         generator: optional ``torch.Generator`` (keyword-only): same state, same noise.
         device: output device (default: the generator's, else CPU).
-        dtype: float32 or float64 (the draw's precision).
+        dtype: output dtype, any floating dtype. The noise is drawn in float32 (float64 if asked)
+            and only cast at the end: float16 / bfloat16 Gamma draws of shape 1/k would lose the
+            small values that make the Gumbel's lower tail.
 
     Returns:
         Tensor of ``shape``.
@@ -63,21 +64,25 @@ def sum_of_gamma_noise(
     Reference: Niepert, Minervini, Franceschi, "Implicit MLE: Backpropagating Through Discrete
     Exponential Family Distributions", NeurIPS 2021 (Sum-of-Gamma perturbations).
     """
-    k = check_int(k, "k", min=1, fn="sum_of_gamma_noise")
-    s = check_int(s, "s", min=1, fn="sum_of_gamma_noise")
-    if dtype not in (torch.float32, torch.float64):
-        raise GumbelkitTypeError(f"sum_of_gamma_noise: expected dtype float32 or float64, got {dtype}")
+    fn = "sum_of_gamma_noise"
+    shape = check_shape(shape, fn)
+    k = check_int(k, "k", min=1, fn=fn)
+    s = check_int(s, "s", min=1, fn=fn)
+    cdt = compute_dtype(check_float_dtype(dtype, "dtype", fn))
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise GumbelkitTypeError(f"{fn}: expected generator to be a torch.Generator, got {type(generator).__name__}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    check_generator(generator, torch.device(device), "sum_of_gamma_noise")
-    shape = tuple(int(n) for n in shape)
+    device = torch.device(device)
+    check_generator(generator, device, fn)
     if k == 1:  # Gamma(1, 1) is Exp(1): the library's exact-tail exponential noise, cheaper than a Gamma draw
-        gamma = exponential_noise((s,) + shape, generator=generator, device=device, dtype=dtype)
+        gamma = exponential_noise((s,) + shape, generator=generator, device=device, dtype=cdt)
     else:
-        alpha = torch.full((s,) + shape, 1.0 / k, dtype=dtype, device=device)
+        alpha = torch.full((s,) + shape, 1.0 / k, dtype=cdt, device=device)
         gamma = torch._standard_gamma(alpha, generator=generator)  # takes a generator, unlike Gamma.sample
-    i = torch.arange(1, s + 1, dtype=dtype, device=device).view((s,) + (1,) * len(shape))
-    return (gamma / i).sum(0) - math.log(s) / k
+    i = torch.arange(1, s + 1, dtype=cdt, device=device).view((s,) + (1,) * len(shape))
+    out = (gamma / i).sum(0) - math.log(s) / k
+    return out if cdt == dtype else out.to(dtype)
 
 
 def _khot_map(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,22 +91,32 @@ def _khot_map(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _IMLE(torch.autograd.Function):
-    """Forward: MAP(theta + eps). Backward: (MAP(theta + eps) - MAP(theta - lam * dy + eps)) / lam."""
+    """Forward: MAP(theta + eps). Backward: (MAP(theta + eps) - MAP(theta - lam * dy + eps)) / lam.
+
+    Written for torch.func (``setup_context``, a generated vmap rule: every op is batchable). The
+    backward is a piecewise-constant function of theta and dy (two MAP states), so its own
+    derivative is 0 almost everywhere: it is computed from detached tensors, and a double backward
+    gives nothing further rather than an error.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, theta, noise, k: int, lam: float, out_dtype):
-        z = _khot_map(theta.detach() + noise, k)
-        ctx.save_for_backward(theta, noise, z)
+    def forward(theta, noise, k: int, lam: float, out_dtype):
+        return _khot_map(theta.detach() + noise, k).to(out_dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        theta, noise, k, lam, _ = inputs
+        ctx.save_for_backward(theta.detach(), noise.detach(), output.detach())
         ctx.k, ctx.lam = k, lam
-        return z.to(out_dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         theta, noise, z = ctx.saved_tensors
-        target = theta - ctx.lam * dy.to(theta.dtype)  # -inf (masked) stays -inf
+        target = theta - ctx.lam * dy.detach().to(theta.dtype)  # -inf (masked) stays -inf
         z_target = _khot_map(target + noise, ctx.k)
-        return (z - z_target) / ctx.lam, None, None, None, None
+        return (z.to(theta.dtype) - z_target) / ctx.lam, None, None, None, None
 
 
 @register(
@@ -159,8 +174,9 @@ def imle(
     ``target = "conditional"`` is the law whose gradient it approximates).
 
     Masked (-inf) logits are never chosen and get a zero gradient. float16 / bfloat16 are
-    computed in float32; the result has the logits' dtype. The backward is not differentiable
-    again (its value is piecewise constant in theta).
+    computed in float32; the result has the logits' dtype. Its backward is piecewise constant in
+    theta and in the downstream gradient, so a double backward gives it no further gradient.
+    Works under ``torch.vmap(randomness="different")`` and ``torch.func.grad``.
 
     Args:
         logits: item scores :math:`\theta` (any floating dtype and batch shape); -inf masks an item.

@@ -8,11 +8,12 @@ from collections.abc import Callable
 import torch
 
 from .._core.policy import compute_dtype
-from .._core.validation import shape_str
+from .._core.validation import check_generator, check_int, check_logits, shape_str
 from ..errors import GumbelkitTypeError, GumbelkitValueError
 from ..estimators._registry import OptionSpec, register
 from ..estimators._score_function import reinforce_surrogate
-from ._simple import simple
+from ..structured import check_subset_size
+from ._simple import _tables, simple
 
 __all__ = ["log_subset_normalizer", "reinforce_loo"]
 
@@ -25,30 +26,48 @@ def log_subset_normalizer(logits: torch.Tensor, k: int) -> torch.Tensor:
     Math: :math:`e_k(w) = \sum_{|S| = k} \prod_{i \in S} w_i`, so that
     :math:`\log P(z \mid \sum_i z_i = k) = \theta \cdot z - \log e_k(e^\theta)` for independent
     :math:`z_i \sim \mathrm{Bernoulli}(\sigma(\theta_i))`. The recursion
-    :math:`e_j(w_{1..i}) = e_j(w_{1..i-1}) + w_i e_{j-1}(w_{1..i-1})` runs in log space (O(nk)),
-    differentiable to any order; its gradient is the vector of exact marginals
-    (:func:`gumbelkit.subsets.topk_marginals`). Empty sums start at the finite -1e30 rather than
-    -inf: logaddexp of two -inf has a NaN gradient, and exp(-1e30 - x) is an exact 0 for any
-    realistic x. A masked (-inf) logit adds nothing and gets a zero gradient.
+    :math:`e_j(w_{1..i}) = e_j(w_{1..i-1}) + w_i e_{j-1}(w_{1..i-1})` runs in log space over the
+    items sorted in decreasing order, on tables normalised by the heaviest subset of each prefix
+    (:func:`gumbelkit.subsets.topk_marginals`' tables), and the result is
+    :math:`C_k + \log(e_k / e^{C_k})` with :math:`C_k` the sum of the k largest logits: only
+    differences of logits enter the recursion, so no sum of large numbers can cancel a stand-in
+    for log 0 and any spread of finite logits (1e30 against 1 included) gives the right value.
+    O(nk), differentiable to any order; its gradient is the vector of exact marginals
+    (:func:`gumbelkit.subsets.topk_marginals`). A masked (-inf) logit adds nothing and gets a
+    zero gradient. float16 / bfloat16 are computed in float32; the result has the logits' dtype
+    (it may overflow to inf there: log e_k is about the sum of the k largest logits).
 
     Args:
-        logits: (..., n) log-weights.
-        k: subset size, 0 <= k <= n.
+        logits: (..., n) log-weights, any floating dtype; -inf masks an item.
+        k: subset size, 0 <= k <= the number of unmasked items of every row (k = 0: log e_0 = 0).
 
     Returns:
         Tensor of shape ``logits.shape[:-1]``.
+
+    Raises:
+        GumbelkitError: a non-tensor or non-floating ``logits``, a 0-d tensor, NaN / +inf
+            logits, all-masked rows, k not an integer in [0, n] or larger than a row's unmasked
+            count.
 
     Examples:
         >>> theta = torch.zeros(4)  # every weight 1: e_2 = C(4, 2) = 6
         >>> round(float(gk.subsets.log_subset_normalizer(theta, 2).exp()), 4)
         6.0
+        >>> x = torch.tensor([100.0, 0.0, float("-inf")])  # one 2-subset of unmasked items: weight e^100
+        >>> float(gk.subsets.log_subset_normalizer(x, 2))
+        100.0
     """
-    empty = torch.full_like(logits[..., 0], -1e30)
-    e = [torch.zeros_like(logits[..., 0])] + [empty] * k
-    for i in range(logits.shape[-1]):
-        t = logits[..., i]
-        e = [e[0]] + [torch.logaddexp(e[j], e[j - 1] + t) for j in range(1, k + 1)]
-    return e[k]
+    fn = "log_subset_normalizer"
+    check_logits(logits, -1, fn=fn)
+    k = check_int(k, "k", min=0, max=logits.shape[-1], fn=fn)
+    lw = logits.to(compute_dtype(logits.dtype))
+    if k == 0:  # the empty subset, of weight 1: log e_0 = 0 whatever the logits (and no gradient)
+        return torch.zeros_like(lw[..., 0]).to(logits.dtype)
+    check_subset_size(k, logits, -1, fn=fn)
+    order, _, tables, _ = _tables(lw, k)
+    # C_k: the k largest logits, finite since every row has at least k unmasked items
+    heaviest = lw.gather(-1, order[..., :k]).sum(-1)
+    return (heaviest + tables[..., k, -1]).to(logits.dtype)
 
 
 @register(
@@ -108,13 +127,17 @@ def reinforce_loo(
     Reference: Williams, 1992; Kool, van Hoof, Welling, ICLR 2019 workshop; the conditional law
     of Ahmed et al., "SIMPLE", ICLR 2023.
     """
+    d = check_logits(logits, dim, fn=_FN)
+    k = check_subset_size(k, logits, d, fn=_FN)
+    if not callable(loss_fn):
+        raise GumbelkitTypeError(f"{_FN}: expected loss_fn to be callable, got {type(loss_fn).__name__}")
+    check_generator(generator, logits.device, _FN)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise GumbelkitTypeError(f"{_FN}: expected n to be an integer >= 2, got {n!r}")
     if n < 2:
         raise GumbelkitValueError(f"{_FN}: expected n to be an integer >= 2, got {n!r}")
     with torch.no_grad():  # the samples carry no gradient: the estimate flows through log P alone
         z = torch.stack([simple(logits, k, dim, generator=generator) for _ in range(int(n))])
-    d = dim % logits.dim()
     losses = loss_fn(z)
     batch = (n, *logits.shape[:d], *logits.shape[d + 1 :])
     if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != batch:
