@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from ..numerics import argmax_one_hot, one_hot, vertical_softmax_, vertical_softmax_grad
-from ..policy import compute_dtype, lean
-from ..validation import Tau
+from .numerics import argmax_one_hot, one_hot, vertical_softmax_, vertical_softmax_grad
+from .policy import compute_dtype, lean
+from .validation import Tau
 
 __all__ = [
     "LogCumSumExp",

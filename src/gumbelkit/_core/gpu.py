@@ -42,8 +42,8 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import GumbelkitError, GumbelkitTypeError
-from ..policy import compiling, functorch_active
-from ..validation import (
+from .policy import compiling, functorch_active
+from .validation import (
     Tau,
     check_dtype,
     check_generator,

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..errors import GumbelkitTypeError
-from ..policy import compiling, compute_dtype, in_vmap
-from ..validation import check_float_dtype, check_generator, check_shape, prefixed
+from .policy import compiling, compute_dtype, in_vmap
+from .validation import check_float_dtype, check_generator, check_shape, prefixed
 
 # Public (re-exported by gumbelkit): exponential_noise, gumbel_noise, logistic_noise, uniform_open.
 # Building blocks of the samplers and the fused kernels: exp_from_words32/64, log_exponential_noise.

@@ -24,10 +24,10 @@ import math
 
 import torch
 
-from ..noise import log_exponential_noise
-from ..policy import compute_dtype, functorch_active, lean
-from ..validation import Tau
 from . import gpu as _gpu
+from .noise import log_exponential_noise
+from .policy import compute_dtype, functorch_active, lean
+from .validation import Tau
 
 __all__ = [
     "NOISE_BOUND",

@@ -22,7 +22,7 @@ import numbers
 import torch
 
 from ..errors import GumbelkitDimError, GumbelkitTypeError, GumbelkitValueError
-from ..policy import (
+from .policy import (
     check_mode,
 )
 
