@@ -262,3 +262,16 @@ def test_the_fused_kernels_compile_leaves_torch_distributions_validation_alone()
     torch.distributions.Distribution.set_default_validate_args(False)
     _fused._compile(lambda x: x + 2)
     assert torch.distributions.Distribution._validate_args is False  # whatever it was, it stays
+
+
+def test_exp_concrete_float16_at_the_smallest_temperature_has_no_nan_gradient():
+    # the gradient of a tiny temperature overflows float16 (+-inf is allowed); the logits'
+    # normalisation once ran its backward in float16 and made inf - inf = NaN of it
+    x0 = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)).half()
+    w = torch.linspace(-1, 1, x0.numel(), dtype=torch.float64).view(x0.shape)
+    for seed in range(20):
+        x = x0.clone().requires_grad_()
+        d = gk.distributions.ExpConcrete(torch.finfo(torch.float16).tiny, logits=x)
+        y = d.rsample(generator=torch.Generator().manual_seed(seed))
+        (torch.where(torch.isneginf(y), 0.0, y.double()) * w).sum().backward()
+        assert not x.grad.isnan().any(), seed

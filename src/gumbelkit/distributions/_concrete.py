@@ -308,7 +308,13 @@ class ExpConcrete(_Checked, Distribution):
         event_shape = param.shape[-1:]
         # Normalise before expanding: one reduction per distinct row, not per broadcast copy.
         if name == "logits":
-            self.logits = (param - param.logsumexp(-1, keepdim=True)).expand(batch_shape + event_shape)
+            # Normalised in the compute dtype and kept there for rsample: a float16 gradient of a
+            # tiny temperature overflows to +-inf, and the normalisation's backward (g - p * sum g)
+            # would turn +inf and -inf in one row into NaN; in float32 it stays finite until the
+            # last cast to the parameter's dtype (where it may be inf, never NaN).
+            lc = param.to(compute_dtype(param.dtype))
+            self._logits_c = (lc - lc.logsumexp(-1, keepdim=True)).expand(batch_shape + event_shape)
+            self.logits = self._logits_c.to(param.dtype)
             self._param = self.logits
         else:
             self.probs = (param / param.sum(-1, keepdim=True)).expand(batch_shape + event_shape)
@@ -339,6 +345,8 @@ class ExpConcrete(_Checked, Distribution):
         if "logits" in self.__dict__:
             new.logits = self.logits.expand(param_shape)
             new._param = new.logits
+        if "_logits_c" in self.__dict__:
+            new._logits_c = self._logits_c.expand(param_shape)
         super(ExpConcrete, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -352,7 +360,7 @@ class ExpConcrete(_Checked, Distribution):
         # contiguous: elementwise kernels round some values differently on strided memory (SIMD
         # body against scalar tail), and the sample must not depend on the parameters' layout
         cdt = compute_dtype(dtype)
-        theta = self.logits.to(cdt).contiguous()
+        theta = self.__dict__.get("_logits_c", self.logits).to(cdt).contiguous()
         g = gumbel_noise(shape, generator=generator, device=theta.device, dtype=cdt)
         lam = self.temperature.to(theta).unsqueeze(-1)
         unmasked = theta > _NEG_INF
