@@ -177,7 +177,7 @@ def _rows() -> list[Row]:
     rows += [
         *_soft_and_hard("gumbel_softmax", "gumbel_softmax", gk.gumbel_softmax),
         # the fused algorithm run op by op (the compiled kernel computes the same function)
-        *_soft_and_hard("kernels_reference", "gumbel_softmax", kernels.gumbel_softmax_reference),
+        *_soft_and_hard("kernels_reference", "gumbel_softmax_reference", kernels.gumbel_softmax_reference),
         Row(
             "tempered_softmax",
             "tempered_softmax",
@@ -875,11 +875,8 @@ def _call_raw(row: Row, x, tau, generator):
     return row.make(tau, generator, -1)(x)
 
 
-# kernels.gumbel_softmax / gumbel_softmax_reference check their arguments without naming themselves
-# (and leave NaN / +inf / masked rows to the eager path): a known gap, kept visible here.
-_KNOWN = pytest.mark.xfail(strict=True, reason="the kernels' argument checks do not name the function")
 ERROR_CASES = [
-    pytest.param(rid, i, id=f"{rid}-{label}", marks=[_KNOWN] if rid.startswith("kernels") else [])
+    pytest.param(rid, i, id=f"{rid}-{label}")
     for rid in rows()
     for i, (label, *_r) in enumerate(_error_cases(ROWS[rid]))
 ]

@@ -430,11 +430,11 @@ def _scalar_tau(tau):
         return math.inf
 
 
-def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
-    check_dtype(logits)
-    dim = normalize_dim(logits, dim)
-    tau = check_tau(tau, logits)
-    check_generator(generator, logits.device)
+def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool, fn: str):
+    check_dtype(logits, fn=fn)
+    dim = normalize_dim(logits, dim, fn=fn)
+    tau = check_tau(tau, logits, fn=fn)
+    check_generator(generator, logits.device, fn=fn)
     hard = bool(hard)
     inv = _scalar_tau(tau)
     transformed, vmapped = _functorch_state()
@@ -477,7 +477,7 @@ def _gumbel_softmax(logits, tau, hard, dim, generator, compiled: bool):
     # harmlessly, finite maxima overflow the sum; check_values then finds nothing and returns).
     # Not under vmap (no data-dependent Python control flow there) nor while compiling.
     if not torch.compiler.is_compiling() and not vmapped and not math.isfinite(float(smax.detach().sum())):
-        check_values(logits, dim)  # raises the library's message for NaN / +inf / all-masked rows
+        check_values(logits, dim, fn=fn)  # raises the library's message for NaN / +inf / all-masked rows
     return out2d.reshape(moved.shape).movedim(-1, dim)
 
 
@@ -542,7 +542,7 @@ def gumbel_softmax(
     Shaw, "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011 (Philox).
     """
     _warn_eps(eps)
-    return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=True)
+    return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=True, fn="gumbel_softmax")
 
 
 def gumbel_softmax_reference(
@@ -560,4 +560,4 @@ def gumbel_softmax_reference(
     kernel); slow, since every Philox round is a separate pass over memory.
     """
     _warn_eps(eps)
-    return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=False)
+    return _gumbel_softmax(logits, tau, hard, dim, generator, compiled=False, fn="gumbel_softmax_reference")
