@@ -15,7 +15,13 @@ temperature (1 when it declares none). Default: every method of each family.
 - **poly** (ReinMax's polynomial programming): 128 bits, :math:`\min \frac1D \sum_i |z_i - 0.45|^p`,
   theta ~ U(-0.01, 0.01), batch 64, Adam 1e-3; the exact expected loss after training.
 
-Seeds (and targets, powers) are rows of one tensor: each row's loss depends on its row only and
+A method with learnable state (``spec.has_control``, a learned control variate) gets one control
+per seed from its declaration (``spec.new_control``), trained with theta by the same backward (the
+surrogate carries its variance gradient), its own Adam group at ``--control-lr`` times the rate;
+such a method runs its seeds one after the other. The training reports the variance of single
+estimates at each seed's final theta, with the seed's trained control.
+
+Seeds (and targets, powers) of a method without state are rows of one tensor: each row's loss depends on its row only and
 Adam is elementwise, so one Adam over the stack takes exactly the steps separate ones would.
 """
 
@@ -88,7 +94,9 @@ class BinaryConfig(Config):
         OneOf(("one", "two")),
     )
     control_lr: float = option(
-        1.0, "learning rate of a method's control (REBAR, RELAX) as a multiple of the parameters' one", Float(positive=True)
+        1.0,
+        "learning rate of a method's learnable control, as a multiple of the parameters' one",
+        Float(positive=True),
     )
     final_samples: int = option(2000, "single-sample estimates at the final theta (variance)", Int(2, 10**7))
     record_every: int = option(50, "steps between two points of the training curves", Int(1, 10**7))
@@ -376,5 +384,3 @@ def main(cfg: BinaryConfig) -> dict:
         plots + [("poly.png", functools.partial(plot, "poly", "p", "polynomial programming, p"))] * bool(poly),
     )
     return results
-
-

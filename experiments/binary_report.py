@@ -73,7 +73,8 @@ def markdown(res: dict) -> str:
         out.append(
             f"\n## Toy training, t = {t:g} (batch 1, Adam lr {cfg['train_lr']:g}, {rows[0]['steps']} steps, "
             f"{rows[0]['seeds']} seeds; optimum {rows[0]['optimum']:.6f}, start "
-            f"{(t**2 + (1 - t) ** 2) / 2:.6f}; a control's learning rate: {cfg['control_lr']:g} x)\n\n" + table(rows, _TRAIN)
+            f"{(t**2 + (1 - t) ** 2) / 2:.6f}; a control's learning rate: {cfg['control_lr']:g} x)\n\n"
+            + table(rows, _TRAIN)
         )
     if res["poly"]:
         powers = list(dict.fromkeys(r["p"] for r in res["poly"]))
