@@ -15,7 +15,13 @@ temperature (1 when it declares none). Default: every method of each family.
 - **poly** (ReinMax's polynomial programming): 128 bits, :math:`\min \frac1D \sum_i |z_i - 0.45|^p`,
   theta ~ U(-0.01, 0.01), batch 64, Adam 1e-3; the exact expected loss after training.
 
-Seeds (and targets, powers) are rows of one tensor: each row's loss depends on its row only and
+A method with learnable state (``spec.has_control``, a learned control variate) gets one control
+per seed from its declaration (``spec.new_control``), trained with theta by the same backward (the
+surrogate carries its variance gradient), its own Adam group at ``--control-lr`` times the rate;
+such a method runs its seeds one after the other. The training reports the variance of single
+estimates at each seed's final theta, with the seed's trained control.
+
+Seeds (and targets, powers) of a method without state are rows of one tensor: each row's loss depends on its row only and
 Adam is elementwise, so one Adam over the stack takes exactly the steps separate ones would.
 """
 
@@ -33,10 +39,12 @@ import torch
 import gumbelkit as gk
 
 from . import methods as M
+from .binary_report import DEFINITIONS, markdown, plot
 from .config import Config, Float, Floats, Int, Names, OneOf, PathText, UserError, option
-from .runner import Run, Timer, generator, save_figure, table
+from .runner import Run, Timer, generator
 
-__all__ = ["BinaryConfig", "estimates", "main", "poly_loss", "surrogate_loss", "toy_gradient", "toy_loss", "train"]
+__all__ = ["BinaryConfig", "estimates", "fit", "main", "new_control", "poly_loss", "surrogate_loss", "toy_gradient"]
+__all__ += ["toy_loss", "train"]
 
 PARTS = ("toy", "train", "poly")
 POLY_TARGET = 0.45
@@ -85,6 +93,12 @@ class BinaryConfig(Config):
         "parameters per bit: one (theta) or two (free logits l0, l1, theta = l1 - l0, as in ReinMax's setup)",
         OneOf(("one", "two")),
     )
+    control_lr: float = option(
+        1.0,
+        "learning rate of a method's learnable control, as a multiple of the parameters' one",
+        Float(positive=True),
+    )
+    final_samples: int = option(2000, "single-sample estimates at the final theta (variance)", Int(2, 10**7))
     record_every: int = option(50, "steps between two points of the training curves", Int(1, 10**7))
     seed: int = option(0, "seed of every random stream", Int(0, 2**63 - 1))
 
@@ -129,32 +143,49 @@ def poly_loss(theta: torch.Tensor, p: float | torch.Tensor, target: float = POLY
 # --------------------------------------------------------------------------- one estimate
 
 
-def surrogate_loss(family: str, method: M.Method, theta: torch.Tensor, f: Callable, gen: torch.Generator):
+def surrogate_loss(family: str, method: M.Method, theta: torch.Tensor, f: Callable, gen, control=None):
     """A scalar whose gradient with respect to ``theta`` (..., D) is, row by row, the method's
-    estimate of grad E_{b ~ Bern(sigmoid(theta))} f(b) (``f``: bits (..., D) -> losses (...))."""
+    estimate of grad E_{b ~ Bern(sigmoid(theta))} f(b) (``f``: bits (..., D) -> losses (...)).
+    ``control``: the method's learnable state (:func:`new_control`), which the same backward trains."""
     if family == "bernoulli":
         if method.spec.kind == "score_function":
-            return gk.binary.surrogate(theta, f, method.name, generator=gen, **method.options).sum()
+            return gk.binary.surrogate(theta, f, method.name, generator=gen, control=control, **method.options).sum()
         return f(gk.binary.sample(theta, method.name, method.tau, generator=gen, **method.options)).sum()
     # class 1 of the 2-class latent is the bit: P(class 1) = softmax([0, theta])_1 = sigmoid(theta)
     logits = torch.stack([torch.zeros_like(theta), theta], dim=-1)
     tau = 1.0 if method.tau is None else method.tau
-    return method.objective(logits, lambda z: f(z[..., 1]), tau, generator=gen)[0].sum()
+    return method.objective(logits, lambda z: f(z[..., 1]), tau, generator=gen, control=control)[0].sum()
 
 
-def estimates(family: str, method: M.Method, theta: torch.Tensor, f: Callable, gen) -> torch.Tensor:
-    """Independent estimates, one per row of ``theta`` (..., D)."""
+def new_control(family: str, method: M.Method, bits: int, *parts: Any) -> torch.nn.Module | None:
+    """The method's learnable state for one row of ``bits`` bits, from its declaration
+    (``spec.new_control``; None for a method without state), initialised from a stream seeded by
+    ``parts`` (the global RNG is left as it was)."""
+    if not method.spec.has_control:
+        return None
+    shape = (bits,) if family == "bernoulli" else (bits, 2)  # the 2-class latent: (D, 2) per row
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(generator(*parts).initial_seed()))
+        return method.spec.new_control(shape, **method.options)
+
+
+def estimates(family: str, method: M.Method, theta: torch.Tensor, f: Callable, gen, control=None) -> torch.Tensor:
+    """Independent estimates, one per row of ``theta`` (..., D) (``control``: held as it is)."""
     th = theta.detach().clone().requires_grad_(True)
-    return torch.autograd.grad(surrogate_loss(family, method, th, f, gen), th)[0].detach()
+    return torch.autograd.grad(surrogate_loss(family, method, th, f, gen, control), th)[0].detach()
 
 
-def train(family: str, method: M.Method, theta0, f, *, batch, steps, lr, gen, record, two_logits=False):
+def train(family, method, theta0, f, *, batch, steps, lr, gen, record, two_logits=False, control=None, control_lr=1.0):
     """Adam on the stacked parameters ``theta0`` (rows x D); each step a row's gradient is the mean of
     its ``batch`` estimates. With ``two_logits`` a bit has two parameters (l0, l1) from (0, theta0),
-    theta = l1 - l0: Adam then moves theta twice as fast. ``record(step, theta)`` after each step."""
+    theta = l1 - l0: Adam then moves theta twice as fast. ``record(step, theta)`` after each step.
+    ``control``: the method's state, trained by the same backward (its variance gradient, carried by
+    the surrogate) with its own Adam group at ``control_lr`` times ``lr``."""
     start = theta0.detach()
     param = (torch.stack([torch.zeros_like(start), start], -1) if two_logits else start.clone()).requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=lr)
+    groups = [{"params": [param]}]
+    groups += [{"params": list(control.parameters()), "lr": lr * control_lr}] if control is not None else []
+    opt = torch.optim.Adam(groups, lr=lr)
 
     def current() -> torch.Tensor:
         return param[..., 1] - param[..., 0] if two_logits else param
@@ -163,10 +194,40 @@ def train(family: str, method: M.Method, theta0, f, *, batch, steps, lr, gen, re
         opt.zero_grad(set_to_none=True)
         theta = current()
         rows = theta.unsqueeze(1).expand(theta.shape[0], batch, theta.shape[1])
-        (surrogate_loss(family, method, rows, f, gen) / batch).backward()
+        (surrogate_loss(family, method, rows, f, gen, control) / batch).backward()
         opt.step()
         record(step, current().detach())
     return current().detach()
+
+
+def fit(family: str, method: M.Method, theta0, make_f: Callable, record: Callable, *, parts: tuple, control_lr, **kw):
+    """:func:`train` on the rows of ``theta0``: all at once for a method without state (one stream,
+    keyed by ``parts``); one row at a time for a method with state, each row with its own control
+    (:func:`new_control`) and stream, as separate runs would have them. ``make_f(rows)``: the loss of
+    those rows (a slice); ``record(step, rows, theta)``. Returns (final theta, the controls)."""
+    if not method.spec.has_control:
+        rec = functools.partial(record, rows=slice(None))
+        return train(family, method, theta0, make_f(slice(None)), gen=generator(*parts), record=rec, **kw), []
+    finals, controls = [], []
+    for i in range(theta0.shape[0]):
+        rows = slice(i, i + 1)
+        controls.append(new_control(family, method, theta0.shape[-1], *parts, "control", i))
+        finals.append(train(family, method, theta0[rows], make_f(rows), gen=generator(*parts, "row", i),
+                            record=functools.partial(record, rows=rows), control=controls[-1],
+                            control_lr=control_lr, **kw))  # fmt: skip
+    return torch.cat(finals), controls
+
+
+def final_variance(family, method, theta, make_f, controls, cfg, *parts) -> list[float]:
+    """Per row of ``theta``: the variance of ``cfg.final_samples`` single estimates there (float64),
+    with the row's trained control (None: the method's fixed behaviour)."""
+    out = []
+    for i in range(theta.shape[0]):
+        rows = theta[i : i + 1, None].to(torch.float64).expand(1, cfg.final_samples, theta.shape[-1])
+        ctl = controls[i] if controls else None
+        g = estimates(family, method, rows, make_f(slice(i, i + 1)), generator(*parts, "final", i), ctl)
+        out.append(float(g.sum(-1).var()))
+    return out
 
 
 # --------------------------------------------------------------------------- the three parts
@@ -205,14 +266,22 @@ def _marks(steps: int, every: int) -> list[int]:
 
 
 def _train_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
-    """The toy training for every target at once: rows are (target, seed) pairs."""
+    """The toy training for every target: rows are (target, seed) pairs."""
     n_s = cfg.train_seeds
     t_col = torch.tensor(cfg.targets).repeat_interleave(n_s).view(-1, 1, 1)
     thetas = torch.empty(cfg.train_steps, len(cfg.targets) * n_s, dtype=torch.float64)
+
+    def record(step: int, theta: torch.Tensor, rows: slice) -> None:
+        thetas[step - 1, rows] = theta[:, 0]
+
+    def make_f(rows: slice) -> Callable:
+        return lambda b: ((b - t_col[rows]) ** 2).sum(-1)
+
+    parts = (cfg.seed, "train", FAMILY[family], method.tag, method.tau)
     with Timer() as timer:
-        train(family, method, torch.zeros(len(cfg.targets) * n_s, 1), lambda b: ((b - t_col) ** 2).sum(-1), batch=1,
-              steps=cfg.train_steps, lr=cfg.train_lr, gen=generator(cfg.seed, "train", FAMILY[family], method.tag,
-              method.tau), record=lambda step, th: thetas.__setitem__(step - 1, th[:, 0]))  # fmt: skip
+        final, controls = fit(family, method, torch.zeros(len(cfg.targets) * n_s, 1), make_f, record, parts=parts,
+                              control_lr=cfg.control_lr, batch=1, steps=cfg.train_steps, lr=cfg.train_lr)  # fmt: skip
+    variances = final_variance(family, method, final, make_f, controls, cfg, *parts)
     rows, every = [], _marks(cfg.train_steps, cfg.record_every)
     for i, t in enumerate(cfg.targets):
         th = thetas[:, i * n_s : (i + 1) * n_s]
@@ -223,6 +292,8 @@ def _train_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
         row |= {"optimum": min(t, 1 - t) ** 2, "final_loss_mean": float(losses[-1].mean())}
         row |= {"final_loss_std": float(losses[-1].std()) if n_s > 1 else 0.0, "stable_step": stable}
         row |= {"final_p_mean": float(torch.sigmoid(th[-1]).mean()), "seeds_stable": len(reached)}
+        row |= {"final_p": torch.sigmoid(th[-1]).tolist(), "trained_control": bool(controls)}
+        row |= {"final_variance_median": statistics.median(variances[i * n_s : (i + 1) * n_s])}
         row["stable_step_median"] = statistics.median(reached) if reached else None
         row |= {"curve_steps": every, "curve_loss": [float(losses[s - 1].mean()) for s in every]}
         rows.append(row | {"wall_s": timer.seconds / len(cfg.targets)})
@@ -230,27 +301,28 @@ def _train_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
 
 
 def _poly_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
-    """Polynomial programming for every power at once: rows are (power, seed) pairs, the same start."""
+    """Polynomial programming for every power: rows are (power, seed) pairs, the same start."""
     n_p, n_s = len(cfg.poly_powers), cfg.poly_seeds
     init = generator(cfg.seed, "poly-init")
     theta0 = ((torch.rand(n_s, cfg.poly_latents, generator=init, dtype=torch.float64) * 2 - 1) * cfg.poly_init).repeat(
         n_p, 1
     )
     p_col = torch.tensor(cfg.poly_powers, dtype=torch.float64).repeat_interleave(n_s).view(-1, 1)
-    marks, curve = _marks(cfg.poly_steps, cfg.record_every), []
+    marks = _marks(cfg.poly_steps, cfg.record_every)
+    curves = torch.empty(len(marks), n_p * n_s, dtype=torch.float64)
 
-    def record(step: int, theta: torch.Tensor) -> None:
+    def record(step: int, theta: torch.Tensor, rows: slice) -> None:
         if step in marks:
-            curve.append(poly_loss(theta.to(torch.float64), p_col))
+            curves[marks.index(step), rows] = poly_loss(theta.to(torch.float64), p_col[rows])
 
-    def f(b: torch.Tensor) -> torch.Tensor:  # each row's own p; z in [0, 1], p >= 1: differentiable
-        return (b - POLY_TARGET).abs().pow(p_col.to(torch.float32).view(-1, 1, 1)).mean(-1)
+    def make_f(rows: slice) -> Callable:  # each row's own p; z in [0, 1], p >= 1: differentiable
+        return lambda b: (b - POLY_TARGET).abs().pow(p_col[rows].to(torch.float32).view(-1, 1, 1)).mean(-1)
 
     with Timer() as timer:
-        gen = generator(cfg.seed, "poly", FAMILY[family], method.tag, method.tau)
-        kwargs = {"batch": cfg.poly_batch, "steps": cfg.poly_steps, "lr": cfg.poly_lr, "gen": gen, "record": record}
-        final = train(family, method, theta0.to(torch.float32), f, two_logits=cfg.poly_logits == "two", **kwargs)
-    per_row, start, curves = poly_loss(final.to(torch.float64), p_col), poly_loss(theta0, p_col), torch.stack(curve)
+        kwargs = {"batch": cfg.poly_batch, "steps": cfg.poly_steps, "lr": cfg.poly_lr, "control_lr": cfg.control_lr}
+        final, _ = fit(family, method, theta0.to(torch.float32), make_f, record, two_logits=cfg.poly_logits == "two",
+                       parts=(cfg.seed, "poly", FAMILY[family], method.tag, method.tau), **kwargs)  # fmt: skip
+    per_row, start = poly_loss(final.to(torch.float64), p_col), poly_loss(theta0, p_col)
     rows = []
     for i, p in enumerate(cfg.poly_powers):
         sl = slice(i * n_s, (i + 1) * n_s)
@@ -264,20 +336,6 @@ def _poly_run(family: str, method: M.Method, cfg: BinaryConfig) -> dict:
             row | {"curve_steps": marks, "curve_loss": curves[:, sl].mean(1).tolist(), "wall_s": timer.seconds / n_p}
         )
     return {"rows": rows}
-
-
-DEFINITIONS = {
-    "latent": "categorical methods: a 2-class latent with logits [0, theta]; the bit is class 1",
-    "bias": "mean of the single-sample estimates - exact gradient sigma'(theta)((1-t)^2 - t^2)",
-    "stderr": "standard deviation of one estimate / sqrt(samples)",
-    "z": "bias / max(stderr, 1e-6 |exact|) (the floor absorbs float32 rounding of a zero-variance "
-    "estimator): beyond about 5 the estimator is biased at this sample size",
-    "p_wrong_sign": "fraction of single estimates whose sign is opposite to the exact gradient's",
-    "p_zero": "fraction of single estimates that are exactly 0",
-    "stable_step": "first step from which theta keeps the optimum's sign (< 0 for t < 1/2) "
-    "until the last step; None: not at the end",
-    "final_loss": "exact expected loss at the final parameters (closed form)",
-}
 
 
 def main(cfg: BinaryConfig) -> dict:
@@ -310,6 +368,7 @@ def main(cfg: BinaryConfig) -> dict:
                 "kind": m.spec.kind,
                 "tau": m.tau,
                 "unbiased": m.spec.kind != "sample",
+                "has_control": m.spec.has_control,
             }
             for f, m in ests
         ],
@@ -318,106 +377,10 @@ def main(cfg: BinaryConfig) -> dict:
         "poly": poly,
         **run.meta(definitions=DEFINITIONS, compute_s=sum(r["wall_s"] for r in (*toy, *runs, *poly))),
     }
-    plots = [("binary_toy.png", functools.partial(_plot, "train", "t", "Bernoulli toy, t"))] * bool(runs)
+    plots = [("binary_toy.png", functools.partial(plot, "train", "t", "Bernoulli toy, t"))] * bool(runs)
     run.write(
         results,
-        _markdown,
-        plots + [("poly.png", functools.partial(_plot, "poly", "p", "polynomial programming, p"))] * bool(poly),
+        markdown,
+        plots + [("poly.png", functools.partial(plot, "poly", "p", "polynomial programming, p"))] * bool(poly),
     )
     return results
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _pm(key: str, digits: int = 4) -> Callable[[dict], str]:
-    return lambda r: f"{r[key + '_mean']:.{digits}f} ± {r[key + '_std']:.{digits}f}"
-
-
-_TOY = [
-    ("family", "family"),
-    ("method", "method"),
-    ("theta", "theta"),
-    ("exact", "exact"),
-    ("mean", "mean"),
-    ("bias", "bias"),
-    ("stderr", "stderr"),
-    ("z", "z"),
-    ("variance", "variance"),
-    ("P(wrong sign)", "p_wrong_sign"),
-    ("P(0)", "p_zero"),
-]
-_TRAIN = [
-    ("family", "family"),
-    ("method", "method"),
-    ("final loss (mean ± std)", _pm("final_loss", 6)),
-    ("final P(b=1)", "final_p_mean"),
-    ("stable right sign: median step", "stable_step_median"),
-    ("seeds", lambda r: f"{r['seeds_stable']}/{r['seeds']}"),
-]
-
-
-def _markdown(res: dict) -> str:
-    cfg = res["config"]
-    out = [
-        f"# Binary estimators\n\nCommand: `{res['command']}`  \nRuntime: {res['runtime_s']:.1f} s on "
-        f"{res['environment']['threads']} thread(s)\n"
-    ]
-    for t in dict.fromkeys(r["t"] for r in res["toy"]):
-        rows = [r for r in res["toy"] if r["t"] == t]
-        out.append(f"\n## Bernoulli toy, t = {t:g} ({rows[0]['samples']} single-sample estimates per cell)\n\n")
-        out.append(table(rows, _TOY))
-    for t in dict.fromkeys(r["t"] for r in res["train"]):
-        rows = [r for r in res["train"] if r["t"] == t]
-        out.append(
-            f"\n## Toy training, t = {t:g} (batch 1, Adam lr {cfg['train_lr']:g}, {rows[0]['steps']} steps, "
-            f"{rows[0]['seeds']} seeds; optimum {rows[0]['optimum']:.6f}, start "
-            f"{float(toy_loss(torch.tensor(0.0), t)):.6f})\n\n" + table(rows, _TRAIN)
-        )
-    if res["poly"]:
-        powers = list(dict.fromkeys(r["p"] for r in res["poly"]))
-        by = {(r["family"], r["method"], r["p"]): r for r in res["poly"]}
-        first = {p: next(r for r in res["poly"] if r["p"] == p) for p in powers}
-        rows = [
-            {"family": "(optimum)", "method": "", **{p: f"{POLY_TARGET**p:.4f}" for p in powers}},
-            {"family": "(start)", "method": "", **{p: f"{first[p]['start']:.4f}" for p in powers}},
-        ]
-        rows += [
-            {
-                "family": f,
-                "method": m,
-                **{p: _pm("final_loss")(by[f, m, p]) if (f, m, p) in by else "-" for p in powers},
-            }
-            for f, m in dict.fromkeys((r["family"], r["method"]) for r in res["poly"])
-        ]
-        out.append(
-            f"\n## Polynomial programming ({cfg['poly_latents']} latents, batch {cfg['poly_batch']}, Adam lr "
-            f"{cfg['poly_lr']:g}, {cfg['poly_steps']} steps, {cfg['poly_seeds']} seeds): exact expected loss "
-            "after training, mean ± std over seeds\n\n"
-        )
-        out.append(table(rows, [("family", "family"), ("method", "method")] + [(f"p = {p:g}", p) for p in powers]))
-    return "".join(out)
-
-
-def _plot(part: str, key: str, title: str, res: dict, path) -> None:
-    """Excess loss (exact expected loss - optimum) against the step, log scale, a panel per value of ``key``."""
-    from matplotlib.figure import Figure
-
-    rows = res[part]
-    values = list(dict.fromkeys(r[key] for r in rows))
-    fig = Figure(figsize=(6 * len(values), 4.5))
-    axes = fig.subplots(1, len(values), squeeze=False)[0]
-    for ax, v in zip(axes, values):
-        for r in (r for r in rows if r[key] == v):
-            excess = [max(x - r["optimum"], 1e-12) for x in r["curve_loss"]]
-            ax.plot(
-                r["curve_steps"],
-                excess,
-                "-" if r["family"] == "binary" else "--",
-                lw=1,
-                label=f"{r['method']} ({r['family'][:3]})",
-            )
-        ax.set(yscale="log", xlabel="step", ylabel="exact expected loss - optimum")
-        ax.set_title(f"{title} = {v:g} (mean of the seeds)", fontsize=9)
-    axes[-1].legend(fontsize=6, ncol=2)
-    save_figure(fig, path)

@@ -33,7 +33,7 @@ import gumbelkit as gk
 from . import methods as M
 from .config import MIN_TAU, Config, Flag, Float, Floats, Int, Names, PathText, UserError, option
 from .exact import exact_gradient
-from .gradients_problems import SEVENTY_THIRTY, Problem, demo_run, make_problem
+from .gradients_problems import SEVENTY_THIRTY, Problem, demo_run, make_problem, tuned_control
 from .gradients_report import DEFINITIONS, markdown, plot_demo, plot_problem
 from .runner import Run, Timer, generator, mean_std, prepare_folder, resolve_device
 
@@ -77,6 +77,8 @@ class GradientsConfig(Config):
     cell_seconds: float = option(
         1.0, "with 'auto', time cap per cell except score-function methods", Float(positive=True)
     )
+    control_steps: int = option(300, "Adam steps tuning a method's control before it is measured", Int(0, 10**6))
+    control_lr: float = option(0.01, "learning rate of that tuning", Float(positive=True))
     seed: int = option(0, "seed of the problems and of every cell's stream", Int(0))
     device: str = option("auto", "cpu, cuda or auto", lambda v, f: str(resolve_device(str(v))))
     fig_dir: str | None = option(None, "folder for the plots (default: --out)", PathText(), role="run")
@@ -103,14 +105,17 @@ class GradientsConfig(Config):
 # --------------------------------------------------------------------------- estimates
 
 
-def estimator_gradients(problem: Problem, method: M.Method, tau, batch: int, *, generator, dtype=torch.float32):
-    """``batch`` independent gradient estimates (batch, P) and the losses at the method's forward value."""
+def estimator_gradients(
+    problem: Problem, method: M.Method, tau, batch: int, *, generator, dtype=torch.float32, control=None
+):
+    """``batch`` independent gradient estimates (batch, P) and the losses at the method's forward value
+    (``control``: a method's frozen control, :func:`tuned_control`)."""
     leaf = problem.params.to(dtype).expand(batch, *problem.params.shape).clone().requires_grad_(True)
 
     def loss_fn(z: torch.Tensor) -> torch.Tensor:  # codes (..., B, N, K) -> f per code (..., B)
         return problem.f(z.reshape(-1, problem.n, problem.k)).reshape(z.shape[:-2])
 
-    objective, losses = method.objective(problem.logits(leaf), loss_fn, tau, generator=generator)
+    objective, losses = method.objective(problem.logits(leaf), loss_fn, tau, generator=generator, control=control)
     (grad,) = torch.autograd.grad(objective.sum(), leaf)
     return grad.reshape(batch, -1), losses.detach()
 
@@ -169,6 +174,7 @@ def estimate(
     max_samples=400_000,
     chunk=4096,
     max_seconds=None,
+    control=None,
 ) -> dict:
     """One estimator run S times in chunks: its moments, S and the median microseconds per estimate.
 
@@ -177,13 +183,14 @@ def estimate(
     ``max_seconds`` capping S at what the measured speed allows.
     """
     cell, mom, times = Timer().start(), _Moments(), []
-    estimator_gradients(problem, method, tau, min(chunk, 64), generator=generator)  # warm-up, not counted
+    grads = functools.partial(estimator_gradients, problem, method, tau, generator=generator, control=control)
+    grads(min(chunk, 64))  # warm-up, not counted
 
     def run_to(total: int) -> None:
         while mom.count < total:
             b = min(chunk, total - mom.count)
             with Timer(problem.params.device) as timer:
-                g, v = estimator_gradients(problem, method, tau, b, generator=generator)
+                g, v = grads(b)
             times.append(timer.seconds / b)
             mom.add(g, v)
 
@@ -238,6 +245,7 @@ def _row(problem: str, method: M.Method, tau, truth: torch.Tensor, res: dict, re
         "rel_bias_relaxed": None,
         "stderr_bias_relaxed": None,
         "wall_s": res["wall_s"],
+        "control_steps": res.get("control_steps"),  # a method's control, tuned before it is measured
     }
     if ref is not None and method.spec.relaxed:
         g_rel = torch.tensor(ref["grad"], dtype=torch.float64, device=truth.device)
@@ -276,6 +284,8 @@ def equal_work_errors(rows: list, budgets=BUDGETS) -> list:
 
 
 def _estimate(cfg: GradientsConfig, problem: Problem, method: M.Method, tau, scale: float, *stream) -> dict:
+    tune = generator(cfg.seed, "control", *stream, device=problem.params.device)
+    control = tuned_control(problem, method, tau, cfg.control_steps, cfg.control_lr, 256, generator=tune)
     return estimate(
         problem,
         method,
@@ -289,6 +299,7 @@ def _estimate(cfg: GradientsConfig, problem: Problem, method: M.Method, tau, sca
         chunk=cfg.chunk,
         # a score-function estimator is unbiased: it always runs to the standard-error target
         max_seconds=None if method.spec.kind == "score_function" else cfg.cell_seconds,
+        control=control,
     )
 
 
@@ -309,11 +320,13 @@ def _reference(cfg: GradientsConfig, problem: Problem, truth: torch.Tensor, tau:
         "rel_dist_true": _norm(mom.mean() - truth) / g_norm,
         "stderr_rel_dist": math.sqrt(mom.variance_trace() / res["samples"]) / g_norm,
         "wall_s": res["wall_s"],
+        "control_steps": res.get("control_steps"),  # a method's control, tuned before it is measured
     }
 
 
 def _cell(cfg: GradientsConfig, problem: Problem, method: M.Method, tau, truth: torch.Tensor, ref) -> dict:
     res = _estimate(cfg, problem, method, tau, _norm(truth), problem.name, method.tag, tau)
+    res["control_steps"] = cfg.control_steps if method.spec.has_control else None
     return _row(problem.name, method, tau, truth, res, ref)
 
 

@@ -15,7 +15,7 @@ from . import methods as M
 from .exact import exact_expectation
 from .runner import Timer, generator
 
-__all__ = ["SEVENTY_THIRTY", "Problem", "demo_run", "make_problem"]
+__all__ = ["SEVENTY_THIRTY", "Problem", "demo_run", "make_problem", "tuned_control"]
 
 
 @dataclasses.dataclass
@@ -174,3 +174,28 @@ def demo_run(method: M.Method, tau: float, seed: int, steps: int, batch: int, de
         "final_loss": float(loss.detach()),
         "wall_s": timer.stop(),
     }
+
+
+def tuned_control(problem: Problem, method: M.Method, tau, steps: int, lr: float, rows: int, *, generator):
+    """The learnable control of a method that has one (``spec.new_control``; None otherwise), its
+    variance tuned at the problem's fixed logits: ``steps`` Adam steps at ``lr``, each on the mean of
+    ``rows`` estimates (the surrogate carries the control's variance gradient), then frozen, so the
+    estimates measured with it are of one fixed estimator. Initialised from ``generator``'s seed
+    (the global RNG is left as it was)."""
+    if not method.spec.has_control:
+        return None
+    event = tuple(problem.logits(problem.params.unsqueeze(0)).shape[1:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(generator.initial_seed()))
+        control = method.spec.new_control(event, **method.options).to(problem.params.device)
+    opt = torch.optim.Adam(control.parameters(), lr=lr)
+
+    def loss_fn(z: torch.Tensor) -> torch.Tensor:
+        return problem.f(z.reshape(-1, problem.n, problem.k)).reshape(z.shape[:-2])
+
+    for _ in range(steps):
+        leaf = problem.params.expand(rows, *problem.params.shape).clone().requires_grad_(True)
+        opt.zero_grad(set_to_none=True)
+        method.objective(problem.logits(leaf), loss_fn, tau, generator=generator, control=control)[0].mean().backward()
+        opt.step()
+    return control.requires_grad_(False)

@@ -12,6 +12,8 @@ from .runner import save_figure, table
 __all__ = ["DEFINITIONS", "markdown", "plot_demo", "plot_problem"]
 
 DEFINITIONS = {
+    "control_steps": "a method with learnable state: Adam steps (256 estimates each) tuning its control's "
+    "variance at the problem's logits before it is measured, frozen; None: a method without state",
     "rel_bias": "||mean of S estimates - g|| / ||g||, g the exact gradient by enumeration",
     "stderr_bias": "sqrt(tr Cov / S) / ||g||: Monte Carlo error of the mean; an unbiased estimator "
     "shows rel_bias of about this size",
@@ -35,7 +37,7 @@ _CELLS = [
     ("method", "method"), ("tau", lambda r: _tau(r["tau"])), ("rel bias", "rel_bias"), ("± se", "stderr_bias"),
     ("rel variance", "rel_variance"), ("cosine", "cosine"), ("rel MSE", "rel_mse"),
     ("rel bias vs relaxed", "rel_bias_relaxed"), ("± se", "stderr_bias_relaxed"), ("f-evals", "f_evals"),
-    ("µs/grad", "us_per_grad"), ("S", "samples"),
+    ("µs/grad", "us_per_grad"), ("S", "samples"), ("control tuned (steps)", lambda r: r.get("control_steps")),
 ]  # fmt: skip
 _REFS = [
     ("tau", lambda r: _tau(r["tau"])), ("relaxed E[f]", "value"), ("± se", "value_stderr"),

@@ -142,7 +142,7 @@ def _digest(data: bytes) -> str:
 def _cell(cfg: VaeConfig, ds: Dataset, ctx: DistContext, method: M.Method, seed: int, store) -> dict:
     """Train and evaluate one (method, seed), from its saved state if there is one; returns its record."""
     cid = f"{method.tag}-seed{seed}"
-    run = start(cfg, ds, ctx, seed, store.state(cid), cid)
+    run = start(cfg, ds, ctx, method, seed, store.state(cid), cid)
     noise_digest = None
     if ctx.enabled:  # evidence that ranks draw different noise: 256 draws of a copy of the generator
         copy = torch.Generator(device=run.noise.device)
@@ -167,6 +167,7 @@ def _cell(cfg: VaeConfig, ds: Dataset, ctx: DistContext, method: M.Method, seed:
         "tau_final": gk.schedules.parse_schedule(cfg.tau_schedule)(cfg.steps - 1),
         # a relaxed method trains on the relaxed objective, not on a discrete -ELBO sample
         "train_objective": "-ELBO estimate" if method.spec.one_hot else "relaxed -ELBO (one sample)",
+        "trained_control": method.spec.has_control,
         "train_curve": state["train_curve"],
         "val_curve": state["val_curve"],
         "seconds": seconds,

@@ -26,13 +26,18 @@ _STREAMS = {"init": 1, "noise": 2, "data": 3, "eval": 4, "val": 5}
 
 class CategoricalVAE(torch.nn.Module):
     """N independent K-way categorical latents and a Bernoulli decoder; ``forward`` returns the
-    per-example training objective, so a DistributedDataParallel wrapper sees the call."""
+    per-example training objective, so a DistributedDataParallel wrapper sees the call.
 
-    def __init__(self, input_dim: int, n_latent: int, n_classes: int, hidden: list[int]):
+    ``control``: the learnable state of a method that has one (``spec.new_control((N, K))``), held
+    as a submodule so that the optimiser trains it (the surrogate gives it its variance gradient)
+    and the saved state holds it; None for a method without state."""
+
+    def __init__(self, input_dim: int, n_latent: int, n_classes: int, hidden: list[int], control=None):
         super().__init__()
         self.input_dim, self.n_latent, self.n_classes = input_dim, n_latent, n_classes
         self.encoder = _mlp([input_dim, *hidden, n_latent * n_classes])
         self.decoder = _mlp([n_latent * n_classes, *reversed(hidden), input_dim])
+        self.control = control
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x).view(x.shape[0], self.n_latent, self.n_classes)
@@ -51,7 +56,7 @@ class CategoricalVAE(torch.nn.Module):
         def reconstruction(z: torch.Tensor) -> torch.Tensor:  # z: (..., B, N, K) -> (..., B)
             return bernoulli_nll(self.decode(z), x.expand(*z.shape[:-2], x.shape[-1]))
 
-        rec, _ = method.objective(logits, reconstruction, tau, dim=-1, generator=generator)
+        rec, _ = method.objective(logits, reconstruction, tau, dim=-1, generator=generator, control=self.control)
         return rec + self.kl_to_uniform(logits)
 
 
@@ -165,12 +170,16 @@ def rank_generator(seed: int, rank: int, stream: str, device) -> torch.Generator
     return torch.Generator(device=device).manual_seed(rank_seed(seed, rank, _STREAMS[stream]))
 
 
-def start(cfg: Any, ds: Dataset, ctx: DistContext, seed: int, saved: dict | None, cid: str) -> _Training:
-    """The run at step 0, or at the saved state (the model initialised without touching the global RNG)."""
+def start(cfg: Any, ds: Dataset, ctx: DistContext, method: M.Method, seed: int, saved, cid: str) -> _Training:
+    """The run at step 0, or at the saved state (the model, and the method's control when it has
+    one, initialised without touching the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rank_seed(seed, 0, _STREAMS["init"]))
         n_latent, n_classes = cfg.latent_nk
-        model = CategoricalVAE(ds.input_dim, n_latent, n_classes, cfg.hidden).to(ctx.device)
+        model = CategoricalVAE(ds.input_dim, n_latent, n_classes, cfg.hidden)
+        if method.spec.has_control:  # after the model: its weights are those of a run without state
+            model.control = method.spec.new_control((n_latent, n_classes), **method.options)
+        model = model.to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # data order is global: every rank draws the same permutation and takes its own share
     data = rank_generator(seed, 0, "data", "cpu")

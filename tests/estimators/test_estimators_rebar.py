@@ -524,3 +524,24 @@ def test_fixed_controls_work_under_torch_func_and_trained_ones_are_refused_by_na
     control.requires_grad_(False)  # frozen: a fixed control, batched like the rest
     y = torch.vmap(lambda a: call(a.unsqueeze(0), None, control), randomness="different")(x[:1].expand(8, 6))
     assert y.shape == (8, 1) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical"])
+def test_a_sample_at_infinite_curvature_never_turns_the_control_into_nan(family):
+    # |y - c|^1.5 at y = c exactly: the first derivative is 0, the second infinite, so the one-sample
+    # variance gradient is non-finite there (its expectation is finite). Here every sample sits on it.
+    def f(y: torch.Tensor) -> torch.Tensor:
+        kink = (y - y.detach()).abs().pow(1.5) + (y - 0.45) ** 2
+        return kink.sum(-1) if family == "bernoulli" else kink.sum((-1, -2))
+
+    for spec in (s for s in gk.estimators.specs(family) if s.has_control):
+        logits = (
+            torch.zeros(16, 3, 2, requires_grad=True)
+            if family == "categorical"
+            else torch.zeros(16, 3, requires_grad=True)
+        )
+        control = spec.new_control(tuple(logits.shape[1:]))
+        run = gk.binary.surrogate if family == "bernoulli" else gk.surrogate
+        run(logits, f, spec.name, generator=torch.Generator().manual_seed(0), control=control).sum().backward()
+        assert bool(torch.isfinite(logits.grad).all()), spec.name
+        assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in control.parameters()), spec.name

@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 from experiments.__main__ import main as cli_main
 
+import gumbelkit as gk
+
+
+def _stateful(family: str) -> str:
+    """The first method of ``family`` that owns learnable state (a control): the smoke runs train one."""
+    return next(s.name for s in gk.estimators.specs(family) if s.has_control)
+
+
 #: A tiny run of every command (the files it writes besides the plots, and its plots).
 SMOKE = {
     "vae": ["--data", "digits", "--latent", "2x3", "--steps", "4", "--hidden", "8", "--batch-size", "20",
-            "--eval-samples", "2", "--methods", "st,reinforce:n=2", "--checkpoint-every", "2", "--val-every", "2"],
+            "--eval-samples", "2", "--methods", f"{_stateful('categorical')},reinforce:n=2", "--checkpoint-every", "2", "--val-every", "2"],
     "gradients": ["--problems", "quadratic", "--methods", "st_gumbel,reinforce:n=2", "--taus", "0.5", "--samples", "8",
                   "--chunk", "8", "--demo-steps", "2", "--demo-seeds", "1", "--demo-methods", "st", "--demo-batch", "4"],
     "bench": ["--shapes", "8x5", "--impls", "builtin,eager", "--methods", "st,gumbel_rao:k=2", "--repeats", "3",
@@ -23,7 +31,7 @@ SMOKE = {
     "subsets": ["--hist-samples", "50", "--hist-taus", "1", "--grad-taus", "0.5", "--grad-samples", "8"],
     "l0": ["--data", "digits", "--hidden", "8,6", "--epochs", "1", "--lambdas", "1,2", "--finetune-epochs", "1"],
     "sort": ["--sizes", "4", "--steps", "3", "--batch-size", "2", "--samples", "2", "--test-sequences", "9", "--seeds", "2"],
-    "binary": ["--binary-methods", "disarm:n=1,st", "--methods", "st_gumbel@0.5", "--toy-thetas", "0", "--toy-samples", "20",
+    "binary": ["--binary-methods", f"disarm:n=1,st,{_stateful('bernoulli')}", "--methods", "st_gumbel@0.5", "--toy-thetas", "0", "--toy-samples", "20",
                "--train-steps", "3", "--train-seeds", "1", "--poly-latents", "4", "--poly-batch", "2", "--poly-steps",
                "3", "--poly-seeds", "1", "--record-every", "1"],
     "dvae": ["--data", "digits", "--steps", "2", "--eval-every", "1", "--batch-size", "4", "--channels", "2", "--codes",

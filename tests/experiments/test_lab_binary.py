@@ -72,3 +72,22 @@ def test_stacked_rows_train_as_separate_runs_and_two_logits_double_the_step():
     # l0, l1 get gradients (-g, g) and Adam normalises each coordinate: theta = l1 - l0 moves twice as fast
     two = B.train("categorical", method, start, f, lr=1e-2, two_logits=True, **kw)
     torch.testing.assert_close(two, B.train("categorical", method, start, f, lr=2e-2, **kw), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical"])
+def test_a_method_with_state_trains_its_own_control_per_seed(family):
+    spec = next(s for s in gk.estimators.specs(family) if s.has_control)
+    method = M.parse(spec.name, family, taus=True)
+
+    def make_f(rows: slice):
+        return lambda b: ((b - 0.499) ** 2).sum(-1)
+
+    rng = torch.get_rng_state()
+    kw = {"parts": ("t",), "control_lr": 1.0, "batch": 1, "steps": 5, "lr": 0.01}
+    final, controls = B.fit(family, method, torch.zeros(2, 1), make_f, lambda step, th, rows: None, **kw)
+    assert torch.equal(torch.get_rng_state(), rng)  # the controls are initialised from their own streams
+    assert len(controls) == 2 and controls[0] is not controls[1]
+    fresh = B.new_control(family, method, 1, "t", "control", 0)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), controls[0].state_dict().values()))
+    alone, _ = B.fit(family, method, torch.zeros(1, 1), make_f, lambda step, th, rows: None, **kw)
+    assert torch.equal(alone, final[:1])  # a seed's run does not depend on the other seeds

@@ -10,7 +10,7 @@ import pytest
 import torch
 from experiments.config import UserError
 from experiments.exact import all_one_hot, exact_expectation, exact_gradient
-from experiments.gradients_problems import demo_run, make_problem
+from experiments.gradients_problems import demo_run, make_problem, tuned_control
 
 import gumbelkit as gk
 from experiments import gradients as G
@@ -119,3 +119,14 @@ def test_the_demonstration_softmax_collapses_and_gumbel_reproduces_70_30():
     assert soft["as_trained"]["other"] == 1.0  # no noise: every output is the same blend
     gumbel = demo_run(M.parse("st_gumbel", "categorical"), 0.5, 0, steps=150, batch=64, device=cpu, n_eval=2000)
     assert abs(gumbel["as_trained"]["x1"] - 0.7) < 0.1 and abs(gumbel["hard"]["x2"] - 0.3) < 0.1
+
+
+def test_a_method_with_state_is_measured_with_its_tuned_frozen_control():
+    spec = next(s for s in gk.estimators.specs("categorical") if s.has_control)
+    method, problem = M.parse(spec.name, "categorical"), make_problem("quadratic", 0, torch.device("cpu"))
+    fresh = tuned_control(problem, method, None, 0, 0.01, 8, generator=torch.Generator().manual_seed(1))
+    tuned = tuned_control(problem, method, None, 5, 0.01, 8, generator=torch.Generator().manual_seed(1))
+    assert not any(p.requires_grad for p in tuned.parameters())  # frozen: one fixed estimator is measured
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), tuned.state_dict().values()))
+    stateless = next(s for s in gk.estimators.specs("categorical") if not s.has_control)
+    assert tuned_control(problem, M.parse(stateless.name, "categorical"), 0.5, 5, 0.01, 8, generator=None) is None

@@ -45,6 +45,9 @@ def test_the_config_defaults_are_jang_et_al_and_every_categorical_method():
 @pytest.mark.parametrize("method", list(gk.estimators.methods("categorical")))
 def test_the_objective_is_finite_and_trains_both_networks(method):
     model, x = _model(), (torch.rand(7, 6) > 0.5).float()
+    spec = gk.get_spec(method, family="categorical")
+    if spec.has_control:  # a method with state trains its control too (every parameter gets a gradient)
+        model.control = spec.new_control((2, 3))
     obj = model(x, M.parse(method, "categorical"), 0.5, generator=torch.Generator().manual_seed(0))
     assert obj.shape == (7,) and bool(torch.isfinite(obj).all())
     obj.mean().backward()

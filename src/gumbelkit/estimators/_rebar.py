@@ -444,6 +444,11 @@ def variance_term(estimate: torch.Tensor, control: Control, batch: tuple[int, ..
     if not control.trained():
         return None
     grads = torch.autograd.grad(estimate.square().sum(), control.params, allow_unused=True)
+    # A relaxed sample exactly where f's curvature is infinite (|y - c|^p with 1 < p < 2 at y = c:
+    # the double backward gives inf) makes this one-sample variance gradient non-finite although
+    # its expectation is finite. Any control leaves the estimate unbiased, so such entries are
+    # dropped for this call rather than turning the control's state into NaN (elementwise: no sync).
+    grads = tuple(None if g is None else torch.where(torch.isfinite(g), g, torch.zeros_like(g)) for g in grads)
     terms = [(p * g).sum() for p, g in zip(control.params, grads) if g is not None]
     if not terms:
         return None
