@@ -42,14 +42,6 @@ def _masked_row(shape=(3, 4)):
     return x
 
 
-@pytest.fixture(autouse=True)
-def _torch_default_validate_args():
-    old = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(True)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(old)
-
-
 def test_hierarchy_and_exports():
     assert issubclass(GumbelkitError, Exception)
     assert issubclass(GumbelkitValueError, (GumbelkitError)) and issubclass(GumbelkitValueError, ValueError)

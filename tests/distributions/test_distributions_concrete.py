@@ -21,16 +21,6 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(autouse=True)
-def _torch_default_validate_args():
-    """torch.compile (run by other test files) turns torch's default validate_args off globally:
-    restore the documented default (True, as with ``python`` without -O) around every test here."""
-    old = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(True)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(old)
-
-
 LOGITS = torch.tensor([[0.3, -1.0, 1.2], [2.0, 0.0, -0.5]], dtype=torch.float64)
 TEMP = torch.tensor(0.7, dtype=torch.float64)
 

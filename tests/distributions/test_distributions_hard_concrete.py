@@ -26,15 +26,6 @@ def _sig(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-@pytest.fixture(autouse=True)
-def _torch_default_validate_args():
-    """Other test files (torch.compile) may turn torch's default validate_args off; restore True here."""
-    old = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(True)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(old)
-
-
 def test_prob_nonzero_matches_closed_form():
     p = HardConcrete(LOG_ALPHA).prob_nonzero()
     assert torch.allclose(p, torch.tensor([0.4010, 0.8318, 0.9734]), atol=1e-4)
