@@ -321,50 +321,38 @@ def _scalar_temps():
     return [torch.tensor(t, dtype=torch.float64) for t in (0.3, 1.0, 2.5)]
 
 
+def _same_law(ours, ref, points, tol=1e-10):
+    """Same shapes, the same support object and the same log-density at every point."""
+    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
+    assert ours.support is ref.support
+    for y in points:
+        assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("temp", _scalar_temps())
 def test_concrete_matches_torch_relaxed_one_hot_categorical(temp):
     logits = torch.randn(4, 5, generator=_gen(50), dtype=torch.float64)
-    ours, ref = Concrete(temp, logits=logits), RelaxedOneHotCategorical(temp, logits=logits)
-    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
-    assert ours.support is ref.support
     y = torch.distributions.Dirichlet(torch.ones(5, dtype=torch.float64)).sample((200, 4))  # random simplex points
-    assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
+    _same_law(Concrete(temp, logits=logits), RelaxedOneHotCategorical(temp, logits=logits), [y])
     probs = torch.softmax(logits, -1)
-    assert torch.allclose(
-        Concrete(temp, probs=probs).log_prob(y),
-        RelaxedOneHotCategorical(temp, probs=probs).log_prob(y),
-        rtol=1e-10,
-        atol=1e-10,
-    )
+    _same_law(Concrete(temp, probs=probs), RelaxedOneHotCategorical(temp, probs=probs), [y])
 
 
 @pytest.mark.parametrize("temp", _scalar_temps())
 def test_exp_concrete_matches_torch_exp_relaxed_categorical(temp):
     logits = torch.randn(4, 5, generator=_gen(51), dtype=torch.float64)
-    ours, ref = ExpConcrete(temp, logits=logits), ExpRelaxedCategorical(temp, logits=logits)
-    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
-    assert ours.support is ref.support
     x = torch.randn(200, 4, 5, generator=_gen(52), dtype=torch.float64) * 3  # random real vectors
-    assert torch.allclose(ours.log_prob(x), ref.log_prob(x), rtol=1e-10, atol=1e-10)
-    x = torch.log_softmax(x, -1)  # random points of the support's log-simplex
-    assert torch.allclose(ours.log_prob(x), ref.log_prob(x), rtol=1e-10, atol=1e-10)
+    # and random points of the support's log-simplex
+    _same_law(ExpConcrete(temp, logits=logits), ExpRelaxedCategorical(temp, logits=logits), [x, x.log_softmax(-1)])
 
 
 @pytest.mark.parametrize("temp", _scalar_temps())
 def test_binary_concrete_matches_torch_relaxed_bernoulli(temp):
     logits = torch.randn(6, generator=_gen(53), dtype=torch.float64) * 2
-    ours, ref = BinaryConcrete(temp, logits=logits), RelaxedBernoulli(temp, logits=logits)
-    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
-    assert ours.support is ref.support
     y = torch.rand(300, 6, generator=_gen(54), dtype=torch.float64).clamp(1e-6, 1 - 1e-6)  # random points of (0, 1)
-    assert torch.allclose(ours.log_prob(y), ref.log_prob(y), rtol=1e-9, atol=1e-9)
+    _same_law(BinaryConcrete(temp, logits=logits), RelaxedBernoulli(temp, logits=logits), [y], tol=1e-9)
     probs = torch.sigmoid(logits)
-    assert torch.allclose(
-        BinaryConcrete(temp, probs=probs).log_prob(y),
-        RelaxedBernoulli(temp, probs=probs).log_prob(y),
-        rtol=1e-8,
-        atol=1e-8,
-    )
+    _same_law(BinaryConcrete(temp, probs=probs), RelaxedBernoulli(temp, probs=probs), [y], tol=1e-8)
 
 
 # --------------------------------------------------------------------------- composition, error types

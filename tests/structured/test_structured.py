@@ -149,18 +149,20 @@ def test_khot_straight_through_forward_exact_and_gradient_is_the_softs(dtype):
     assert torch.equal(s.grad, w)
 
 
+def _grads_through(x, w, f, power):
+    """The gradient of sum(f(softmax(x)) * w) and the gradient of sum(g ** power) (a double backward)."""
+    (g,) = torch.autograd.grad((f(torch.softmax(x, -1)) * w).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g**power).sum(), x)
+    return g, gg
+
+
 def test_khot_straight_through_double_backward():
     x = torch.randn(4, 6, generator=_gen(7), dtype=torch.float64, requires_grad=True)
     idx = x.detach().topk(2, -1).indices
     w = torch.randn(4, 6, generator=_gen(8), dtype=torch.float64)
 
-    def grads(f):
-        (g,) = torch.autograd.grad((f(torch.softmax(x, -1)) * w).sum(), x, create_graph=True)
-        (gg,) = torch.autograd.grad((g**2).sum(), x)
-        return g, gg
-
-    g, gg = grads(lambda s: khot_straight_through(s, idx))
-    g_ref, gg_ref = grads(lambda s: s)
+    g, gg = _grads_through(x, w, lambda s: khot_straight_through(s, idx), power=2)
+    g_ref, gg_ref = _grads_through(x, w, lambda s: s, power=2)
     assert torch.allclose(g, g_ref, rtol=0, atol=0) and torch.allclose(gg, gg_ref, rtol=1e-12, atol=1e-14)
     assert torch.autograd.gradgradcheck(
         lambda s: khot_straight_through(s, idx), (torch.softmax(x, -1).detach().requires_grad_(),)
@@ -239,13 +241,8 @@ def test_permutation_straight_through_double_backward_and_vmap():
     perm = torch.stack([torch.randperm(4, generator=_gen(20 + i)) for i in range(3)])
     w = torch.randn(3, 4, 4, generator=_gen(15), dtype=torch.float64)
 
-    def grads(f):
-        (g,) = torch.autograd.grad((f(torch.softmax(x, -1)) * w).sum(), x, create_graph=True)
-        (gg,) = torch.autograd.grad((g**3).sum(), x)
-        return g, gg
-
-    g, gg = grads(lambda s: permutation_straight_through(s, perm))
-    g_ref, gg_ref = grads(lambda s: s)
+    g, gg = _grads_through(x, w, lambda s: permutation_straight_through(s, perm), power=3)
+    g_ref, gg_ref = _grads_through(x, w, lambda s: s, power=3)
     assert torch.equal(g, g_ref) and torch.allclose(gg, gg_ref, rtol=1e-12, atol=1e-14)
     xd = x.detach()
     assert torch.equal(torch.vmap(permutation_straight_through)(xd, perm), permutation_straight_through(xd, perm))
