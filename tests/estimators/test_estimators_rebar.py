@@ -545,3 +545,22 @@ def test_a_sample_at_infinite_curvature_never_turns_the_control_into_nan(family)
         run(logits, f, spec.name, generator=torch.Generator().manual_seed(0), control=control).sum().backward()
         assert bool(torch.isfinite(logits.grad).all()), spec.name
         assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in control.parameters()), spec.name
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical"])
+def test_the_declared_loss_evaluations_are_the_calls_of_f(family):
+    """What the registry says one estimate costs is what it costs, for every option that changes it."""
+    for spec in (s for s in gk.estimators.specs(family) if s.has_control):
+        for options in ({}, {"noise": "independent"}, {"f_term": False}):
+            if any(k not in [o.name for o in spec.options] for k in options):
+                continue  # (REBAR has no f_term)
+            calls = []
+
+            def f(b, calls=calls):
+                calls.append(1)
+                return (b**2).sum(-1) if family == "bernoulli" else (b**2).sum((-1, -2))
+
+            x = torch.zeros((4, 3) if family == "bernoulli" else (4, 3, 2), requires_grad=True)
+            run = gk.binary.surrogate if family == "bernoulli" else gk.surrogate
+            run(x, f, spec.name, generator=gen(0), **options).sum().backward()
+            assert len(calls) == spec.loss_evaluations(options), (spec.name, options)

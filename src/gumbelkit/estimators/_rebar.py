@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -247,8 +247,28 @@ F_TERM = OptionSpec("f_term", bool, True, help="control = f(relaxed) + network (
 HIDDEN = OptionSpec("hidden", int, 10, minimum=1, help="hidden units of the default control network")
 REBAR_OPTIONS = (ETA, TEMPERATURE, NOISE)
 RELAX_OPTIONS = (TEMPERATURE, F_TERM, HIDDEN, NOISE)
-REBAR_DECLARATION: dict[str, Any] = {"options": REBAR_OPTIONS, "control": _rebar_control, "reference": _REBAR_REF}
-RELAX_DECLARATION: dict[str, Any] = {"options": RELAX_OPTIONS, "control": _relax_control, "reference": _RELAX_REF}
+
+
+def _evaluations(options: Mapping[str, Any]) -> int:
+    """Loss evaluations of one estimate: f(b), plus f at the relaxed sample when the control has the
+    f term (once with shared noise, where z~ = z; twice with independent conditional noise)."""
+    if not options.get("f_term", True):
+        return 1
+    return 2 if options["noise"] == "shared" else 3
+
+
+REBAR_DECLARATION: dict[str, Any] = {
+    "options": REBAR_OPTIONS,
+    "control": _rebar_control,
+    "reference": _REBAR_REF,
+    "evaluations": _evaluations,
+}
+RELAX_DECLARATION: dict[str, Any] = {
+    "options": RELAX_OPTIONS,
+    "control": _relax_control,
+    "reference": _RELAX_REF,
+    "evaluations": _evaluations,
+}
 
 
 # --------------------------------------------------------------------------- the estimate, shared by the families

@@ -257,7 +257,10 @@ class MethodSpec:
             at the same tau (for the sampled noise, or averaged over the noise given the sample), so its
             bias against the relaxed objective's gradient is a meaningful number.
         evaluations_option: the option that says how many times one estimate evaluates the loss
-            (``"n"`` for REINFORCE with n samples); ``None``: once.
+            (``"n"`` for REINFORCE with n samples); ``None``: once (unless ``evaluations`` says).
+        evaluations: for a count that other options decide, ``evaluations(options) -> int`` of the
+            resolved options (REBAR: 2, or 3 with independent conditional noise); at most one of
+            ``evaluations_option`` and ``evaluations``.
         summary: a one-line description (the first line of ``fn``'s docstring).
         family: ``"categorical"``, ``"bernoulli"``, ``"subset"``, ``"permutation"`` or a plugin's own.
         default_tau: the temperature used when none is given (None: the caller's default, 1).
@@ -285,6 +288,7 @@ class MethodSpec:
     relaxed: bool = False
     evaluations_option: str | None = None
     summary: str = field(default="", compare=False)
+    evaluations: Callable[[Mapping[str, Any]], int] | None = field(default=None, compare=False)
     family: str = "categorical"
     default_tau: float | None = None
     fixed: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
@@ -378,6 +382,8 @@ class MethodSpec:
 
     def loss_evaluations(self, options: Mapping[str, Any]) -> int:
         """How many times one estimate evaluates the loss with these options."""
+        if self.evaluations is not None:
+            return int(self.evaluations(self.resolve(options)))
         if self.evaluations_option is None:
             return 1
         return int(self.resolve(options)[self.evaluations_option])
@@ -510,6 +516,7 @@ def register(
     reference: str = "",
     relaxed: bool = False,
     evaluations_option: str | None = None,
+    evaluations: Callable[[Mapping[str, Any]], int] | None = None,
     default_tau: float | None = None,
     fixed: Mapping[str, Any] | None = None,
     traits: Mapping[str, Any] | None = None,
@@ -545,6 +552,11 @@ def register(
         raise _TypeError(f"register: expected control to be a callable building an nn.Module or None, got {control!r}")
     if evaluations_option is not None and evaluations_option not in [o.name for o in opts]:
         raise _ValueError(f"register: evaluations_option {evaluations_option!r} is not an option of method {name!r}")
+    if evaluations is not None and (evaluations_option is not None or not callable(evaluations)):
+        raise _TypeError(
+            f"register: expected evaluations to be a callable of the options (and no evaluations_option), "
+            f"got evaluations={evaluations!r}, evaluations_option={evaluations_option!r} for method {name!r}"
+        )
 
     def deco(fn: Estimator) -> Estimator:
         if (family, name) in _REGISTRY:
@@ -561,6 +573,7 @@ def register(
             kind=kind,
             relaxed=bool(relaxed),
             evaluations_option=evaluations_option,
+            evaluations=evaluations,
             summary=doc.strip().splitlines()[0] if doc.strip() else "",
             family=family,
             default_tau=None if default_tau is None else float(default_tau),
