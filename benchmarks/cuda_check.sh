@@ -27,7 +27,7 @@ stage device 15 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total
   python -c "import torch, triton, platform; print(\"torch\", torch.__version__, \"triton\", triton.__version__, \"python\", platform.python_version())";
   grep -m1 "model name" /proc/cpuinfo'
 cp "$OUT/device.log" "$OUT/device.txt"
-# the CUDA tests: the Triton kernels compiled (test_triton.py), the samplers on the device, the switch
+# the CUDA tests: the Triton kernels compiled (tests/kernels/test_kernels_triton.py), the samplers on the device, the switch
 stage tests 140 python -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kernels_triton.py tests/test_cuda.py \
   tests/kernels/test_kernels_fused_cuda.py tests/core/test_core_policy.py
 stage decoding_tests 30 python -m pytest -q -p no:cacheprovider -rs tests/decoding/test_decoding.py -k cuda
