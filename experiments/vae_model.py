@@ -99,9 +99,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, *, generator, iw_samples: 
     al. 2016) and, with ``exact``, ``exact_neg_elbo`` and ``exact_nll`` summed over all K^N codes.
     A Bernoulli VAE's are those of :func:`experiments.vae_bernoulli.evaluate_bits`."""
     if not isinstance(model, CategoricalVAE):
-        from .vae_bernoulli import evaluate_bits
+        from .vae_bernoulli import BernoulliVAE, evaluate_bits
 
-        return evaluate_bits(model, x, generator=generator, iw_samples=iw_samples, exact=exact)
+        if isinstance(model, BernoulliVAE):
+            return evaluate_bits(model, x, generator=generator, iw_samples=iw_samples, exact=exact)
+        raise TypeError(f"evaluate: expected a CategoricalVAE or a BernoulliVAE, got {type(model).__name__}")
     model.eval()
     device, k, m = next(model.parameters()).device, model.n_classes, int(iw_samples)
     log_prior = -model.n_latent * math.log(k)  # log p(z) of every code under the uniform prior
