@@ -326,8 +326,10 @@ class Config:
                 )
                 continue
             extra = [meta.check.describe()] if hasattr(meta.check, "describe") else []
-            extra.append(f"default: {'none' if default is None else _text(default)}")
-            text = f"{text} ({'; '.join(e for e in extra if e)})".replace("%", "%%")
+            if default is not None or "default" not in text:  # a None default the help explains itself
+                extra.append(f"default: {'none' if default is None else _text(default)}")
+            notes = "; ".join(e for e in extra if e)
+            text = (f"{text} ({notes})" if notes else text).replace("%", "%%")
             help_text = argparse.SUPPRESS if meta.hidden else text
             parser.add_argument(flag, dest=f.name, default=default, metavar=f.name.upper(), help=help_text)
         parser.add_argument("--fresh", dest="resume", action="store_false", help="start over (= --no-resume)")

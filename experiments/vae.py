@@ -8,6 +8,12 @@ takes its expectation from the method's own objective (:meth:`gumbelkit.MethodSp
 one sample, or a score-function method's samples and surrogate. Every categorical method of the
 registry is accepted (``--methods``; default: all of them).
 
+``--family bernoulli`` trains the Bernoulli VAE instead (:mod:`.vae_bernoulli`): ``--latent D`` bits
+(default 200, the REBAR / RELAX papers' size), a Bernoulli(1/2) prior with the analytic KL, and
+every method of the registry's ``bernoulli`` family: pathwise through
+:func:`gumbelkit.binary.sample`, score-function (REBAR / RELAX with their control) through
+:func:`gumbelkit.binary.surrogate`. Its numbers are the same, with 2^D codes for the exact ones.
+
 Test numbers always use discrete latents: ``test_neg_elbo`` (one z per image), ``test_iw_bound``
 (the importance-weighted bound with m = ``--eval-samples``, Burda et al. 2016) and, when K^N <=
 65,536, ``test_exact_neg_elbo`` and ``test_exact_nll`` summed over every code; ``initial_*`` are
@@ -45,6 +51,10 @@ __all__ = ["CategoricalVAE", "VaeConfig", "evaluate", "main", "parse_latent"]
 
 #: Exact enumeration of the latent space when K^N is at most this.
 MAX_ENUMERATE = 65536
+#: The latent families (the registry's families of the methods that train them).
+FAMILIES = ("categorical", "bernoulli")
+#: The most bits of a Bernoulli latent.
+MAX_BITS = 1_000_000
 #: Upper limit of an integer method option: a typo must not ask for a machine-sized allocation.
 MAX_OPTION = 10_000
 
@@ -55,6 +65,20 @@ def parse_latent(text: Any) -> tuple[int, int]:
     if not m or int(m[1]) < 1 or int(m[2]) < 2 or int(m[1]) * int(m[2]) > 1_000_000:
         raise UserError(f"expected --latent NxK with N >= 1, K >= 2 and N*K <= 1000000 (e.g. 30x10), got {text!r}")
     return int(m[1]), int(m[2])
+
+
+def _latent(value: Any, flag: str) -> str:
+    """``"30x10"`` -> "30x10" (N x K categoricals) or ``"200"`` -> "200" (D bits); the family decides which it must be."""
+    if "x" in str(value).lower() or "×" in str(value):
+        return "x".join(map(str, parse_latent(value)))
+    return str(R.Int(1, MAX_BITS)(value, f"{flag} (D bits)"))
+
+
+def _methods_help() -> str:
+    return (
+        "methods NAME[:OPTION=VALUE,...] of --family (default: every one); categorical: "
+        f"{M.describe('categorical')}; bernoulli: {M.describe('bernoulli')}"
+    )
 
 
 def _hidden(value: Any, flag: str) -> list[int]:
@@ -79,14 +103,17 @@ def _schedule(value: Any, flag: str) -> str:
 class VaeConfig(Config):
     """Every option of ``python -m experiments vae``."""
 
-    COMMAND, FIRST = "vae", ("data", "latent", "steps")
-    HELP = "train and evaluate a categorical VAE with each estimator"
+    COMMAND, FIRST = "vae", ("data", "family", "latent", "steps")
+    HELP = "train and evaluate a categorical (or Bernoulli) VAE with each estimator"
 
     out: str = option("runs/vae", "output folder", R.PathText(), role="run")
     data: str = option("mnist5k", "mnist5k, digits, fashion-mnist or idx:FOLDER", data_option)
-    latent: str = option("30x10", "N x K categorical latents", lambda v, f: "x".join(map(str, parse_latent(v))))
+    latent: str = option(
+        None, "NxK categorical latents (default 30x10), or D bits with --family bernoulli (default 200)", _latent
+    )
     steps: int = option(3000, "training steps per run", R.Int(1, 10**9))
-    methods: list = M.option("categorical", cap=MAX_OPTION)
+    family: str = option("categorical", "the latent: N K-way categoricals or D bits", R.OneOf(FAMILIES))
+    methods: list = option(None, _methods_help, lambda v, f: v)  # checked by cross_check, in --family
     seeds: int = option(1, "number of seeds R (runs seeds 0..R-1)", R.Int(1, 10_000), role="grid")
     tau_schedule: str = option(
         "exp:tau0=1,rate=3e-5,floor=0.5,interval=1000",
@@ -110,6 +137,16 @@ class VaeConfig(Config):
 
     @classmethod
     def cross_check(cls, values: dict) -> dict:
+        family, latent = values["family"], values["latent"]
+        if latent is None:
+            latent = values["latent"] = "30x10" if family == "categorical" else "200"
+        if ("x" in latent) != (family == "categorical"):
+            want = "NxK (e.g. 30x10)" if family == "categorical" else "D, a number of bits (e.g. 200)"
+            raise UserError(f"expected --latent {want} with --family {family}, got {latent!r}")
+        every = list(gk.estimators.methods(family))
+        values["methods"] = M.labels(family, cap=MAX_OPTION)(
+            every if values["methods"] is None else values["methods"], "--methods"
+        )
         # The schedules are monotone, so the ends decide; 1000 steps in between guard the rest.
         schedule, last = gk.schedules.parse_schedule(values["tau_schedule"]), values["steps"] - 1
         taus = [schedule(t) for t in sorted({0, last, *range(0, last, max(1, last // 1000))})]
@@ -120,14 +157,23 @@ class VaeConfig(Config):
             )
         return values
 
-    choices = M.Chosen("categorical", cap=MAX_OPTION)
+    @functools.cached_property
+    def choices(self) -> list[M.Method]:
+        """The :class:`~experiments.methods.Method` objects of ``methods``, in ``family``."""
+        return M.choices(self.methods, self.family, cap=MAX_OPTION)
 
     @property
     def latent_nk(self) -> tuple[int, int]:
         return parse_latent(self.latent)
 
     @property
+    def latent_bits(self) -> int:
+        return int(self.latent)
+
+    @property
     def enumerable(self) -> bool:
+        if self.family == "bernoulli":
+            return 2**self.latent_bits <= MAX_ENUMERATE
         n, k = self.latent_nk
         return k**n <= MAX_ENUMERATE
 
@@ -285,13 +331,14 @@ def _columns(summary: list[dict]) -> list:
 def _markdown(res: dict) -> str:
     cfg, d, env = res["config"], res["data"], res["environment"]
     return (
-        f"# Categorical VAE: {cfg['data']}, latent {cfg['latent']}\n\nCommand: `{res['command']}`\n\nData: {d['source']}; "
+        f"# {cfg['family'].capitalize()} VAE: {cfg['data']}, latent {cfg['latent']}\n\nCommand: `{res['command']}`\n\nData: {d['source']}; "
         f"{d['n_train']} train / {d['n_val']} val / {d['n_test']} test images ({d['test_split']}); binarisation "
         f"{d['binarization']}.\nTraining: {cfg['steps']} steps of batch {cfg['batch_size']}, Adam lr {cfg['lr']}, τ "
         f"{cfg['tau_schedule']}.\nMachine: torch {env['torch']} on {env['device']}, {env['threads']} thread(s); job wall "
         f"time {res['runtime_s']:.0f} s.\n\nTest numbers in nats per image (lower is better), discrete latents, mean ± "
         "std over the seeds. −ELBO: one sample per image; IW bound: importance-weighted with m = --eval-samples samples; "
-        "exact: summed over all K^N codes.\n\n" + table(res["summary"], _columns(res["summary"]))
+        f"exact: summed over all {'2^D' if cfg['family'] == 'bernoulli' else 'K^N'} codes.\n\n"
+        + table(res["summary"], _columns(res["summary"]))
     )
 
 

@@ -19,7 +19,7 @@ from .distributed import DistContext, rank_seed, shard_batch
 from .exact import all_one_hot
 from .runner import Timer
 
-__all__ = ["CategoricalVAE", "EpochSampler", "evaluate", "rank_generator", "start", "train", "train_state"]
+__all__ = ["CategoricalVAE", "EpochSampler", "evaluate", "new_model", "rank_generator", "start", "train", "train_state"]
 
 _STREAMS = {"init": 1, "noise": 2, "data": 3, "eval": 4, "val": 5}
 
@@ -93,10 +93,17 @@ class EpochSampler:
 
 
 @torch.no_grad()
-def evaluate(model: CategoricalVAE, x: torch.Tensor, *, generator, iw_samples: int = 0, exact: bool = False) -> dict:
+def evaluate(model: torch.nn.Module, x: torch.Tensor, *, generator, iw_samples: int = 0, exact: bool = False) -> dict:
     r"""Mean numbers (nats per image) with discrete latents: ``neg_elbo`` (one z per image),
     ``iw_bound`` (m = ``iw_samples``: :math:`-\log \frac1m \sum_j p(x|z_j) p(z_j) / q(z_j|x)`, Burda et
-    al. 2016) and, with ``exact``, ``exact_neg_elbo`` and ``exact_nll`` summed over all K^N codes."""
+    al. 2016) and, with ``exact``, ``exact_neg_elbo`` and ``exact_nll`` summed over all K^N codes.
+    A Bernoulli VAE's are those of :func:`experiments.vae_bernoulli.evaluate_bits`."""
+    if not isinstance(model, CategoricalVAE):
+        from .vae_bernoulli import BernoulliVAE, evaluate_bits
+
+        if isinstance(model, BernoulliVAE):
+            return evaluate_bits(model, x, generator=generator, iw_samples=iw_samples, exact=exact)
+        raise TypeError(f"evaluate: expected a CategoricalVAE or a BernoulliVAE, got {type(model).__name__}")
     model.eval()
     device, k, m = next(model.parameters()).device, model.n_classes, int(iw_samples)
     log_prior = -model.n_latent * math.log(k)  # log p(z) of every code under the uniform prior
@@ -155,7 +162,7 @@ class _ExactTable:
 class _Training:
     """The live objects of one run and its logged state (what a saved state holds)."""
 
-    model: CategoricalVAE
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     noise: torch.Generator
     data: torch.Generator
@@ -170,15 +177,24 @@ def rank_generator(seed: int, rank: int, stream: str, device) -> torch.Generator
     return torch.Generator(device=device).manual_seed(rank_seed(seed, rank, _STREAMS[stream]))
 
 
+def new_model(cfg: Any, input_dim: int) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The untrained model of ``cfg.family`` and the event shape of its latent (a control's shape)."""
+    if cfg.family == "bernoulli":
+        from .vae_bernoulli import BernoulliVAE
+
+        return BernoulliVAE(input_dim, cfg.latent_bits, cfg.hidden), (cfg.latent_bits,)
+    n_latent, n_classes = cfg.latent_nk
+    return CategoricalVAE(input_dim, n_latent, n_classes, cfg.hidden), (n_latent, n_classes)
+
+
 def start(cfg: Any, ds: Dataset, ctx: DistContext, method: M.Method, seed: int, saved, cid: str) -> _Training:
     """The run at step 0, or at the saved state (the model, and the method's control when it has
     one, initialised without touching the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rank_seed(seed, 0, _STREAMS["init"]))
-        n_latent, n_classes = cfg.latent_nk
-        model = CategoricalVAE(ds.input_dim, n_latent, n_classes, cfg.hidden)
+        model, event_shape = new_model(cfg, ds.input_dim)
         if method.spec.has_control:  # after the model: its weights are those of a run without state
-            model.control = method.spec.new_control((n_latent, n_classes), **method.options)
+            model.control = method.spec.new_control(event_shape, **method.options)
         model = model.to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # data order is global: every rank draws the same permutation and takes its own share

@@ -16,9 +16,11 @@ import pytest
 import torch
 from experiments.config import UserError
 from experiments.vae import VaeConfig, parse_latent
+from experiments.vae_bernoulli import BernoulliVAE
 from experiments.vae_model import CategoricalVAE, EpochSampler, bernoulli_nll, evaluate
-from lab_helpers import numbers
+from lab_helpers import _stateful, numbers, results, smoke
 from lab_helpers import run as run_cli
+from test_lab_resume import _kill_after
 
 import gumbelkit as gk
 from experiments import methods as M
@@ -95,6 +97,86 @@ def test_the_epoch_sampler_permutes_and_resumes():
     t.load_state_dict(state)
     t.generator.set_state(gen_state)
     assert all(torch.equal(a, b) for a, b in zip(later, [t.next() for _ in range(3)])) and t.epoch == 3
+
+
+# --------------------------------------------------------------------------- the Bernoulli VAE (--family bernoulli)
+
+
+def test_the_bernoulli_config_takes_d_bits_and_every_bernoulli_method():
+    cfg = VaeConfig.make(family="bernoulli")
+    assert (cfg.latent, cfg.latent_bits, cfg.enumerable) == ("200", 200, False)
+    assert (
+        cfg.methods == list(gk.estimators.methods("bernoulli"))
+        and VaeConfig.make(family="bernoulli", latent=12).enumerable
+    )
+    assert "--family bernoulli --latent 200" in cfg.command()
+    with pytest.raises(UserError, match="expected --latent D, a number of bits"):
+        VaeConfig.make(family="bernoulli", latent="4x3")
+    with pytest.raises(UserError, match="expected --latent NxK"):
+        VaeConfig.make(latent="8")
+    categorical_only = next(
+        m for m in gk.estimators.methods("categorical") if m not in gk.estimators.methods("bernoulli")
+    )
+    with pytest.raises(UserError, match="unknown --methods"):
+        VaeConfig.make(family="bernoulli", methods=categorical_only)
+
+
+@pytest.mark.parametrize("method", list(gk.estimators.methods("bernoulli")))
+def test_the_bernoulli_objective_is_finite_and_trains_both_networks(method):
+    torch.manual_seed(0)
+    model, x = BernoulliVAE(6, 3, [5]), (torch.rand(7, 6) > 0.5).float()
+    spec = gk.get_spec(method, family="bernoulli")
+    if spec.has_control:  # the control is a submodule: trained by the same backward, saved with the model
+        model.control = spec.new_control((3,))
+        assert any(k.startswith("control.") for k in model.state_dict())
+    obj = model(x, M.parse(method, "bernoulli"), 0.5, generator=torch.Generator().manual_seed(0))
+    assert obj.shape == (7,) and bool(torch.isfinite(obj).all())
+    obj.mean().backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    assert model.encoder[0].weight.grad.abs().sum() > 0 and model.decoder[-1].weight.grad.abs().sum() > 0
+
+
+def test_the_bernoulli_exact_evaluation_and_kl_match_the_definitions():
+    torch.manual_seed(0)
+    model, x = BernoulliVAE(6, 3, [5]), (torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    res = evaluate(model, x, generator=torch.Generator().manual_seed(0), iw_samples=2000, exact=True)
+    q = torch.sigmoid(model.encode(x).detach().double())  # (5, 3)
+    kl = (q * torch.log(2 * q) + (1 - q) * torch.log(2 * (1 - q))).sum(-1)
+    assert torch.allclose(model.kl_to_prior(model.encode(x)).detach().double(), kl, rtol=1e-5)
+    nll = elbo = 0.0
+    for i in range(5):  # by hand: the 8 codes, q(b|x) and p(x|b) p(b) with p(b) = 1/8
+        terms = []
+        for bits in itertools.product((0.0, 1.0), repeat=3):
+            b = torch.tensor(bits, dtype=torch.float64)
+            log_px = -float(bernoulli_nll(model.decode(b.float()).detach().double(), x[i].double()))
+            q_b = float(torch.prod(q[i] ** b * (1 - q[i]) ** (1 - b)))
+            elbo -= q_b * (log_px - math.log(q_b) - 3 * math.log(2))
+            terms.append(log_px - 3 * math.log(2))
+        nll -= float(torch.logsumexp(torch.tensor(terms), 0))
+    assert res["exact_nll"] == pytest.approx(nll / 5, rel=1e-6)
+    assert res["exact_neg_elbo"] == pytest.approx(elbo / 5, rel=1e-6)
+    assert res["exact_nll"] <= res["iw_bound"] + 0.05 and res["iw_bound"] <= res["exact_neg_elbo"] + 1e-6
+
+
+def test_a_bernoulli_vae_smoke_run_and_a_killed_run_resumes_bit_identical(tmp_path, capsys, monkeypatch):
+    pathwise = next(s.name for s in gk.estimators.specs("bernoulli", "sample"))
+    # the method with a control first: the kill (after the first saved state) lands inside its run
+    args = ["--no-plots", "--family", "bernoulli", "--latent", "3", "--methods", f"{_stateful('bernoulli')},{pathwise}"]
+    rc, _, err = smoke("vae", tmp_path / "straight", capsys, *args)
+    assert rc == 0, err
+    straight = results(tmp_path / "straight")
+    assert [r["method"] for r in straight["runs"]] == [_stateful("bernoulli"), pathwise]
+    assert [r["trained_control"] for r in straight["runs"]] == [True, False]
+    for r in straight["runs"]:
+        assert r["test_exact_nll"] <= r["test_exact_neg_elbo"] and all(math.isfinite(r[k]) for k in r if "test_" in k)
+    with monkeypatch.context() as m:
+        _kill_after(m, 1)
+        rc, _, err = smoke("vae", tmp_path / "killed", capsys, *args)
+    assert rc == 130 and "interrupted" in err
+    rc, _, err = smoke("vae", tmp_path / "killed", capsys, *args)
+    assert rc == 0, err
+    resumed = results(tmp_path / "killed")
+    assert resumed["runs"][0]["resumed_from_step"] == 2 and numbers(resumed) == numbers(straight)
 
 
 # --------------------------------------------------------------------------- torchrun: two gloo processes on CPU
