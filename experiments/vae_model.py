@@ -19,7 +19,17 @@ from .distributed import DistContext, rank_seed, shard_batch
 from .exact import all_one_hot
 from .runner import Timer
 
-__all__ = ["CategoricalVAE", "EpochSampler", "evaluate", "new_model", "rank_generator", "start", "train", "train_state"]
+__all__ = [
+    "CategoricalVAE",
+    "DecodedCodes",
+    "EpochSampler",
+    "evaluate",
+    "new_model",
+    "rank_generator",
+    "start",
+    "train",
+    "train_state",
+]
 
 _STREAMS = {"init": 1, "noise": 2, "data": 3, "eval": 4, "val": 5}
 
@@ -46,9 +56,25 @@ class CategoricalVAE(torch.nn.Module):
         """Bernoulli logits (..., D) of codes z (..., N, K)."""
         return self.decoder(z.reshape(-1, self.n_latent * self.n_classes)).view(*z.shape[:-2], self.input_dim)
 
-    def kl_to_uniform(self, logits: torch.Tensor) -> torch.Tensor:
+    def kl_to_prior(self, logits: torch.Tensor) -> torch.Tensor:
         """Analytic KL(q(z|x) || Uniform(K)^N): shape (B,). The prior is an expanded zero, no copy."""
         return gk.kl_categorical(logits, logits.new_zeros(()).expand_as(logits), dim=-1).sum(-1)
+
+    @property
+    def log_prior(self) -> float:
+        """log p(z) of every code under the uniform prior."""
+        return -self.n_latent * math.log(self.n_classes)
+
+    def draw(self, logits: torch.Tensor, generator) -> torch.Tensor:
+        """One exact one-hot code per row of q(z|x) (Gumbel-Max)."""
+        return F.one_hot(gk.gumbel_max(logits, dim=-1, generator=generator), self.n_classes).to(logits.dtype)
+
+    def log_q(self, logits: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log q(z|x) of one-hot codes z, summed over the latents."""
+        return (torch.log_softmax(logits, -1) * z).sum(-1).sum(-1)
+
+    def code_table(self, device) -> _ExactTable:
+        return _ExactTable(self, device)
 
     def forward(self, x: torch.Tensor, method: M.Method, tau: float, *, generator=None) -> torch.Tensor:
         logits = self.encode(x)
@@ -57,7 +83,7 @@ class CategoricalVAE(torch.nn.Module):
             return bernoulli_nll(self.decode(z), x.expand(*z.shape[:-2], x.shape[-1]))
 
         rec, _ = method.objective(logits, reconstruction, tau, dim=-1, generator=generator, control=self.control)
-        return rec + self.kl_to_uniform(logits)
+        return rec + self.kl_to_prior(logits)
 
 
 def _mlp(sizes: list[int]) -> torch.nn.Sequential:
@@ -93,66 +119,73 @@ class EpochSampler:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, *, generator, iw_samples: int = 0, exact: bool = False) -> dict:
-    r"""Mean numbers (nats per image) with discrete latents: ``neg_elbo`` (one z per image),
+@torch.no_grad()
+def evaluate(model: Any, x: torch.Tensor, *, generator, iw_samples: int = 0, exact: bool = False) -> dict:
+    r"""Mean numbers (nats per image) with discrete latents: ``neg_elbo`` (one code per image),
     ``iw_bound`` (m = ``iw_samples``: :math:`-\log \frac1m \sum_j p(x|z_j) p(z_j) / q(z_j|x)`, Burda et
-    al. 2016) and, with ``exact``, ``exact_neg_elbo`` and ``exact_nll`` summed over all K^N codes.
-    A Bernoulli VAE's are those of :func:`experiments.vae_bernoulli.evaluate_bits`."""
-    if not isinstance(model, CategoricalVAE):
-        from .vae_bernoulli import BernoulliVAE, evaluate_bits
+    al. 2016) and, with ``exact``, ``exact_neg_elbo`` and ``exact_nll`` summed over every code.
 
-        if isinstance(model, BernoulliVAE):
-            return evaluate_bits(model, x, generator=generator, iw_samples=iw_samples, exact=exact)
-        raise TypeError(f"evaluate: expected a CategoricalVAE or a BernoulliVAE, got {type(model).__name__}")
+    ``model`` is a :class:`CategoricalVAE` or a :class:`~experiments.vae_bernoulli.BernoulliVAE`:
+    either gives ``encode``, ``decode``, ``kl_to_prior``, ``log_prior``, ``draw`` (an exact code),
+    ``log_q`` and ``code_table`` (every code decoded once)."""
     model.eval()
-    device, k, m = next(model.parameters()).device, model.n_classes, int(iw_samples)
-    log_prior = -model.n_latent * math.log(k)  # log p(z) of every code under the uniform prior
+    device, m = next(model.parameters()).device, int(iw_samples)
+    log_prior = model.log_prior
     sums = dict.fromkeys(["neg_elbo"] + ["iw_bound"] * bool(m) + ["exact_neg_elbo", "exact_nll"] * exact, 0.0)
-    codes = _ExactTable(model, device) if exact else None
-    per_chunk = min(max(1, 16384 // max(1, m)), codes.rows_per_chunk if codes else 1 << 30)
+    table = model.code_table(device) if exact else None
+    per_chunk = min(max(1, 16384 // max(1, m)), table.rows_per_chunk if table else 1 << 30)
     for start in range(0, x.shape[0], per_chunk):
         xb = x[start : start + per_chunk].to(device)
         logits = model.encode(xb)
-        kl = model.kl_to_uniform(logits)
-        z = F.one_hot(gk.gumbel_max(logits, dim=-1, generator=generator), k).to(logits.dtype)
-        sums["neg_elbo"] += float((bernoulli_nll(model.decode(z), xb) + kl).double().sum())
+        kl = model.kl_to_prior(logits)
+        sums["neg_elbo"] += float((bernoulli_nll(model.decode(model.draw(logits, generator)), xb) + kl).double().sum())
         if m:
             rep = logits.unsqueeze(0).expand(m, *logits.shape)
-            idx = gk.gumbel_max(rep, dim=-1, generator=generator)
-            log_q = torch.log_softmax(logits, -1).unsqueeze(0).expand(m, *logits.shape)
-            log_q_z = log_q.gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
-            log_px = -bernoulli_nll(
-                model.decode(F.one_hot(idx, k).to(logits.dtype)), xb.unsqueeze(0).expand(m, *xb.shape)
-            )
-            log_w = (log_px + log_prior - log_q_z).double()
+            z = model.draw(rep, generator)
+            log_px = -bernoulli_nll(model.decode(z), xb.unsqueeze(0).expand(m, *xb.shape))
+            log_w = (log_px + log_prior - model.log_q(rep, z)).double()
             # log-mean-exp over the m samples: logsumexp keeps the largest weight at exp(0)
             sums["iw_bound"] += float(-(torch.logsumexp(log_w, 0) - math.log(m)).sum())
-        if codes is not None:
-            e_elbo, e_nll = codes.evaluate(xb, logits, kl, log_prior)
+        if table is not None:
+            e_elbo, e_nll = table.evaluate(xb, logits, kl, log_prior)
             sums["exact_neg_elbo"] += e_elbo
             sums["exact_nll"] += e_nll
     return {key: v / x.shape[0] for key, v in sums.items()}
 
 
-class _ExactTable:
-    """Every code (K^N of them) decoded once: log p(x|z) of a batch is then one matrix product."""
+class DecodedCodes:
+    """Every code decoded once, so that log p(x|z) of a batch over all codes is one matrix product."""
 
-    def __init__(self, model: CategoricalVAE, device):
-        codes = all_one_hot(model.n_latent, model.n_classes, dtype=torch.float32, device=device)  # (C, N, K)
-        self.index = codes.argmax(-1)
+    def __init__(self, model: Any, codes: torch.Tensor):
         # float64 for the sums over codes: each log p(x|z) is a difference of terms of size ~D
         self.logits = torch.cat([model.decode(codes[i : i + 8192]) for i in range(0, codes.shape[0], 8192)]).double()
         self.softplus_sum = F.softplus(self.logits).sum(-1)  # log p(x|z) = x @ l - sum softplus(l)
         self.rows_per_chunk = max(1, (1 << 22) // codes.shape[0])
 
+    def log_px(self, xb: torch.Tensor) -> torch.Tensor:
+        return xb.double() @ self.logits.T - self.softplus_sum  # (b, C)
+
+    def numbers(self, log_q_code, log_px, kl, log_prior) -> tuple[float, float]:
+        """(exact -ELBO, exact NLL) summed over the batch, from log q of every code."""
+        neg_elbo = -(log_q_code.exp() * log_px).sum(-1) + kl.double()
+        return float(neg_elbo.sum()), float(-torch.logsumexp(log_px + log_prior, -1).sum())
+
+
+class _ExactTable(DecodedCodes):
+    """The K^N one-hot codes; log q of each is a sum of gathered log-probabilities."""
+
+    def __init__(self, model: CategoricalVAE, device):
+        codes = all_one_hot(model.n_latent, model.n_classes, dtype=torch.float32, device=device)  # (C, N, K)
+        super().__init__(model, codes)
+        self.index = codes.argmax(-1)
+
     def evaluate(self, xb, logits, kl, log_prior) -> tuple[float, float]:
-        log_px = xb.double() @ self.logits.T - self.softplus_sum  # (b, C)
+        log_px = self.log_px(xb)
         log_q = torch.log_softmax(logits.double(), -1)
         log_q_code = torch.zeros_like(log_px)
         for n in range(self.index.shape[1]):
             log_q_code += log_q[:, n, :].index_select(1, self.index[:, n])
-        neg_elbo = -(log_q_code.exp() * log_px).sum(-1) + kl.double()
-        return float(neg_elbo.sum()), float(-torch.logsumexp(log_px + log_prior, -1).sum())
+        return self.numbers(log_q_code, log_px, kl, log_prior)
 
 
 # --------------------------------------------------------------------------- one run
