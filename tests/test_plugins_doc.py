@@ -1,7 +1,7 @@
 """The guide "Writing an estimator" (docs/plugins.md) is run as written: its files are written into
 a package, the package is made visible through its entry point, and its usage block runs with
 every printed line equal to the comment beside it. The lab's side (the method in every
-experiment) is tests/experiments/test_plugins.py, which reuses this installation."""
+experiment) is tests/experiments/test_lab_plugins.py, which reuses this installation."""
 
 from __future__ import annotations
 

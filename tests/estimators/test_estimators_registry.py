@@ -1,5 +1,5 @@
 """The typed method registry: declarations, families, the live METHODS view, option checks and plugins
-(a method going through every experiment of the lab: tests/experiments/test_plugins.py)."""
+(a method going through every experiment of the lab: tests/experiments/test_lab_plugins.py)."""
 
 from __future__ import annotations
 
